@@ -1,0 +1,291 @@
+//! The token check and the channel grant (sections 2 and 3 of the wire contract).
+
+mod keys;
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::StatusCode;
+use jsonwebtoken::{Validation, decode, decode_header, errors::ErrorKind};
+use serde_json::{Map, Value};
+
+pub(crate) use keys::Keys;
+
+/// What a token lets a socket do with its channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `r`: receive notifications.
+    Read,
+    /// `w`: send messages.
+    Write,
+    /// `rw`: both.
+    ReadWrite,
+}
+
+impl Mode {
+    /// Whether the socket receives notifications.
+    pub fn reads(self) -> bool {
+        matches!(self, Mode::Read | Mode::ReadWrite)
+    }
+
+    /// Whether the socket may send messages.
+    pub fn writes(self) -> bool {
+        matches!(self, Mode::Write | Mode::ReadWrite)
+    }
+
+    /// The claim's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Read => "r",
+            Mode::Write => "w",
+            Mode::ReadWrite => "rw",
+        }
+    }
+}
+
+/// Why a handshake is refused before the upgrade; each maps to a status and a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    InvalidToken(String),
+    TokenExpired,
+    NotYetValid,
+    MissingMode,
+    InvalidMode,
+    InvalidChannelName,
+    NoAllowedChannels,
+    TooManyChannels,
+}
+
+impl Refusal {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Refusal::InvalidToken(_) | Refusal::TokenExpired | Refusal::NotYetValid => {
+                StatusCode::UNAUTHORIZED
+            }
+            Refusal::InvalidChannelName => StatusCode::BAD_REQUEST,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::InvalidToken(why) => write!(f, "Invalid token: {why}"),
+            Refusal::TokenExpired => f.write_str("Token expired"),
+            Refusal::NotYetValid => f.write_str("Token not yet valid"),
+            Refusal::MissingMode => f.write_str("Missing mode claim"),
+            Refusal::InvalidMode => f.write_str("Invalid mode claim: use r, w or rw"),
+            Refusal::InvalidChannelName => {
+                f.write_str("Invalid channel name: 1 to 63 bytes of UTF-8 without NUL")
+            }
+            Refusal::NoAllowedChannels => f.write_str("No allowed channels"),
+            Refusal::TooManyChannels => f.write_str("Too many channels"),
+        }
+    }
+}
+
+/// What an accepted token grants.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    pub(crate) mode: Mode,
+    pub(crate) channels: Vec<String>,
+    /// The claims as compact JSON, encoded once per socket for every envelope.
+    pub(crate) claims_json: String,
+    /// When the socket must close with 3001 (`exp` plus the leeway).
+    pub(crate) expires_at: Option<SystemTime>,
+}
+
+/// Checks tokens against the configured keys and rules.
+pub(crate) struct Authorizer {
+    keys: Arc<Keys>,
+    audience: Option<String>,
+    leeway: Duration,
+    max_channels: usize,
+}
+
+impl Authorizer {
+    pub(crate) fn new(config: &crate::Config) -> Self {
+        Self {
+            keys: config.keys.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway,
+            max_channels: config.max_channels,
+        }
+    }
+
+    /// The whole check, in the contract's order of refusals.
+    pub(crate) fn authorize(
+        &self,
+        path_channel: Option<&str>,
+        token: &str,
+    ) -> Result<Grant, Refusal> {
+        let claims = self.verify(token)?;
+        let expires_at = self.check_times(&claims, SystemTime::now())?;
+        let mode = mode(&claims)?;
+        let channels = grant_channels(path_channel, &claims, self.max_channels)?;
+        let claims_json = Value::Object(claims).to_string();
+        Ok(Grant {
+            mode,
+            channels,
+            claims_json,
+            expires_at,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Map<String, Value>, Refusal> {
+        let header = decode_header(token).map_err(|e| invalid(&e))?;
+        if let Some(kid) = header.kid.as_deref()
+            && !self.keys.knows_kid(kid)
+        {
+            return Err(Refusal::InvalidToken("unknown kid".into()));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let mut error = Refusal::InvalidToken("algorithm not allowed by the key".into());
+        for key in self.keys.candidates(header.alg, header.kid.as_deref()) {
+            match decode::<Map<String, Value>>(token, key, &validation) {
+                Ok(data) => return self.check_audience(data.claims),
+                Err(e) => error = invalid(&e),
+            }
+        }
+        Err(error)
+    }
+
+    /// PostgREST's rule: a token without `aud` passes; one with `aud` must name ours.
+    fn check_audience(&self, claims: Map<String, Value>) -> Result<Map<String, Value>, Refusal> {
+        let (Some(ours), Some(aud)) = (&self.audience, claims.get("aud")) else {
+            return Ok(claims);
+        };
+        let matches = match aud {
+            Value::String(s) => s == ours,
+            Value::Array(items) => items.iter().any(|i| i.as_str() == Some(ours)),
+            _ => false,
+        };
+        if matches {
+            Ok(claims)
+        } else {
+            Err(Refusal::InvalidToken("aud mismatch".into()))
+        }
+    }
+
+    fn check_times(
+        &self,
+        claims: &Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<Option<SystemTime>, Refusal> {
+        let (exp, nbf, iat) = (
+            numeric(claims, "exp")?,
+            numeric(claims, "nbf")?,
+            numeric(claims, "iat")?,
+        );
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let leeway = self.leeway.as_secs_f64();
+        if exp.is_some_and(|exp| now >= exp + leeway) {
+            return Err(Refusal::TokenExpired);
+        }
+        if nbf.is_some_and(|nbf| now < nbf - leeway) || iat.is_some_and(|iat| iat > now + leeway)
+        {
+            return Err(Refusal::NotYetValid);
+        }
+        Ok(exp.map(|exp| UNIX_EPOCH + Duration::from_secs_f64((exp + leeway).max(0.0))))
+    }
+}
+
+fn invalid(e: &jsonwebtoken::errors::Error) -> Refusal {
+    let why = match e.kind() {
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not allowed",
+        ErrorKind::InvalidAudience => "aud mismatch",
+        _ => "malformed token",
+    };
+    Refusal::InvalidToken(why.into())
+}
+
+fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, Refusal> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(Refusal::InvalidToken(format!("non-numeric {name}"))),
+    }
+}
+
+fn mode(claims: &Map<String, Value>) -> Result<Mode, Refusal> {
+    match claims.get("mode").and_then(Value::as_str) {
+        None => Err(Refusal::MissingMode),
+        Some("r") => Ok(Mode::Read),
+        Some("w") => Ok(Mode::Write),
+        Some("rw") => Ok(Mode::ReadWrite),
+        Some(_) => Err(Refusal::InvalidMode),
+    }
+}
+
+/// `channel` first, then `channels`, duplicates removed; any other shape counts as absent.
+fn claimed_channels(claims: &Map<String, Value>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Some(Value::String(c)) = claims.get("channel") {
+        out.push(c.clone());
+    }
+    if let Some(Value::Array(items)) = claims.get("channels")
+        && items.iter().all(Value::is_string)
+    {
+        for c in items.iter().filter_map(Value::as_str) {
+            if !out.iter().any(|o| o == c) {
+                out.push(c.to_owned());
+            }
+        }
+    }
+    out
+}
+
+fn grant_channels(
+    path_channel: Option<&str>,
+    claims: &Map<String, Value>,
+    max_channels: usize,
+) -> Result<Vec<String>, Refusal> {
+    let claimed = claimed_channels(claims);
+    let granted = match path_channel {
+        Some(raw) => {
+            let channel = decode_path_channel(raw)?;
+            if !claimed.is_empty() && !claimed.contains(&channel) {
+                return Err(Refusal::NoAllowedChannels);
+            }
+            vec![channel]
+        }
+        None if claimed.is_empty() => return Err(Refusal::NoAllowedChannels),
+        None => claimed,
+    };
+    for channel in &granted {
+        check_channel_name(channel).map_err(|_| Refusal::InvalidChannelName)?;
+    }
+    if granted.len() > max_channels {
+        return Err(Refusal::TooManyChannels);
+    }
+    Ok(granted)
+}
+
+fn decode_path_channel(raw: &str) -> Result<String, Refusal> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| Refusal::InvalidChannelName)?;
+    check_channel_name(&decoded).map_err(|_| Refusal::InvalidChannelName)?;
+    Ok(decoded.into_owned())
+}
+
+/// A PostgreSQL identifier: 1 to 63 bytes, no NUL.
+pub(crate) fn check_channel_name(name: &str) -> Result<(), ()> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        Err(())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,422 @@
+//! [`Config`], its builder and [`Config::from_env`].
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    auth::{Keys, check_channel_name},
+    error::ConfigError,
+};
+
+/// Everything [`PgWsLayer`](crate::PgWsLayer) needs to know, built with [`Config::builder`]
+/// or read from the environment with [`Config::from_env`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let config = pgws::Config::builder()
+///     .database_url("postgres://postgres@127.0.0.1:5432/postgres")
+///     .jwt_secret("reallyreallyreallyreallyverysafe")
+///     .meta_channel("server-info")
+///     .ping_interval(Duration::from_secs(30))
+///     .build()?;
+/// # Ok::<(), pgws::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) db: tokio_postgres::Config,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) listen_channel: Option<String>,
+    pub(crate) meta_channel: Option<String>,
+    pub(crate) path_prefix: String,
+    pub(crate) audience: Option<String>,
+    pub(crate) leeway: Duration,
+    pub(crate) max_channels: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) queue_length: usize,
+    pub(crate) subscribe_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) check_listener_interval: Option<Duration>,
+    pub(crate) pool_size: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret or the database password.
+        f.debug_struct("Config")
+            .field("listen_channel", &self.listen_channel)
+            .field("meta_channel", &self.meta_channel)
+            .field("path_prefix", &self.path_prefix)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("max_channels", &self.max_channels)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("queue_length", &self.queue_length)
+            .field("subscribe_timeout", &self.subscribe_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("check_listener_interval", &self.check_listener_interval)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Starts a builder with the defaults of the wire contract.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Reads the `PGWS_*` variables that concern the layer (see the README's
+    /// configuration table). `PGWS_JWT_SECRET` is required here.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        ConfigBuilder::from_env()?.build()
+    }
+
+    /// The multiplexed mapping's listen channel, when that mapping is on.
+    pub fn listen_channel(&self) -> Option<&str> {
+        self.listen_channel.as_deref()
+    }
+
+    /// The meta channel, when one is configured.
+    pub fn meta_channel(&self) -> Option<&str> {
+        self.meta_channel.as_deref()
+    }
+}
+
+/// Builds a [`Config`]; each method names one setting and [`build`](Self::build) checks them all.
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    database_url: String,
+    secret: Option<String>,
+    secret_is_base64: bool,
+    listen_channel: Option<String>,
+    meta_channel: Option<String>,
+    path_prefix: String,
+    audience: Option<String>,
+    leeway: Duration,
+    max_channels: usize,
+    max_message_bytes: usize,
+    queue_length: usize,
+    subscribe_timeout: Duration,
+    ping_interval: Duration,
+    check_listener_interval: Duration,
+    pool_size: usize,
+}
+
+/// The database used when none is configured.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            secret: None,
+            secret_is_base64: false,
+            listen_channel: None,
+            meta_channel: None,
+            path_prefix: String::new(),
+            audience: None,
+            leeway: Duration::ZERO,
+            max_channels: 100,
+            max_message_bytes: 65536,
+            queue_length: 1024,
+            subscribe_timeout: Duration::from_millis(5000),
+            ping_interval: Duration::from_secs(30),
+            check_listener_interval: Duration::from_millis(10_000),
+            pool_size: 10,
+        }
+    }
+}
+
+impl ConfigBuilder {
+    /// The PostgreSQL URI (or key=value string) for both the listener and the write pool.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = url.into();
+        self
+    }
+
+    /// The JWT secret: raw text, a JWK (JSON object with `kty`) or a JWKS (JSON object
+    /// with `keys`).
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// Whether a raw-text secret is base64 (standard or URL-safe, padding optional).
+    pub fn jwt_secret_is_base64(mut self, yes: bool) -> Self {
+        self.secret_is_base64 = yes;
+        self
+    }
+
+    /// Turns on the multiplexed mapping: one `LISTEN` on this channel, routing by the
+    /// payload's `channel` field (postgres-websockets' behaviour).
+    pub fn listen_channel(mut self, channel: impl Into<String>) -> Self {
+        self.listen_channel = Some(channel.into());
+        self
+    }
+
+    /// Publishes `ConnectionOpen`/`ConnectionClose` events on this channel.
+    pub fn meta_channel(mut self, channel: impl Into<String>) -> Self {
+        self.meta_channel = Some(channel.into());
+        self
+    }
+
+    /// A path prefix before `/<jwt>`, such as `/ws`.
+    pub fn path_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.path_prefix = prefix.into();
+        self
+    }
+
+    /// Requires tokens that carry `aud` to name this audience.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Clock leeway for `exp`, `nbf` and `iat` (whole seconds count).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// The most channels one socket may be granted (default 100).
+    pub fn max_channels(mut self, n: usize) -> Self {
+        self.max_channels = n;
+        self
+    }
+
+    /// The largest message a client may send, reassembled (default 65536 bytes).
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+
+    /// Notifications queued per socket before it is closed as a slow consumer (default 1024).
+    pub fn queue_length(mut self, n: usize) -> Self {
+        self.queue_length = n;
+        self
+    }
+
+    /// How long a handshake waits for its channels to be listened to (default 5 s).
+    pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
+        self.subscribe_timeout = timeout;
+        self
+    }
+
+    /// How often sockets are pinged (default 30 s); zero turns pings off.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// How often the listener probes its connection (default 10 s); zero turns the probe
+    /// off (TCP keepalives stay on).
+    pub fn check_listener_interval(mut self, interval: Duration) -> Self {
+        self.check_listener_interval = interval;
+        self
+    }
+
+    /// Connections in the write pool (default 10).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Checks every setting and parses the keys.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let secret = self.secret.as_deref().ok_or(ConfigError::MissingSecret)?;
+        let keys = Keys::from_secret(secret, self.secret_is_base64)?;
+        let db = self
+            .database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        for (setting, name) in [
+            ("listen_channel", &self.listen_channel),
+            ("meta_channel", &self.meta_channel),
+        ] {
+            if let Some(name) = name {
+                check_channel_name(name).map_err(|_| ConfigError::InvalidChannel {
+                    setting,
+                    name: name.clone(),
+                })?;
+            }
+        }
+        positive("pool_size", self.pool_size)?;
+        positive("queue_length", self.queue_length)?;
+        positive("max_message_bytes", self.max_message_bytes)?;
+        positive("max_channels", self.max_channels)?;
+        Ok(Config {
+            db,
+            keys: Arc::new(keys),
+            listen_channel: self.listen_channel,
+            meta_channel: self.meta_channel,
+            path_prefix: normalize_prefix(&self.path_prefix),
+            audience: self.audience,
+            leeway: self.leeway,
+            max_channels: self.max_channels,
+            max_message_bytes: self.max_message_bytes,
+            queue_length: self.queue_length,
+            subscribe_timeout: self.subscribe_timeout,
+            ping_interval: nonzero(self.ping_interval),
+            check_listener_interval: nonzero(self.check_listener_interval),
+            pool_size: self.pool_size,
+        })
+    }
+
+    /// Reads the `PGWS_*` variables that concern the layer over the defaults; an
+    /// empty value counts as unset. The secret may be left unset here.
+    pub fn from_env() -> Result<ConfigBuilder, ConfigError> {
+        let mut b = ConfigBuilder::default();
+        if let Some(v) = env_file_or_value("PGWS_DB_URI")? {
+            b.database_url = v;
+        }
+        b.secret = env_file_or_value("PGWS_JWT_SECRET")?;
+        if let Some(v) = env_var("PGWS_JWT_SECRET_BASE64") {
+            b.secret_is_base64 = parse_bool("PGWS_JWT_SECRET_BASE64", &v)?;
+        }
+        b.listen_channel = env_var("PGWS_LISTEN_CHANNEL");
+        b.meta_channel = env_var("PGWS_META_CHANNEL");
+        b.path_prefix = env_var("PGWS_PATH_PREFIX").unwrap_or_default();
+        b.audience = env_var("PGWS_JWT_AUD");
+        if let Some(v) = env_parse::<u64>("PGWS_JWT_LEEWAY")? {
+            b.leeway = Duration::from_secs(v);
+        }
+        if let Some(v) = env_parse("PGWS_MAX_CHANNELS")? {
+            b.max_channels = v;
+        }
+        if let Some(v) = env_parse("PGWS_MAX_MESSAGE_BYTES")? {
+            b.max_message_bytes = v;
+        }
+        if let Some(v) = env_parse("PGWS_QUEUE_LENGTH")? {
+            b.queue_length = v;
+        }
+        if let Some(v) = env_parse("PGWS_SUBSCRIBE_TIMEOUT")? {
+            b.subscribe_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = env_parse("PGWS_PING_INTERVAL")? {
+            b.ping_interval = Duration::from_secs(v);
+        }
+        if let Some(v) = env_parse("PGWS_CHECK_LISTENER_INTERVAL")? {
+            b.check_listener_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = env_parse("PGWS_POOL_SIZE")? {
+            b.pool_size = v;
+        }
+        Ok(b)
+    }
+
+    /// Whether a secret has been set (the standalone server makes one when not).
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+}
+
+fn positive(setting: &'static str, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::InvalidValue {
+            setting,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// `""`, `"/"` → `""`; `"ws/"` → `"/ws"`.
+fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// A variable's value, with an empty value counting as unset.
+pub(crate) fn env_var(var: &'static str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+/// A variable whose value may be `@path`, read from that file with one trailing
+/// newline removed.
+pub(crate) fn env_file_or_value(var: &'static str) -> Result<Option<String>, ConfigError> {
+    let Some(value) = env_var(var) else {
+        return Ok(None);
+    };
+    let Some(path) = value.strip_prefix('@') else {
+        return Ok(Some(value));
+    };
+    let mut text = std::fs::read_to_string(path).map_err(|e| ConfigError::Env {
+        var,
+        reason: format!("cannot read {path}: {e}"),
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Some(text))
+}
+
+pub(crate) fn env_parse<T: std::str::FromStr>(var: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    env_var(var)
+        .map(|v| {
+            v.trim().parse::<T>().map_err(|e| ConfigError::Env {
+                var,
+                reason: format!("{v:?} is not a valid value: {e}"),
+            })
+        })
+        .transpose()
+}
+
+pub(crate) fn parse_bool(var: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "true" | "True" | "TRUE" => Ok(true),
+        "false" | "False" | "FALSE" => Ok(false),
+        _ => Err(ConfigError::Env {
+            var,
+            reason: format!("{v:?} is neither true nor false"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_normalized() {
+        assert_eq!(normalize_prefix(""), "");
+        assert_eq!(normalize_prefix("/"), "");
+        assert_eq!(normalize_prefix("ws/"), "/ws");
+        assert_eq!(normalize_prefix("/a/b/"), "/a/b");
+    }
+
+    #[test]
+    fn build_requires_a_secret() {
+        assert_eq!(
+            Config::builder().build().unwrap_err(),
+            ConfigError::MissingSecret
+        );
+    }
+
+    #[test]
+    fn build_refuses_bad_channels_and_zero_limits() {
+        let b = || Config::builder().jwt_secret("s");
+        assert!(matches!(
+            b().meta_channel("").build(),
+            Err(ConfigError::InvalidChannel { .. })
+        ));
+        assert!(matches!(
+            b().queue_length(0).build(),
+            Err(ConfigError::InvalidValue { .. })
+        ));
+        assert!(b().build().is_ok());
+    }
+}

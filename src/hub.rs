@@ -1,0 +1,283 @@
+//! Channel → subscribers, owned by the listener task: joins, leaves, fan-out.
+//!
+//! Nothing here is shared or locked: the listener task owns the [`Hub`] and each
+//! socket owns the receiving end of its bounded queue.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Why the hub let go of a socket; the socket closes with the matching code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Ending {
+    /// Its queue was full: 1008.
+    SlowConsumer = 1,
+    /// The listener lost its connection: 1012.
+    ListenerRestarted = 2,
+}
+
+/// Tells one socket that the hub let go of it, and why. The first reason wins.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    reason: AtomicU8,
+    notify: Notify,
+}
+
+impl Signal {
+    pub(crate) fn end(&self, ending: Ending) {
+        let _ = self
+            .reason
+            .compare_exchange(0, ending as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        match self.reason.load(Ordering::Acquire) {
+            1 => Some(Ending::SlowConsumer),
+            2 => Some(Ending::ListenerRestarted),
+            _ => None,
+        }
+    }
+
+    /// Resolves once [`end`](Self::end) has been called.
+    pub(crate) async fn ended(&self) -> Ending {
+        loop {
+            if let Some(ending) = self.ending() {
+                return ending;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A socket asking to read some channels.
+pub(crate) struct Join {
+    pub(crate) id: u64,
+    pub(crate) channels: Vec<String>,
+    pub(crate) queue: mpsc::Sender<Bytes>,
+    pub(crate) signal: Arc<Signal>,
+    pub(crate) ack: oneshot::Sender<()>,
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    id: u64,
+    queue: mpsc::Sender<Bytes>,
+    signal: Arc<Signal>,
+}
+
+struct Member {
+    channels: Vec<String>,
+    signal: Arc<Signal>,
+    live: bool,
+}
+
+/// The subscription table.
+#[derive(Default)]
+pub(crate) struct Hub {
+    channels: HashMap<String, Vec<Subscriber>>,
+    members: HashMap<u64, Member>,
+    /// Joins waiting for the `LISTEN` batch numbered `seq` (or an earlier one).
+    pending: VecDeque<(u64, u64, oneshot::Sender<()>)>,
+}
+
+impl Hub {
+    /// Adds a socket; returns the channels that got their first reader. Its ack
+    /// is sent by [`ack_through`](Self::ack_through) once batch `seq` is done.
+    pub(crate) fn join(&mut self, join: Join, seq: u64) -> Vec<String> {
+        let mut fresh = Vec::new();
+        let sub = Subscriber {
+            id: join.id,
+            queue: join.queue,
+            signal: join.signal.clone(),
+        };
+        for channel in &join.channels {
+            let subs = self.channels.entry(channel.clone()).or_default();
+            if subs.is_empty() {
+                fresh.push(channel.clone());
+            }
+            subs.push(sub.clone());
+        }
+        self.members.insert(
+            join.id,
+            Member {
+                channels: join.channels,
+                signal: join.signal,
+                live: false,
+            },
+        );
+        self.pending.push_back((seq, join.id, join.ack));
+        fresh
+    }
+
+    /// Removes a socket; returns the channels that lost their last reader.
+    pub(crate) fn leave(&mut self, id: u64) -> Vec<String> {
+        let Some(member) = self.members.remove(&id) else {
+            return Vec::new();
+        };
+        let mut emptied = Vec::new();
+        for channel in member.channels {
+            let Some(subs) = self.channels.get_mut(&channel) else {
+                continue;
+            };
+            if let Some(pos) = subs.iter().position(|s| s.id == id) {
+                subs.swap_remove(pos);
+            }
+            if subs.is_empty() {
+                self.channels.remove(&channel);
+                emptied.push(channel);
+            }
+        }
+        emptied
+    }
+
+    /// Queues one shared frame for every reader of `channel`. A reader whose queue
+    /// is full is let go as a slow consumer; returns the channels that emptied.
+    pub(crate) fn dispatch(&mut self, channel: &str, frame: &Bytes) -> Vec<String> {
+        let Some(subs) = self.channels.get(channel) else {
+            return Vec::new();
+        };
+        let mut slow = Vec::new();
+        for sub in subs {
+            if let Err(mpsc::error::TrySendError::Full(_)) = sub.queue.try_send(frame.clone()) {
+                sub.signal.end(Ending::SlowConsumer);
+                slow.push(sub.id);
+            }
+        }
+        slow.into_iter().flat_map(|id| self.leave(id)).collect()
+    }
+
+    /// Acknowledges every join whose `LISTEN` batch is done.
+    pub(crate) fn ack_through(&mut self, seq: u64) {
+        while self.pending.front().is_some_and(|(s, _, _)| *s <= seq) {
+            let (_, id, ack) = self.pending.pop_front().expect("checked above");
+            if let Some(member) = self.members.get_mut(&id) {
+                member.live = true;
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    /// Hands every waiting join to batch `seq` (the first of a new connection).
+    pub(crate) fn retag_pending(&mut self, seq: u64) {
+        for (s, _, _) in &mut self.pending {
+            *s = seq;
+        }
+    }
+
+    /// After a lost connection: lets go of every acknowledged socket (1012);
+    /// sockets still waiting for their ack stay for the next connection.
+    pub(crate) fn drop_live(&mut self) {
+        let live: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.live)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in live {
+            if let Some(m) = self.members.get(&id) {
+                m.signal.end(Ending::ListenerRestarted);
+            }
+            self.leave(id);
+        }
+    }
+
+    /// The channels that have readers.
+    pub(crate) fn channels(&self) -> impl Iterator<Item = &str> {
+        self.channels.keys().map(String::as_str)
+    }
+
+    /// How many sockets are subscribed.
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(hub: &mut Hub, id: u64, chans: &[&str], cap: usize, seq: u64) -> Parts {
+        let (tx, rx) = mpsc::channel(cap);
+        let (ack, ack_rx) = oneshot::channel();
+        let signal = Arc::new(Signal::default());
+        let fresh = hub.join(
+            Join {
+                id,
+                channels: chans.iter().map(|c| c.to_string()).collect(),
+                queue: tx,
+                signal: signal.clone(),
+                ack,
+            },
+            seq,
+        );
+        Parts { rx, ack_rx, signal, fresh }
+    }
+
+    struct Parts {
+        rx: mpsc::Receiver<Bytes>,
+        ack_rx: oneshot::Receiver<()>,
+        signal: Arc<Signal>,
+        fresh: Vec<String>,
+    }
+
+    #[test]
+    fn first_and_last_readers_are_reported() {
+        let mut hub = Hub::default();
+        let a = join(&mut hub, 1, &["x", "y"], 4, 1);
+        let b = join(&mut hub, 2, &["y"], 4, 2);
+        assert_eq!(a.fresh, ["x", "y"]);
+        assert!(b.fresh.is_empty());
+        assert_eq!(hub.leave(2), Vec::<String>::new());
+        let mut emptied = hub.leave(1);
+        emptied.sort();
+        assert_eq!(emptied, ["x", "y"]);
+        assert_eq!(hub.channels().count(), 0);
+    }
+
+    #[test]
+    fn acks_follow_batches_in_order() {
+        let mut hub = Hub::default();
+        let mut a = join(&mut hub, 1, &["x"], 4, 1);
+        let mut b = join(&mut hub, 2, &["x"], 4, 2);
+        hub.ack_through(1);
+        assert!(a.ack_rx.try_recv().is_ok());
+        assert!(b.ack_rx.try_recv().is_err());
+        hub.ack_through(2);
+        assert!(b.ack_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn dispatch_shares_one_frame_and_drops_slow_readers() {
+        let mut hub = Hub::default();
+        let mut fast = join(&mut hub, 1, &["x"], 4, 1);
+        let slow = join(&mut hub, 2, &["x"], 1, 1);
+        let frame = Bytes::from_static(b"hello");
+        assert!(hub.dispatch("x", &frame).is_empty());
+        assert!(hub.dispatch("x", &frame).is_empty());
+        assert_eq!(slow.signal.ending(), Some(Ending::SlowConsumer));
+        assert_eq!(fast.rx.try_recv().unwrap().as_ptr(), frame.as_ptr());
+        assert_eq!(fast.signal.ending(), None);
+        assert_eq!(hub.len(), 1);
+    }
+
+    #[test]
+    fn losing_the_connection_ends_live_members_only() {
+        let mut hub = Hub::default();
+        let live = join(&mut hub, 1, &["x"], 4, 1);
+        let waiting = join(&mut hub, 2, &["x"], 4, 2);
+        hub.ack_through(1);
+        hub.drop_live();
+        assert_eq!(live.signal.ending(), Some(Ending::ListenerRestarted));
+        assert_eq!(waiting.signal.ending(), None);
+        assert_eq!(hub.channels().collect::<Vec<_>>(), ["x"]);
+    }
+}

@@ -1,0 +1,344 @@
+//! The one `LISTEN` connection: commands in, notifications out, reconnect loop.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream::FuturesOrdered};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::{Instant, timeout},
+};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, tls::NoTlsStream};
+
+use crate::{
+    hub::{Hub, Join, Signal},
+    mapping::Mapping,
+    socket::sleep_until_opt,
+};
+
+type Conn = Connection<Socket, NoTlsStream>;
+type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// What sockets ask of the listener.
+pub(crate) enum Command {
+    Join(Join),
+    Leave(u64),
+    /// `pg_listening_channels()` of the listener's own session.
+    Listening(oneshot::Sender<Vec<String>>),
+}
+
+/// The sockets' side: subscribe, and learn whether the listener is connected.
+#[derive(Clone)]
+pub(crate) struct ListenerHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    connected: watch::Receiver<bool>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A socket's place in the hub; leaving the hub when dropped.
+pub(crate) struct Subscription {
+    id: u64,
+    pub(crate) queue: mpsc::Receiver<Bytes>,
+    pub(crate) signal: Arc<Signal>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Leave(self.id));
+    }
+}
+
+impl ListenerHandle {
+    /// Subscribes to `channels` and waits until they are listened to. Cancelling
+    /// the wait (for a timeout) leaves the hub again.
+    pub(crate) async fn subscribe(&self, channels: Vec<String>, queue: usize) -> Option<Subscription> {
+        let (tx, rx) = mpsc::channel(queue);
+        let (ack, acked) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Subscription {
+            id,
+            queue: rx,
+            signal: Arc::new(Signal::default()),
+            commands: self.commands.clone(),
+        };
+        let join = Join {
+            id,
+            channels,
+            queue: tx,
+            signal: sub.signal.clone(),
+            ack,
+        };
+        self.commands.send(Command::Join(join)).ok()?;
+        acked.await.ok()?;
+        Some(sub)
+    }
+
+    /// Whether the listener's connection is up and listening.
+    pub(crate) fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// The channels the listener's session is listening to, or `None` while disconnected.
+    pub(crate) async fn listening(&self) -> Option<Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Listening(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Starts the listener task; it ends when every handle and subscription is gone.
+pub(crate) fn spawn(db: tokio_postgres::Config, mapping: Mapping, probe: Option<Duration>) -> ListenerHandle {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let (connected_tx, connected) = watch::channel(false);
+    let listener = Listener {
+        db: listener_config(db),
+        mapping,
+        commands: rx,
+        hub: Hub::default(),
+        seq: 0,
+        probe,
+        connected: connected_tx,
+    };
+    tokio::spawn(listener.run());
+    ListenerHandle {
+        commands,
+        connected,
+        next_id: Arc::new(AtomicU64::new(1)),
+    }
+}
+
+/// Keepalives and a connect timeout, unless the URI sets its own.
+fn listener_config(mut db: tokio_postgres::Config) -> tokio_postgres::Config {
+    db.keepalives(true);
+    if db.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        db.keepalives_idle(Duration::from_secs(30));
+        db.keepalives_interval(Duration::from_secs(10));
+        db.keepalives_retries(3);
+    }
+    if db.get_connect_timeout().is_none() {
+        db.connect_timeout(Duration::from_secs(5));
+    }
+    db.application_name("pgws-listener");
+    db
+}
+
+struct Listener {
+    db: tokio_postgres::Config,
+    mapping: Mapping,
+    commands: mpsc::UnboundedReceiver<Command>,
+    hub: Hub,
+    /// Number of the newest `LISTEN`/`UNLISTEN` batch; joins are acked by it.
+    seq: u64,
+    probe: Option<Duration>,
+    connected: watch::Sender<bool>,
+}
+
+/// Why a connection's service ended.
+enum End {
+    Lost,
+    Stopped,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Listener {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let Some((client, conn)) = self.connect(&mut backoff).await else {
+                return;
+            };
+            backoff = BACKOFF_START;
+            let end = self.serve(client, conn).await;
+            self.connected.send_replace(false);
+            self.hub.drop_live();
+            match end {
+                End::Stopped => return,
+                End::Lost => tracing::warn!("listener connection lost; reconnecting"),
+            }
+        }
+    }
+
+    /// Connects, retrying forever with capped exponential backoff while still
+    /// taking commands. `None` once every handle is gone.
+    async fn connect(&mut self, backoff: &mut Duration) -> Option<(Client, Conn)> {
+        loop {
+            let db = self.db.clone();
+            let attempt = async move { db.connect(NoTls).await };
+            tokio::pin!(attempt);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt => break r,
+                    cmd = self.commands.recv() => self.apply_offline(cmd?),
+                }
+            };
+            match result {
+                Ok(pair) => return Some(pair),
+                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "listener cannot connect"),
+            }
+            let until = Instant::now() + *backoff;
+            *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    cmd = self.commands.recv() => self.apply_offline(cmd?),
+                }
+            }
+        }
+    }
+
+    fn apply_offline(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join(join) => {
+                self.hub.join(join, u64::MAX);
+            }
+            Command::Leave(id) => {
+                self.hub.leave(id);
+            }
+            Command::Listening(reply) => drop(reply),
+        }
+    }
+
+    async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
+        let client = Arc::new(client);
+        let mut queries = FuturesOrdered::<Query>::new();
+        let first = self.initial_listens();
+        // Joins that waited while offline are acked by this first batch.
+        self.hub.retag_pending(self.seq + 1);
+        self.push(&mut queries, &client, "LISTEN", first);
+        let mut probe: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
+        let mut next_probe = self.probe.map(|p| Instant::now() + p);
+        loop {
+            tokio::select! {
+                msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        let emptied = self.deliver(n.channel(), n.payload());
+                        self.push(&mut queries, &client, "UNLISTEN", emptied);
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "listener connection failed");
+                        return End::Lost;
+                    }
+                    None => return End::Lost,
+                },
+                cmd = self.commands.recv() => match cmd {
+                    None => return End::Stopped,
+                    Some(cmd) => self.apply(cmd, &mut queries, &client),
+                },
+                Some(done) = queries.next(), if !queries.is_empty() => match done {
+                    Ok(seq) => {
+                        // The first batch to finish is the re-LISTEN of everything.
+                        if !*self.connected.borrow() {
+                            self.connected.send_replace(true);
+                        }
+                        self.hub.ack_through(seq);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN/UNLISTEN failed");
+                        return End::Lost;
+                    }
+                },
+                _ = sleep_until_opt(next_probe), if probe.is_none() => {
+                    let client = client.clone();
+                    let limit = self.probe.unwrap_or(BACKOFF_MAX);
+                    probe = Some(Box::pin(async move {
+                        matches!(timeout(limit, client.simple_query("")).await, Ok(Ok(_)))
+                    }));
+                }
+                ok = poll_opt(&mut probe) => {
+                    probe = None;
+                    next_probe = self.probe.map(|p| Instant::now() + p);
+                    if !ok {
+                        tracing::warn!("listener probe failed");
+                        return End::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    fn initial_listens(&self) -> Vec<String> {
+        match self.mapping.fixed_listen() {
+            Some(c) => vec![c.to_owned()],
+            None => self.hub.channels().map(str::to_owned).collect(),
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, queries: &mut FuturesOrdered<Query>, client: &Arc<Client>) {
+        match cmd {
+            Command::Join(join) => {
+                let fresh = self.hub.join(join, self.seq + 1);
+                self.push(queries, client, "LISTEN", self.per_channel(fresh));
+            }
+            Command::Leave(id) => {
+                let emptied = self.hub.leave(id);
+                self.push(queries, client, "UNLISTEN", emptied);
+            }
+            Command::Listening(reply) => {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let rows = client.query("select pg_listening_channels()", &[]).await;
+                    let names = rows.map(|rows| rows.iter().map(|r| r.get(0)).collect());
+                    let _ = reply.send(names.unwrap_or_default());
+                });
+            }
+        }
+    }
+
+    fn per_channel(&self, channels: Vec<String>) -> Vec<String> {
+        if self.mapping.listens_per_channel() {
+            channels
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Queues one batch, numbered; an empty batch still takes its turn so acks stay
+    /// in order.
+    fn push(&mut self, queries: &mut FuturesOrdered<Query>, client: &Arc<Client>, verb: &str, channels: Vec<String>) {
+        let channels = if verb == "UNLISTEN" {
+            self.per_channel(channels)
+        } else {
+            channels
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        if channels.is_empty() {
+            queries.push_back(Box::pin(std::future::ready(Ok(seq))));
+            return;
+        }
+        let sql: String = channels
+            .iter()
+            .map(|c| format!("{verb} {};", postgres_protocol::escape::escape_identifier(c)))
+            .collect();
+        let client = client.clone();
+        queries.push_back(Box::pin(async move { client.batch_execute(&sql).await.map(|_| seq) }));
+    }
+
+    fn deliver(&mut self, pg_channel: &str, payload: &str) -> Vec<String> {
+        let Some(channel) = self.mapping.route(pg_channel, payload) else {
+            return Vec::new();
+        };
+        let frame = Bytes::copy_from_slice(payload.as_bytes());
+        self.hub.dispatch(&channel, &frame)
+    }
+}
+
+async fn poll_opt<F: Future + Unpin>(fut: &mut Option<F>) -> F::Output {
+    match fut {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+

@@ -1,0 +1,160 @@
+//! The two channel mappings of section 4: what to `LISTEN`, how to route a
+//! notification, and which envelope a message gets. Everything that differs
+//! between them is here.
+
+use std::{borrow::Cow, time::SystemTime};
+
+use serde::Deserialize;
+
+use crate::envelope::{self, Event};
+
+/// How WebSocket channels map onto PostgreSQL channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mapping {
+    /// A WebSocket channel is a PostgreSQL channel (postgrest-ws).
+    PerChannel,
+    /// One `LISTEN` on `listen_channel`; payloads route by their `channel` field
+    /// (postgres-websockets).
+    Multiplexed { listen_channel: String },
+}
+
+/// One `pg_notify(channel, payload)` to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Notify {
+    pub(crate) channel: String,
+    pub(crate) payload: String,
+}
+
+impl Mapping {
+    pub(crate) fn new(listen_channel: Option<&str>) -> Self {
+        match listen_channel {
+            None => Mapping::PerChannel,
+            Some(c) => Mapping::Multiplexed {
+                listen_channel: c.to_owned(),
+            },
+        }
+    }
+
+    /// Whether each WebSocket channel is `LISTEN`ed on its own.
+    pub(crate) fn listens_per_channel(&self) -> bool {
+        matches!(self, Mapping::PerChannel)
+    }
+
+    /// The one channel listened to in the multiplexed mapping.
+    pub(crate) fn fixed_listen(&self) -> Option<&str> {
+        match self {
+            Mapping::PerChannel => None,
+            Mapping::Multiplexed { listen_channel } => Some(listen_channel),
+        }
+    }
+
+    /// The WebSocket channel a notification goes to, if any.
+    pub(crate) fn route<'a>(&self, pg_channel: &'a str, payload: &'a str) -> Option<Cow<'a, str>> {
+        match self {
+            Mapping::PerChannel => Some(Cow::Borrowed(pg_channel)),
+            Mapping::Multiplexed { listen_channel } if listen_channel == pg_channel => {
+                Some(routed_channel(payload).unwrap_or(Cow::Borrowed(pg_channel)))
+            }
+            Mapping::Multiplexed { .. } => None,
+        }
+    }
+
+    /// The NOTIFYs for one event of a socket, one per channel, in order.
+    pub(crate) fn notifies(
+        &self,
+        channels: &[String],
+        event: Event,
+        payload: &str,
+        claims: &Claims,
+        at: SystemTime,
+    ) -> Vec<Notify> {
+        channels
+            .iter()
+            .map(|channel| match self {
+                Mapping::PerChannel => Notify {
+                    channel: channel.clone(),
+                    payload: envelope::per_channel(channel, event, payload, &claims.plain),
+                },
+                Mapping::Multiplexed { listen_channel } => Notify {
+                    channel: listen_channel.clone(),
+                    payload: envelope::multiplexed(
+                        channel,
+                        event,
+                        payload,
+                        &claims.multiplexed,
+                        at,
+                    ),
+                },
+            })
+            .collect()
+    }
+}
+
+/// A socket's claims, encoded once for the envelopes.
+#[derive(Debug, Clone)]
+pub(crate) struct Claims {
+    plain: String,
+    multiplexed: String,
+}
+
+impl Claims {
+    pub(crate) fn new(claims_json: &str) -> Self {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(claims_json).unwrap_or_default();
+        Self {
+            plain: claims_json.to_owned(),
+            multiplexed: envelope::claims_for_multiplexed(&map),
+        }
+    }
+}
+
+/// The string `channel` of a JSON object payload.
+fn routed_channel(payload: &str) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        channel: Cow<'a, str>,
+    }
+    if !payload.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<Probe<'_>>(payload)
+        .ok()
+        .map(|p| p.channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplexed_routes_by_payload_channel() {
+        let m = Mapping::new(Some("pgws"));
+        assert_eq!(m.route("pgws", r#"{"channel":"chat","x":[1]}"#).unwrap(), "chat");
+        assert_eq!(m.route("pgws", r#"{"channel":1}"#).unwrap(), "pgws");
+        assert_eq!(m.route("pgws", r#"["chat"]"#).unwrap(), "pgws");
+        assert_eq!(m.route("pgws", "plain text").unwrap(), "pgws");
+        assert_eq!(m.route("pgws", r#"{"channel":"a\"b"}"#).unwrap(), "a\"b");
+        assert!(m.route("other", "{}").is_none());
+    }
+
+    #[test]
+    fn per_channel_routes_by_notification_channel() {
+        assert_eq!(Mapping::PerChannel.route("chat", "x").unwrap(), "chat");
+    }
+
+    #[test]
+    fn notifies_follow_the_mapping() {
+        let claims = Claims::new(r#"{"mode":"w","message_delivered_at":1}"#);
+        let chans = vec!["a".to_string(), "b".to_string()];
+        let now = SystemTime::now();
+        let per = Mapping::PerChannel.notifies(&chans, Event::Message, "hi", &claims, now);
+        assert_eq!(per[0].channel, "a");
+        assert_eq!(per[1].channel, "b");
+        assert!(per[1].payload.contains(r#""userClaims":{"mode":"w","message_delivered_at":1}"#));
+        let mux = Mapping::new(Some("l")).notifies(&chans, Event::Message, "hi", &claims, now);
+        assert!(mux.iter().all(|n| n.channel == "l"));
+        assert!(mux[1].payload.starts_with(r#"{"channel":"b","#));
+        assert_eq!(mux[0].payload.matches("message_delivered_at").count(), 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! The write pool and `pg_notify`.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::mapping::Notify;
+
+/// Runs NOTIFYs through a `deadpool-postgres` pool.
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    pool: Pool,
+}
+
+/// A NOTIFY that did not happen: the database is down or the pool timed out.
+#[derive(Debug)]
+pub(crate) struct PublishError(pub(crate) String);
+
+const ONE: &str = "select pg_notify($1, $2)";
+/// One statement, so several channels are notified all or nothing, in order.
+const MANY: &str = "select pg_notify(c, p) from unnest($1::text[], $2::text[]) as t(c, p)";
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Publisher {
+    pub(crate) fn new(mut db: tokio_postgres::Config, size: usize) -> Self {
+        if db.get_connect_timeout().is_none() {
+            db.connect_timeout(POOL_TIMEOUT);
+        }
+        db.application_name("pgws-writer");
+        let manager = Manager::from_config(
+            db,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .expect("a runtime and a size are set");
+        Self { pool }
+    }
+
+    /// Runs the NOTIFYs in one statement: all or nothing.
+    pub(crate) async fn publish(&self, notifies: &[Notify]) -> Result<(), PublishError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| PublishError(e.to_string()))?;
+        let result = match notifies {
+            [] => return Ok(()),
+            [one] => {
+                let stmt = client.prepare_cached(ONE).await;
+                match stmt {
+                    Ok(stmt) => client.execute(&stmt, &[&one.channel, &one.payload]).await,
+                    Err(e) => Err(e),
+                }
+            }
+            many => {
+                let channels: Vec<&str> = many.iter().map(|n| n.channel.as_str()).collect();
+                let payloads: Vec<&str> = many.iter().map(|n| n.payload.as_str()).collect();
+                match client.prepare_cached(MANY).await {
+                    Ok(stmt) => client.execute(&stmt, &[&channels, &payloads]).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        result.map(drop).map_err(|e| PublishError(e.to_string()))
+    }
+}

@@ -1,0 +1,114 @@
+//! [`PgWsService`]: takes our handshakes, passes the rest to the wrapped service.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::timeout;
+use tower::Service;
+
+use crate::{
+    body::PgWsBody,
+    future::ResponseFuture,
+    handshake::{self, Route},
+    layer::Shared,
+    mapping::Claims,
+    socket::Socket,
+};
+
+/// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
+#[derive(Clone)]
+pub struct PgWsService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> PgWsService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PgWsService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<PgWsBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let (channel, token) = match handshake::route(&req, &self.shared.prefix) {
+            Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
+            Route::BadKey => {
+                let res = handshake::plain(StatusCode::BAD_REQUEST, "Invalid Sec-WebSocket-Key");
+                return ResponseFuture::own(Box::pin(std::future::ready(res)));
+            }
+            Route::Ours { channel, token } => (channel.map(str::to_owned), token.to_owned()),
+        };
+        let key = req.headers()[header::SEC_WEBSOCKET_KEY].clone();
+        let upgrade = hyper::upgrade::on(&mut req);
+        let shared = self.shared.clone();
+        ResponseFuture::own(Box::pin(accept(shared, channel, token, key, upgrade)))
+    }
+}
+
+/// Token check, subscribe before accept, then `101` and the socket task.
+async fn accept(
+    shared: Arc<Shared>,
+    channel: Option<String>,
+    token: String,
+    key: HeaderValue,
+    upgrade: OnUpgrade,
+) -> Response<Bytes> {
+    if *shared.shutdown.borrow() {
+        return handshake::plain(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
+    }
+    let grant = match shared.authorizer.authorize(channel.as_deref(), &token) {
+        Ok(grant) => grant,
+        Err(refusal) => return handshake::plain(refusal.status(), refusal.to_string()),
+    };
+    let subscription = if grant.mode.reads() {
+        let subscribe = shared
+            .listener
+            .subscribe(grant.channels.clone(), shared.queue_length);
+        match timeout(shared.subscribe_timeout, subscribe).await {
+            Ok(Some(sub)) => Some(sub),
+            _ => return handshake::plain(StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
+        }
+    } else {
+        None
+    };
+    let socket = Socket {
+        claims: Claims::new(&grant.claims_json),
+        grant,
+        subscription,
+        shutdown: shared.shutdown.subscribe(),
+        shared,
+    };
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => socket.run(TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(error = %e, "connection dropped before the upgrade"),
+        }
+    });
+    handshake::switching_protocols(&key)
+}
+
+impl<S: fmt::Debug> fmt::Debug for PgWsService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgWsService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,334 @@
+//! One connection's task: frames in, queue out, ping, expiry, close codes.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+    time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
+};
+use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
+
+use crate::{
+    auth::Grant,
+    envelope::Event,
+    hub::{Ending, Signal},
+    layer::Shared,
+    listener::Subscription,
+    mapping::Claims,
+};
+
+/// How long a close waits for the peer's answer, and how long shutdown drains.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// NOTIFY payloads must stay under this many bytes.
+const NOTIFY_LIMIT: usize = 8000;
+/// Frames coalesced into one flush.
+const BATCH: usize = 64;
+
+/// How the exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// We close with this code.
+    Close(CloseCode, &'static str),
+    /// The peer closed, or the stream failed; the codec already answered.
+    Ended,
+}
+
+const GOING_AWAY: Outcome = Outcome::Close(CloseCode::GOING_AWAY, "Going away");
+
+/// One accepted socket.
+pub(crate) struct Socket {
+    pub(crate) grant: Grant,
+    pub(crate) claims: Claims,
+    pub(crate) subscription: Option<Subscription>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+type Stream<S> = SplitStream<WebSocketStream<S>>;
+
+impl Socket {
+    /// Runs the socket to its end, meta events included.
+    pub(crate) async fn run<S>(mut self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let limits = Limits::default().max_payload_len(Some(self.shared.max_message_bytes));
+        let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
+        self.publish_meta(Event::ConnectionOpen).await;
+        let outcome = self.exchange(&mut sink, &mut stream).await;
+        tracing::debug!(?outcome, "socket closing");
+        finish(&mut sink, &mut stream, outcome).await;
+        self.publish_meta(Event::ConnectionClose).await;
+    }
+
+    async fn exchange<S>(&mut self, sink: &mut Sink<S>, stream: &mut Stream<S>) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let pong = AtomicBool::new(false);
+        let mut subscription = self.subscription.take();
+        let expiry = self.grant.expires_at.map(instant_at);
+        let ping = self.shared.ping_interval;
+        let reader = self.read(stream, &pong);
+        let writer = write(sink, subscription.as_mut(), &pong, expiry, ping, self.shutdown.clone());
+        tokio::pin!(reader, writer);
+        // On shutdown the other half finishes its in-flight work, within the drain timeout.
+        tokio::select! {
+            o = &mut reader => {
+                if o == GOING_AWAY { let _ = timeout(CLOSE_TIMEOUT, writer).await; }
+                o
+            }
+            o = &mut writer => {
+                if o == GOING_AWAY { let _ = timeout(CLOSE_TIMEOUT, reader).await; }
+                o
+            }
+        }
+    }
+
+    /// Reads messages and NOTIFYs them in order; stops between messages on shutdown.
+    async fn read<S>(&self, stream: &mut Stream<S>, pong: &AtomicBool) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutting_down(&mut shutdown) => return GOING_AWAY,
+                next = stream.next() => next,
+            };
+            let msg = match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "socket stream error");
+                    return Outcome::Ended;
+                }
+                None => return Outcome::Ended,
+            };
+            if msg.is_close() {
+                return Outcome::Ended;
+            } else if msg.is_pong() {
+                pong.store(true, Ordering::Release);
+            } else if msg.is_text() || msg.is_binary() {
+                if let Err(outcome) = self.on_message(msg).await {
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// Checks one data message (mode, UTF-8, NOTIFY size) and NOTIFYs it.
+    async fn on_message(&self, msg: Message) -> Result<(), Outcome> {
+        if !self.grant.mode.writes() {
+            return Err(Outcome::Close(CloseCode::POLICY_VIOLATION, "Write not allowed: this token's mode is r"));
+        }
+        let payload = msg.into_payload();
+        let text = std::str::from_utf8(&payload)
+            .map_err(|_| Outcome::Close(CloseCode::INVALID_FRAME_PAYLOAD_DATA, "Invalid UTF-8"))?;
+        let notifies = self.shared.mapping.notifies(
+            &self.grant.channels,
+            Event::Message,
+            text,
+            &self.claims,
+            SystemTime::now(),
+        );
+        if notifies.iter().any(|n| n.payload.len() >= NOTIFY_LIMIT) {
+            return Err(Outcome::Close(
+                CloseCode::MESSAGE_TOO_BIG,
+                "Message too big: the NOTIFY payload would reach 8000 bytes",
+            ));
+        }
+        self.shared.publisher.publish(&notifies).await.map_err(|e| {
+            tracing::warn!(error = %e.0, "NOTIFY failed");
+            Outcome::Close(CloseCode::SERVICE_OVERLOAD, "Database unavailable")
+        })
+    }
+
+    /// Best effort: a failure is logged, never a reason to close.
+    async fn publish_meta(&self, event: Event) {
+        let Some(meta) = &self.shared.meta_channel else {
+            return;
+        };
+        let channels = self.grant.channels.join(",");
+        let notifies = self.shared.mapping.notifies(
+            std::slice::from_ref(meta),
+            event,
+            &channels,
+            &self.claims,
+            SystemTime::now(),
+        );
+        if let Err(e) = self.shared.publisher.publish(&notifies).await {
+            tracing::warn!(error = %e.0, ?event, "meta event not published");
+        }
+    }
+}
+
+/// Sends queued notifications and pings; ends on a hub signal, expiry, a ping
+/// timeout or shutdown.
+async fn write<S>(
+    sink: &mut Sink<S>,
+    mut sub: Option<&mut Subscription>,
+    pong: &AtomicBool,
+    expiry: Option<Instant>,
+    ping_every: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ping = ping_every.map(|every| {
+        let mut i = interval_at(Instant::now() + every, every);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    });
+    let mut pinged = false;
+    let signal = sub.as_ref().map(|s| s.signal.clone());
+    loop {
+        tokio::select! {
+            biased;
+            ending = ended(signal.as_deref()) => return on_ending(ending, sink, sub).await,
+            _ = shutting_down(&mut shutdown) => {
+                let _ = timeout(CLOSE_TIMEOUT, drain(sink, sub)).await;
+                return GOING_AWAY;
+            }
+            _ = sleep_until_opt(expiry) => return Outcome::Close(CloseCode::try_from(3001).expect("3001 is a valid code"), "JWT expired"),
+            _ = tick(&mut ping) => {
+                if pinged && !pong.swap(false, Ordering::AcqRel) {
+                    return Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout");
+                }
+                pinged = true;
+                if sink.send(Message::ping(Bytes::new())).await.is_err() {
+                    return Outcome::Ended;
+                }
+            }
+            frame = recv(sub.as_deref_mut()) => {
+                let Some(frame) = frame else {
+                    return on_ending(Ending::ListenerRestarted, sink, sub).await;
+                };
+                let sub = sub.as_deref_mut().expect("recv pends without a subscription");
+                // A peer that reads nothing for a whole ping interval is not answering.
+                tokio::select! {
+                    r = send_batch(sink, frame, sub) => if r.is_err() { return Outcome::Ended },
+                    ending = ended(signal.as_deref()) => return on_ending(ending, sink, None).await,
+                    _ = tick(&mut ping) => return Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout"),
+                }
+            }
+        }
+    }
+}
+
+async fn on_ending<S>(ending: Ending, sink: &mut Sink<S>, sub: Option<&mut Subscription>) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match ending {
+        Ending::SlowConsumer => Outcome::Close(CloseCode::POLICY_VIOLATION, "Slow consumer: the outbound queue is full"),
+        Ending::ListenerRestarted => {
+            // What was queued before the loss is still good: deliver it first.
+            let _ = timeout(CLOSE_TIMEOUT, drain(sink, sub)).await;
+            Outcome::Close(CloseCode::SERVICE_RESTART, "Listener restarted: notifications may have been missed")
+        }
+    }
+}
+
+/// Feeds a frame and whatever else is queued (up to a batch), then flushes once.
+async fn send_batch<S>(
+    sink: &mut Sink<S>,
+    first: Bytes,
+    sub: &mut Subscription,
+) -> Result<(), tokio_websockets::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    sink.feed(text(first)).await?;
+    for _ in 1..BATCH {
+        match sub.queue.try_recv() {
+            Ok(frame) => sink.feed(text(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
+/// Sends everything still queued.
+async fn drain<S>(sink: &mut Sink<S>, sub: Option<&mut Subscription>) -> Result<(), tokio_websockets::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(sub) = sub else { return Ok(()) };
+    while let Ok(frame) = sub.queue.try_recv() {
+        sink.feed(text(frame)).await?;
+    }
+    sink.flush().await
+}
+
+fn text(frame: Bytes) -> Message {
+    Message::text(Payload::from(frame))
+}
+
+/// Sends our close (if any) and waits at most [`CLOSE_TIMEOUT`] for the peer's answer.
+async fn finish<S>(sink: &mut Sink<S>, stream: &mut Stream<S>, outcome: Outcome)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        if let Outcome::Close(code, reason) = outcome
+            && sink.send(Message::close(Some(code), reason)).await.is_err()
+        {
+            return;
+        }
+        while stream.next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn ended(signal: Option<&Signal>) -> Ending {
+    match signal {
+        Some(signal) => signal.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv(sub: Option<&mut Subscription>) -> Option<Bytes> {
+    match sub {
+        Some(sub) => sub.queue.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(ping: &mut Option<Interval>) {
+    match ping {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn instant_at(t: SystemTime) -> Instant {
+    let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now() + left
+}
