@@ -1,6 +1,7 @@
 //! [`PgWsBody`]: the wrapped service's body, or the layer's own short answer.
 
 use std::{
+    fmt,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -13,19 +14,31 @@ pin_project! {
     /// The response body of [`PgWsService`](crate::PgWsService): the wrapped
     /// service's body streamed untouched, or the layer's own answer (a `101` or
     /// a refusal).
-    #[project = BodyProj]
-    pub enum PgWsBody<B> {
-        /// The wrapped service's body.
+    pub struct PgWsBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
         Inner { #[pin] body: B },
-        /// A body the layer wrote.
         Full { data: Option<Bytes> },
     }
 }
 
 impl<B> PgWsBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
     pub(crate) fn full(data: Bytes) -> Self {
-        PgWsBody::Full {
-            data: (!data.is_empty()).then_some(data),
+        let data = (!data.is_empty()).then_some(data);
+        Self {
+            kind: Kind::Full { data },
         }
     }
 }
@@ -41,23 +54,29 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            BodyProj::Inner { body } => body.poll_frame(cx),
-            BodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            PgWsBody::Inner { body } => body.is_end_stream(),
-            PgWsBody::Full { data } => data.is_none(),
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            PgWsBody::Inner { body } => body.size_hint(),
-            PgWsBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+impl<B> fmt::Debug for PgWsBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgWsBody").finish_non_exhaustive()
     }
 }

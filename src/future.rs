@@ -56,7 +56,7 @@ where
         match self.project().kind.project() {
             KindProj::Inner { future } => {
                 let res = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(res.map(|body| PgWsBody::Inner { body })))
+                Poll::Ready(Ok(res.map(PgWsBody::inner)))
             }
             KindProj::Own { future } => {
                 let res = ready!(future.as_mut().poll(cx));

@@ -196,7 +196,8 @@ impl Hub {
     }
 
     /// How many sockets are subscribed.
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.members.len()
     }
 }

@@ -1,0 +1,259 @@
+//! Shared helpers: a real server on loopback, a real WebSocket client, the real
+//! PostgreSQL from `PGWS_TEST_DB_URI`.
+#![allow(dead_code)]
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use pgws::{ConfigBuilder, PgWsLayer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+use tower::{Layer, service_fn};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub const SECRET: &str = "reallyreallyreallyreallyverysafe";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn db_uri() -> String {
+    std::env::var("PGWS_TEST_DB_URI")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A channel name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token over `claims` with [`SECRET`].
+pub fn token(claims: Value) -> String {
+    token_with(&claims, SECRET.as_bytes())
+}
+
+pub fn token_with(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// A builder with the test database and [`SECRET`].
+pub fn config() -> ConfigBuilder {
+    pgws::Config::builder()
+        .database_url(db_uri())
+        .jwt_secret(SECRET)
+}
+
+/// A layer over an inner service that answers `200 inner <path>`, on loopback.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub layer: PgWsLayer,
+}
+
+impl TestServer {
+    pub async fn start(config: ConfigBuilder) -> TestServer {
+        let layer = PgWsLayer::new(config.build().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc_layer = layer.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let svc = svc_layer.layer(service_fn(inner));
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            TowerToHyperService::new(svc),
+                        )
+                        .await;
+                });
+            }
+        });
+        TestServer { addr, layer }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Opens a socket at `path`; panics on a refusal.
+    pub async fn connect(&self, path: &str) -> Ws {
+        match self.try_connect(path).await {
+            Ok(ws) => ws,
+            Err(e) => panic!("handshake for {path} failed: {e}"),
+        }
+    }
+
+    pub async fn try_connect(&self, path: &str) -> Result<Ws, tokio_websockets::Error> {
+        let uri: http::Uri = self.url(path).parse().unwrap();
+        let (ws, _) = tokio::time::timeout(WAIT, ClientBuilder::from_uri(uri).connect())
+            .await
+            .expect("handshake timed out")?;
+        Ok(ws)
+    }
+
+    /// A handshake over plain HTTP/1.1, for refusals: status and body.
+    pub async fn handshake(&self, path: &str) -> (StatusCode, String) {
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.request(req).await
+    }
+
+    /// Any request; status and body.
+    pub async fn request(&self, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let res = tokio::time::timeout(WAIT, sender.send_request(req))
+            .await
+            .expect("request timed out")
+            .unwrap();
+        let status = res.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return (status, String::new());
+        }
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+async fn inner(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = format!("inner {}", req.uri().path());
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// A claims object with a mode and optional channel claim, expiring in an hour.
+pub fn claims(mode: &str, channel: Option<&str>) -> Value {
+    let mut c = json!({"mode": mode, "exp": now() + 3600});
+    if let Some(ch) = channel {
+        c["channel"] = json!(ch);
+    }
+    c
+}
+
+/// `NOTIFY` from SQL on a fresh connection.
+pub async fn notify(channel: &str, payload: &str) {
+    let client = db().await;
+    client
+        .execute("select pg_notify($1, $2)", &[&channel, &payload])
+        .await
+        .unwrap();
+}
+
+/// A fresh client whose connection is driven in the background.
+pub async fn db() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&db_uri(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A LISTEN connection that collects notifications of `channel`.
+pub struct Listen {
+    _client: tokio_postgres::Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+}
+
+impl Listen {
+    pub async fn start(channel: &str) -> Listen {
+        let (client, mut conn) = tokio_postgres::connect(&db_uri(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+            }
+        });
+        let sql = format!("LISTEN {}", postgres_quote(channel));
+        client.batch_execute(&sql).await.unwrap();
+        Listen { _client: client, rx }
+    }
+
+    /// The next notification's payload.
+    pub async fn next(&mut self) -> (String, String) {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("no notification in time")
+            .expect("listen connection ended")
+    }
+
+    /// Nothing more arrives within `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.rx.recv()).await.is_err()
+    }
+}
+
+pub fn postgres_quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The next text message.
+pub async fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no message in time")
+            .expect("socket ended")
+            .expect("socket failed");
+        if let Some(text) = msg.as_text() {
+            return text.to_owned();
+        }
+        assert!(!msg.is_close(), "closed: {:?}", msg.as_close());
+    }
+}
+
+/// Reads until the close frame; its code and reason.
+pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no close in time")
+            .expect("socket ended without a close frame")
+            .expect("socket failed");
+        if let Some((code, reason)) = msg.as_close() {
+            return (code.into(), reason.to_owned());
+        }
+    }
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text.to_owned())).await.unwrap();
+}
