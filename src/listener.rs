@@ -127,7 +127,9 @@ fn listener_config(mut db: tokio_postgres::Config) -> tokio_postgres::Config {
     if db.get_connect_timeout().is_none() {
         db.connect_timeout(Duration::from_secs(5));
     }
-    db.application_name("pgws-listener");
+    if db.get_application_name().is_none() {
+        db.application_name("pgws-listener");
+    }
     db
 }
 

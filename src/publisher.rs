@@ -27,7 +27,9 @@ impl Publisher {
         if db.get_connect_timeout().is_none() {
             db.connect_timeout(POOL_TIMEOUT);
         }
-        db.application_name("pgws-writer");
+        if db.get_application_name().is_none() {
+            db.application_name("pgws-writer");
+        }
         let manager = Manager::from_config(
             db,
             NoTls,
