@@ -1,0 +1,154 @@
+//! The listener connection: loss, 1012, reconnect and re-subscribe (contract §5, §6).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// A config whose connections carry a unique application_name, so this test can
+/// kill its own listener without touching other tests' connections.
+fn tagged() -> (pgws::ConfigBuilder, String) {
+    let app = unique("pgws_app");
+    let sep = if db_uri().contains('?') { '&' } else { '?' };
+    let uri = format!("{}{sep}application_name={app}", db_uri());
+    (config().database_url(uri), app)
+}
+
+async fn terminate(app: &str) -> i64 {
+    let db = db().await;
+    let row = db
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test]
+async fn losing_the_listener_closes_readers_with_1012_and_it_comes_back() {
+    let (cfg, app) = tagged();
+    let server = TestServer::start(cfg).await;
+    let chan = unique("loss");
+    let path = format!("/{}", token(claims("r", Some(&chan))));
+    let mut reader = server.connect(&path).await;
+    let mut writer = server.connect(&format!("/{}", token(claims("w", Some(&chan))))).await;
+    assert!(terminate(&app).await >= 1);
+    let (code, reason) = recv_close(&mut reader).await;
+    assert_eq!(code, 1012);
+    assert!(reason.starts_with("Listener restarted"), "{reason}");
+
+    // A new socket is accepted once the listener is back, and receives again.
+    let mut again = server.connect(&path).await;
+    notify(&chan, "back").await;
+    assert_eq!(recv_text(&mut again).await, "back");
+    assert!(server.layer.is_listening());
+    assert!(server.layer.listening_channels().await.unwrap().contains(&chan));
+
+    // Write-only sockets need no listener and are not closed by its loss.
+    send_text(&mut writer, "still writing").await;
+    let payload = recv_text(&mut again).await;
+    assert!(payload.contains("still writing"), "{payload}");
+}
+
+#[tokio::test]
+async fn channels_are_listened_again_after_a_reconnect() {
+    let (cfg, app) = tagged();
+    let server = TestServer::start(cfg).await;
+    let (a, b) = (unique("re_a"), unique("re_b"));
+    let _a = server.connect(&format!("/{}", token(claims("r", Some(&a))))).await;
+    terminate(&app).await;
+    let mut b_ws = server.connect(&format!("/{}", token(claims("r", Some(&b))))).await;
+    notify(&b, "b after reconnect").await;
+    assert_eq!(recv_text(&mut b_ws).await, "b after reconnect");
+    // `a`'s socket was closed with 1012, so `a` is no longer listened to.
+    for _ in 0..100 {
+        let chans = server.layer.listening_channels().await.unwrap_or_default();
+        if chans.contains(&b) && !chans.contains(&a) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("listened channels never settled");
+}
+
+#[tokio::test]
+async fn the_liveness_probe_notices_a_silently_dead_connection() {
+    // A forwarder that stops passing bytes without closing: no error ever reaches
+    // the listener, only its probe can tell.
+    let hole = Blackhole::start().await;
+    let cfg = config()
+        .database_url(format!("postgres://postgres@{}/postgres", hole.addr))
+        .check_listener_interval(Duration::from_millis(300));
+    let server = TestServer::start(cfg).await;
+    let chan = unique("probe");
+    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    hole.stall();
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012);
+}
+
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start() -> Blackhole {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = stalled.clone();
+        let target = pg_addr();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, flag.clone()));
+                tokio::spawn(pipe(sr, cw, flag.clone()));
+            }
+        });
+        Blackhole { addr, stalled }
+    }
+
+    fn stall(&self) {
+        self.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else { return };
+        if n == 0 {
+            return;
+        }
+        // Swallow everything once stalled, keeping both sockets open.
+        if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// host:port of the test database.
+fn pg_addr() -> String {
+    let cfg: tokio_postgres::Config = db_uri().parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => "127.0.0.1".into(),
+    };
+    format!("{host}:{}", cfg.get_ports().first().copied().unwrap_or(5432))
+}
