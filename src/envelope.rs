@@ -67,14 +67,19 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 fn unix_seconds(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     serde_json::Number::from_f64(secs)
         .map(|n| n.to_string())
         .unwrap_or_else(|| "0.0".into())
 }
 
 /// Removes `message_delivered_at` from claims so the envelope's own value wins.
-pub(crate) fn claims_for_multiplexed(claims: &serde_json::Map<String, serde_json::Value>) -> String {
+pub(crate) fn claims_for_multiplexed(
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> String {
     let mut claims = claims.clone();
     claims.remove("message_delivered_at");
     serde_json::Value::Object(claims).to_string()

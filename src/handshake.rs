@@ -38,7 +38,8 @@ fn is_handshake<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && has_token(h, header::UPGRADE, "websocket")
         && has_token(h, header::CONNECTION, "upgrade")
-        && h.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13")
+        && h.get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13")
         && h.contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
@@ -55,7 +56,11 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 fn key_is_valid(headers: &HeaderMap) -> bool {
     headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.as_bytes()).ok())
+        .and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes())
+                .ok()
+        })
         .is_some_and(|k| k.len() == 16)
 }
 
@@ -134,7 +139,10 @@ mod tests {
         let p = format!("/chat%2Fx/{JWT}");
         assert_eq!(split_path(&p, ""), Some((Some("chat%2Fx"), JWT)));
         assert_eq!(split_path(&format!("/ws/{JWT}"), "/ws"), Some((None, JWT)));
-        assert_eq!(split_path(&format!("/ws/c/{JWT}"), "/ws"), Some((Some("c"), JWT)));
+        assert_eq!(
+            split_path(&format!("/ws/c/{JWT}"), "/ws"),
+            Some((Some("c"), JWT))
+        );
         assert_eq!(split_path(&format!("/{JWT}"), "/ws"), None);
         assert_eq!(split_path(&format!("/wsx/{JWT}"), "/ws"), None);
         assert_eq!(split_path(&format!("/a/b/{JWT}"), ""), None);

@@ -220,7 +220,12 @@ mod tests {
             },
             seq,
         );
-        Parts { rx, ack_rx, signal, fresh }
+        Parts {
+            rx,
+            ack_rx,
+            signal,
+            fresh,
+        }
     }
 
     struct Parts {

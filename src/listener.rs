@@ -60,7 +60,11 @@ impl Drop for Subscription {
 impl ListenerHandle {
     /// Subscribes to `channels` and waits until they are listened to. Cancelling
     /// the wait (for a timeout) leaves the hub again.
-    pub(crate) async fn subscribe(&self, channels: Vec<String>, queue: usize) -> Option<Subscription> {
+    pub(crate) async fn subscribe(
+        &self,
+        channels: Vec<String>,
+        queue: usize,
+    ) -> Option<Subscription> {
         let (tx, rx) = mpsc::channel(queue);
         let (ack, acked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +100,11 @@ impl ListenerHandle {
 }
 
 /// Starts the listener task; it ends when every handle and subscription is gone.
-pub(crate) fn spawn(db: tokio_postgres::Config, mapping: Mapping, probe: Option<Duration>) -> ListenerHandle {
+pub(crate) fn spawn(
+    db: tokio_postgres::Config,
+    mapping: Mapping,
+    probe: Option<Duration>,
+) -> ListenerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
     let listener = Listener {
@@ -186,7 +194,9 @@ impl Listener {
             };
             match result {
                 Ok(pair) => return Some(pair),
-                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "listener cannot connect"),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "listener cannot connect")
+                }
             }
             let until = Instant::now() + *backoff;
             *backoff = (*backoff * 2).min(BACKOFF_MAX);
@@ -308,7 +318,13 @@ impl Listener {
 
     /// Queues one batch, numbered; an empty batch still takes its turn so acks stay
     /// in order.
-    fn push(&mut self, queries: &mut FuturesOrdered<Query>, client: &Arc<Client>, verb: &str, channels: Vec<String>) {
+    fn push(
+        &mut self,
+        queries: &mut FuturesOrdered<Query>,
+        client: &Arc<Client>,
+        verb: &str,
+        channels: Vec<String>,
+    ) {
         let channels = if verb == "UNLISTEN" {
             self.per_channel(channels)
         } else {
@@ -322,10 +338,17 @@ impl Listener {
         }
         let sql: String = channels
             .iter()
-            .map(|c| format!("{verb} {};", postgres_protocol::escape::escape_identifier(c)))
+            .map(|c| {
+                format!(
+                    "{verb} {};",
+                    postgres_protocol::escape::escape_identifier(c)
+                )
+            })
             .collect();
         let client = client.clone();
-        queries.push_back(Box::pin(async move { client.batch_execute(&sql).await.map(|_| seq) }));
+        queries.push_back(Box::pin(async move {
+            client.batch_execute(&sql).await.map(|_| seq)
+        }));
     }
 
     fn deliver(&mut self, pg_channel: &str, payload: &str) -> Vec<String> {
@@ -343,4 +366,3 @@ async fn poll_opt<F: Future + Unpin>(fut: &mut Option<F>) -> F::Output {
         None => std::future::pending().await,
     }
 }
-

@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn multiplexed_routes_by_payload_channel() {
         let m = Mapping::new(Some("pgws"));
-        assert_eq!(m.route("pgws", r#"{"channel":"chat","x":[1]}"#).unwrap(), "chat");
+        assert_eq!(
+            m.route("pgws", r#"{"channel":"chat","x":[1]}"#).unwrap(),
+            "chat"
+        );
         assert_eq!(m.route("pgws", r#"{"channel":1}"#).unwrap(), "pgws");
         assert_eq!(m.route("pgws", r#"["chat"]"#).unwrap(), "pgws");
         assert_eq!(m.route("pgws", "plain text").unwrap(), "pgws");
@@ -151,7 +154,11 @@ mod tests {
         let per = Mapping::PerChannel.notifies(&chans, Event::Message, "hi", &claims, now);
         assert_eq!(per[0].channel, "a");
         assert_eq!(per[1].channel, "b");
-        assert!(per[1].payload.contains(r#""userClaims":{"mode":"w","message_delivered_at":1}"#));
+        assert!(
+            per[1]
+                .payload
+                .contains(r#""userClaims":{"mode":"w","message_delivered_at":1}"#)
+        );
         let mux = Mapping::new(Some("l")).notifies(&chans, Event::Message, "hi", &claims, now);
         assert!(mux.iter().all(|n| n.channel == "l"));
         assert!(mux[1].payload.starts_with(r#"{"channel":"b","#));

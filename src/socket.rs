@@ -80,7 +80,14 @@ impl Socket {
         let expiry = self.grant.expires_at.map(instant_at);
         let ping = self.shared.ping_interval;
         let reader = self.read(stream, &pong);
-        let writer = write(sink, subscription.as_mut(), &pong, expiry, ping, self.shutdown.clone());
+        let writer = write(
+            sink,
+            subscription.as_mut(),
+            &pong,
+            expiry,
+            ping,
+            self.shutdown.clone(),
+        );
         tokio::pin!(reader, writer);
         // On shutdown the other half finishes its in-flight work, within the drain timeout.
         tokio::select! {
@@ -119,10 +126,10 @@ impl Socket {
                 return Outcome::Ended;
             } else if msg.is_pong() {
                 pong.store(true, Ordering::Release);
-            } else if msg.is_text() || msg.is_binary() {
-                if let Err(outcome) = self.on_message(msg).await {
-                    return outcome;
-                }
+            } else if (msg.is_text() || msg.is_binary())
+                && let Err(outcome) = self.on_message(msg).await
+            {
+                return outcome;
             }
         }
     }
@@ -130,7 +137,10 @@ impl Socket {
     /// Checks one data message (mode, UTF-8, NOTIFY size) and NOTIFYs it.
     async fn on_message(&self, msg: Message) -> Result<(), Outcome> {
         if !self.grant.mode.writes() {
-            return Err(Outcome::Close(CloseCode::POLICY_VIOLATION, "Write not allowed: this token's mode is r"));
+            return Err(Outcome::Close(
+                CloseCode::POLICY_VIOLATION,
+                "Write not allowed: this token's mode is r",
+            ));
         }
         let payload = msg.into_payload();
         let text = std::str::from_utf8(&payload)
@@ -232,11 +242,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match ending {
-        Ending::SlowConsumer => Outcome::Close(CloseCode::POLICY_VIOLATION, "Slow consumer: the outbound queue is full"),
+        Ending::SlowConsumer => Outcome::Close(
+            CloseCode::POLICY_VIOLATION,
+            "Slow consumer: the outbound queue is full",
+        ),
         Ending::ListenerRestarted => {
             // What was queued before the loss is still good: deliver it first.
             let _ = timeout(CLOSE_TIMEOUT, drain(sink, sub)).await;
-            Outcome::Close(CloseCode::SERVICE_RESTART, "Listener restarted: notifications may have been missed")
+            Outcome::Close(
+                CloseCode::SERVICE_RESTART,
+                "Listener restarted: notifications may have been missed",
+            )
         }
     }
 }
@@ -261,7 +277,10 @@ where
 }
 
 /// Sends everything still queued.
-async fn drain<S>(sink: &mut Sink<S>, sub: Option<&mut Subscription>) -> Result<(), tokio_websockets::Error>
+async fn drain<S>(
+    sink: &mut Sink<S>,
+    sub: Option<&mut Subscription>,
+) -> Result<(), tokio_websockets::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -11,7 +11,9 @@ use serde_json::json;
 async fn notify_reaches_a_reader_unchanged() {
     let server = TestServer::start(config()).await;
     let chan = unique("deliver");
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
     notify(&chan, "héllo {\"x\":1}").await;
     assert_eq!(recv_text(&mut ws).await, "héllo {\"x\":1}");
 }
@@ -22,7 +24,9 @@ async fn a_notify_right_after_the_handshake_is_delivered() {
     let server = TestServer::start(config()).await;
     for i in 0..20 {
         let chan = unique("sba");
-        let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+        let mut ws = server
+            .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+            .await;
         notify(&chan, &format!("n{i}")).await;
         assert_eq!(recv_text(&mut ws).await, format!("n{i}"));
     }
@@ -75,8 +79,12 @@ async fn a_path_channel_narrows_the_claimed_channels() {
 async fn other_channels_do_not_leak_in() {
     let server = TestServer::start(config()).await;
     let (mine, other) = (unique("mine"), unique("other"));
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&mine))))).await;
-    let _other = server.connect(&format!("/{}", token(claims("r", Some(&other))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&mine)))))
+        .await;
+    let _other = server
+        .connect(&format!("/{}", token(claims("r", Some(&other)))))
+        .await;
     notify(&other, "other").await;
     notify(&mine, "mine").await;
     assert_eq!(recv_text(&mut ws).await, "mine");
@@ -93,7 +101,9 @@ async fn a_channel_is_unlistened_when_its_last_reader_leaves() {
     drop(a);
     // One reader left: still listened to after the first socket's leave is processed.
     let probe = unique("probe");
-    let probe_ws = server.connect(&format!("/{}", token(claims("r", Some(&probe))))).await;
+    let probe_ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&probe)))))
+        .await;
     assert!(listening(&server).await.contains(&chan));
     drop(b);
     drop(probe_ws);
@@ -105,8 +115,12 @@ async fn multiplexed_mapping_routes_by_the_payload_channel() {
     let listen = unique("mux");
     let server = TestServer::start(config().listen_channel(&listen)).await;
     let chan = unique("room");
-    let mut room = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
-    let mut fallback = server.connect(&format!("/{}", token(claims("r", Some(&listen))))).await;
+    let mut room = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
+    let mut fallback = server
+        .connect(&format!("/{}", token(claims("r", Some(&listen)))))
+        .await;
     let routed = json!({"channel": chan, "event": "x", "payload": "hi"}).to_string();
     notify(&listen, &routed).await;
     assert_eq!(recv_text(&mut room).await, routed);
@@ -138,7 +152,9 @@ async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
     });
     for i in 0..total {
         let msg = format!("{i}:{payload}");
-        db.execute("select pg_notify($1, $2)", &[&chan, &msg]).await.unwrap();
+        db.execute("select pg_notify($1, $2)", &[&chan, &msg])
+            .await
+            .unwrap();
     }
     reader.await.unwrap();
     let (code, reason) = recv_close(&mut slow).await;
@@ -147,7 +163,11 @@ async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
 }
 
 async fn listening(server: &TestServer) -> Vec<String> {
-    server.layer.listening_channels().await.expect("listener connected")
+    server
+        .layer
+        .listening_channels()
+        .await
+        .expect("listener connected")
 }
 
 async fn wait_until<F, Fut>(mut cond: F)

@@ -34,7 +34,9 @@ async fn losing_the_listener_closes_readers_with_1012_and_it_comes_back() {
     let chan = unique("loss");
     let path = format!("/{}", token(claims("r", Some(&chan))));
     let mut reader = server.connect(&path).await;
-    let mut writer = server.connect(&format!("/{}", token(claims("w", Some(&chan))))).await;
+    let mut writer = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
     assert!(terminate(&app).await >= 1);
     let (code, reason) = recv_close(&mut reader).await;
     assert_eq!(code, 1012);
@@ -45,7 +47,14 @@ async fn losing_the_listener_closes_readers_with_1012_and_it_comes_back() {
     notify(&chan, "back").await;
     assert_eq!(recv_text(&mut again).await, "back");
     assert!(server.layer.is_listening());
-    assert!(server.layer.listening_channels().await.unwrap().contains(&chan));
+    assert!(
+        server
+            .layer
+            .listening_channels()
+            .await
+            .unwrap()
+            .contains(&chan)
+    );
 
     // Write-only sockets need no listener and are not closed by its loss.
     send_text(&mut writer, "still writing").await;
@@ -58,9 +67,13 @@ async fn channels_are_listened_again_after_a_reconnect() {
     let (cfg, app) = tagged();
     let server = TestServer::start(cfg).await;
     let (a, b) = (unique("re_a"), unique("re_b"));
-    let _a = server.connect(&format!("/{}", token(claims("r", Some(&a))))).await;
+    let _a = server
+        .connect(&format!("/{}", token(claims("r", Some(&a)))))
+        .await;
     terminate(&app).await;
-    let mut b_ws = server.connect(&format!("/{}", token(claims("r", Some(&b))))).await;
+    let mut b_ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&b)))))
+        .await;
     notify(&b, "b after reconnect").await;
     assert_eq!(recv_text(&mut b_ws).await, "b after reconnect");
     // `a`'s socket was closed with 1012, so `a` is no longer listened to.
@@ -84,7 +97,9 @@ async fn the_liveness_probe_notices_a_silently_dead_connection() {
         .check_listener_interval(Duration::from_millis(300));
     let server = TestServer::start(cfg).await;
     let chan = unique("probe");
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
     hole.stall();
     let (code, _) = recv_close(&mut ws).await;
     assert_eq!(code, 1012);
@@ -116,7 +131,8 @@ impl Blackhole {
     }
 
     fn stall(&self) {
-        self.stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -128,7 +144,9 @@ async fn pipe(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let Ok(n) = from.read(&mut buf).await else { return };
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
         if n == 0 {
             return;
         }
@@ -150,5 +168,8 @@ fn pg_addr() -> String {
         #[allow(unreachable_patterns)]
         _ => "127.0.0.1".into(),
     };
-    format!("{host}:{}", cfg.get_ports().first().copied().unwrap_or(5432))
+    format!(
+        "{host}:{}",
+        cfg.get_ports().first().copied().unwrap_or(5432)
+    )
 }

@@ -38,7 +38,10 @@ async fn a_message_for_several_channels_is_notified_to_each_in_order() {
     let mut la = Listen::start(&a).await;
     let mut lb = Listen::start(&b).await;
     let mut ws = server
-        .connect(&format!("/{}", token(json!({"mode": "w", "channels": [a, b]}))))
+        .connect(&format!(
+            "/{}",
+            token(json!({"mode": "w", "channels": [a, b]}))
+        ))
         .await;
     send_text(&mut ws, "both").await;
     assert_eq!(parse(&la.next().await.1)["channel"], a.as_str());
@@ -56,7 +59,10 @@ async fn multiplexed_writes_carry_claims_and_one_delivery_time() {
     send_text(&mut ws, "Hi!").await;
     let (ca, pa) = l.next().await;
     let (cb, pb) = l.next().await;
-    assert_eq!((ca.as_str(), cb.as_str()), (listen.as_str(), listen.as_str()));
+    assert_eq!(
+        (ca.as_str(), cb.as_str()),
+        (listen.as_str(), listen.as_str())
+    );
     let (pa, pb) = (parse(&pa), parse(&pb));
     assert_eq!(pa["channel"], a.as_str());
     assert_eq!(pb["channel"], b.as_str());
@@ -73,7 +79,9 @@ async fn writes_keep_their_order() {
     let server = TestServer::start(config()).await;
     let chan = unique("order");
     let mut listen = Listen::start(&chan).await;
-    let mut ws = server.connect(&format!("/{}", token(claims("w", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
     for i in 0..50 {
         ws.feed(Message::text(i.to_string())).await.unwrap();
     }
@@ -87,7 +95,9 @@ async fn writes_keep_their_order() {
 async fn a_reading_writer_receives_its_own_message() {
     let server = TestServer::start(config()).await;
     let chan = unique("echo");
-    let mut ws = server.connect(&format!("/{}", token(claims("rw", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("rw", Some(&chan)))))
+        .await;
     send_text(&mut ws, "me").await;
     assert_eq!(parse(&recv_text(&mut ws).await)["payload"], "me");
 }
@@ -97,8 +107,12 @@ async fn binary_frames_with_utf8_are_treated_as_text() {
     let server = TestServer::start(config()).await;
     let chan = unique("bin");
     let mut listen = Listen::start(&chan).await;
-    let mut ws = server.connect(&format!("/{}", token(claims("w", Some(&chan))))).await;
-    ws.send(Message::binary(Bytes::from_static("bïn".as_bytes()))).await.unwrap();
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
+    ws.send(Message::binary(Bytes::from_static("bïn".as_bytes())))
+        .await
+        .unwrap();
     assert_eq!(parse(&listen.next().await.1)["payload"], "bïn");
 }
 
@@ -107,7 +121,9 @@ async fn a_read_only_socket_may_not_write() {
     let server = TestServer::start(config()).await;
     let chan = unique("ro");
     let mut listen = Listen::start(&chan).await;
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
     send_text(&mut ws, "nope").await;
     let (code, reason) = recv_close(&mut ws).await;
     assert_eq!(code, 1008);
@@ -121,13 +137,17 @@ async fn invalid_utf8_is_closed_with_1007() {
     let chan = unique("utf8");
     let path = format!("/{}", token(claims("w", Some(&chan))));
     let mut ws = server.connect(&path).await;
-    ws.send(Message::binary(Bytes::from_static(b"\xff\xfe"))).await.unwrap();
+    ws.send(Message::binary(Bytes::from_static(b"\xff\xfe")))
+        .await
+        .unwrap();
     let (code, reason) = recv_close(&mut ws).await;
     assert_eq!(code, 1007);
     assert!(reason.starts_with("Invalid UTF-8"), "{reason}");
     // A text frame with invalid UTF-8 is caught by the codec: same code.
     let mut ws = server.connect(&path).await;
-    ws.send(Message::text(Bytes::from_static(b"ok\xc3"))).await.unwrap();
+    ws.send(Message::text(Bytes::from_static(b"ok\xc3")))
+        .await
+        .unwrap();
     assert_eq!(recv_close(&mut ws).await.0, 1007);
 }
 
@@ -178,7 +198,9 @@ async fn writes_with_the_database_down_close_with_1013_and_readers_get_503() {
         .await;
     assert_eq!(status, 503);
     assert!(body.starts_with("Database unavailable"), "{body}");
-    let mut ws = server.connect(&format!("/{}", token(claims("w", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
     send_text(&mut ws, "lost?").await;
     let (code, reason) = recv_close(&mut ws).await;
     assert_eq!(code, 1013);
@@ -200,7 +222,9 @@ async fn an_expiring_token_closes_the_socket_with_3001() {
 async fn a_peer_that_does_not_answer_pings_is_closed_with_1011() {
     let server = TestServer::start(config().ping_interval(Duration::from_secs(1))).await;
     let chan = unique("ping");
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
     // Not polling the socket means not answering its pings.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (code, reason) = recv_close(&mut ws).await;
@@ -212,7 +236,9 @@ async fn a_peer_that_does_not_answer_pings_is_closed_with_1011() {
 async fn a_peer_that_answers_pings_stays_open() {
     let server = TestServer::start(config().ping_interval(Duration::from_millis(300))).await;
     let chan = unique("pong");
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
     let reader = async {
         // recv_text answers pings while it waits.
         recv_text(&mut ws).await
@@ -229,7 +255,9 @@ async fn a_peer_that_answers_pings_stays_open() {
 async fn shutdown_closes_sockets_with_1001_after_what_was_queued() {
     let server = TestServer::start(config()).await;
     let chan = unique("bye");
-    let mut ws = server.connect(&format!("/{}", token(claims("r", Some(&chan))))).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("r", Some(&chan)))))
+        .await;
     notify(&chan, "last words").await;
     // Let the notification reach the socket's queue before shutting down.
     assert_eq!(recv_text(&mut ws).await, "last words");
@@ -271,7 +299,9 @@ async fn meta_events_use_the_multiplexed_envelope_when_multiplexed() {
     let server = TestServer::start(config().listen_channel(&listen).meta_channel(&meta)).await;
     let mut l = Listen::start(&listen).await;
     let chan = unique("mc");
-    let _ws = server.connect(&format!("/{}", token(claims("w", Some(&chan))))).await;
+    let _ws = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
     let open = parse(&l.next().await.1);
     assert_eq!(open["channel"], meta.as_str());
     assert_eq!(open["event"], "ConnectionOpen");

@@ -185,16 +185,23 @@ impl Authorizer {
             numeric(claims, "nbf")?,
             numeric(claims, "iat")?,
         );
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
         let leeway = self.leeway.as_secs_f64();
         if exp.is_some_and(|exp| now >= exp + leeway) {
             return Err(Refusal::TokenExpired);
         }
-        if nbf.is_some_and(|nbf| now < nbf - leeway) || iat.is_some_and(|iat| iat > now + leeway)
-        {
+        if nbf.is_some_and(|nbf| now < nbf - leeway) || iat.is_some_and(|iat| iat > now + leeway) {
             return Err(Refusal::NotYetValid);
         }
-        Ok(exp.map(|exp| UNIX_EPOCH + Duration::from_secs_f64((exp + leeway).max(0.0))))
+        // An `exp` too far away for a `SystemTime` never closes the socket.
+        Ok(exp.and_then(|exp| {
+            Duration::try_from_secs_f64((exp + leeway).max(0.0))
+                .ok()
+                .and_then(|d| UNIX_EPOCH.checked_add(d))
+        }))
     }
 }
 

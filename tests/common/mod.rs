@@ -40,12 +40,23 @@ pub fn db_uri() -> String {
 /// A channel name no other test uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos)
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// An HS256 token over `claims` with [`SECRET`].
@@ -83,7 +94,9 @@ impl TestServer {
         let svc_layer = layer.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let svc = svc_layer.layer(service_fn(inner));
                 tokio::spawn(async move {
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -204,7 +217,10 @@ impl Listen {
         });
         let sql = format!("LISTEN {}", postgres_quote(channel));
         client.batch_execute(&sql).await.unwrap();
-        Listen { _client: client, rx }
+        Listen {
+            _client: client,
+            rx,
+        }
     }
 
     /// The next notification's payload.
