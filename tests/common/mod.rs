@@ -2,6 +2,8 @@
 //! PostgreSQL from `PGWS_TEST_DB_URI`.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
