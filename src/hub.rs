@@ -195,6 +195,11 @@ impl Hub {
         self.channels.keys().map(String::as_str)
     }
 
+    /// How many channels have readers.
+    pub(crate) fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
     /// How many sockets are subscribed.
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -13,6 +13,7 @@ use crate::{
     publisher::Publisher,
     service::PgWsService,
     socket::CLOSE_TIMEOUT,
+    stats::{Counters, Stats},
 };
 
 /// A tower layer that takes WebSocket handshakes whose path carries a JWT and
@@ -39,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) max_message_bytes: usize,
     pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl PgWsLayer {
@@ -50,10 +52,12 @@ impl PgWsLayer {
     /// Outside a Tokio runtime, since the listener task is spawned here.
     pub fn new(config: Config) -> Self {
         let mapping = Mapping::new(config.listen_channel.as_deref());
+        let counters = Arc::new(Counters::default());
         let listener = listener::spawn(
             config.db.clone(),
             mapping.clone(),
             config.check_listener_interval,
+            counters.clone(),
         );
         let shared = Shared {
             authorizer: Authorizer::new(&config),
@@ -67,6 +71,7 @@ impl PgWsLayer {
             ping_interval: config.ping_interval,
             max_message_bytes: config.max_message_bytes,
             shutdown: watch::channel(false).0,
+            counters,
         };
         Self {
             shared: Arc::new(shared),
@@ -79,6 +84,14 @@ impl PgWsLayer {
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         let _ = timeout(CLOSE_TIMEOUT * 3, self.shared.shutdown.closed()).await;
+    }
+
+    /// This layer's figures now: open sockets, channels, deliveries, refusals, the
+    /// listener's state. The same figures go to the `metrics` facade.
+    pub fn stats(&self) -> Stats {
+        self.shared
+            .counters
+            .snapshot(self.shared.listener.is_connected())
     }
 
     /// Whether the listener is connected and listening.

@@ -91,6 +91,7 @@ mod mapping;
 mod publisher;
 mod service;
 mod socket;
+mod stats;
 
 pub use auth::Mode;
 pub use body::PgWsBody;
@@ -99,3 +100,4 @@ pub use error::ConfigError;
 pub use future::ResponseFuture;
 pub use layer::PgWsLayer;
 pub use service::PgWsService;
+pub use stats::Stats;

@@ -22,6 +22,7 @@ use crate::{
     hub::{Hub, Join, Signal},
     mapping::Mapping,
     socket::sleep_until_opt,
+    stats::Counters,
 };
 
 type Conn = Connection<Socket, NoTlsStream>;
@@ -104,6 +105,7 @@ pub(crate) fn spawn(
     db: tokio_postgres::Config,
     mapping: Mapping,
     probe: Option<Duration>,
+    counters: Arc<Counters>,
 ) -> ListenerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
@@ -115,6 +117,7 @@ pub(crate) fn spawn(
         seq: 0,
         probe,
         connected: connected_tx,
+        counters,
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -150,6 +153,7 @@ struct Listener {
     seq: u64,
     probe: Option<Duration>,
     connected: watch::Sender<bool>,
+    counters: Arc<Counters>,
 }
 
 /// Why a connection's service ended.
@@ -164,13 +168,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 impl Listener {
     async fn run(mut self) {
         let mut backoff = BACKOFF_START;
+        let mut lost = false;
         loop {
             let Some((client, conn)) = self.connect(&mut backoff).await else {
                 return;
             };
             backoff = BACKOFF_START;
+            if lost {
+                self.counters.listener_reconnected();
+            }
             let end = self.serve(client, conn).await;
+            lost = true;
             self.connected.send_replace(false);
+            self.counters.channels_listened(0);
             self.hub.drop_live();
             match end {
                 End::Stopped => return,
@@ -228,7 +238,7 @@ impl Listener {
         // Joins that waited while offline are acked by this first batch.
         self.hub.retag_pending(self.seq + 1);
         self.push(&mut queries, &client, "LISTEN", first);
-        let mut probe: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
+        let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
         loop {
             tokio::select! {
@@ -265,13 +275,19 @@ impl Listener {
                     let client = client.clone();
                     let limit = self.probe.unwrap_or(BACKOFF_MAX);
                     probe = Some(Box::pin(async move {
-                        matches!(timeout(limit, client.simple_query("")).await, Ok(Ok(_)))
+                        let usage = client.query_one("select pg_notification_queue_usage()", &[]);
+                        match timeout(limit, usage).await {
+                            Ok(Ok(row)) => row.try_get(0).ok(),
+                            _ => None,
+                        }
                     }));
                 }
-                ok = poll_opt(&mut probe) => {
+                usage = poll_opt(&mut probe) => {
                     probe = None;
                     next_probe = self.probe.map(|p| Instant::now() + p);
-                    if !ok {
+                    if let Some(usage) = usage {
+                        self.counters.queue_usage(usage);
+                    } else {
                         tracing::warn!("listener probe failed");
                         return End::Lost;
                     }
@@ -332,6 +348,11 @@ impl Listener {
         };
         self.seq += 1;
         let seq = self.seq;
+        let listened = match self.mapping.fixed_listen() {
+            Some(_) => 1,
+            None => self.hub.channel_count(),
+        };
+        self.counters.channels_listened(listened);
         if channels.is_empty() {
             queries.push_back(Box::pin(std::future::ready(Ok(seq))));
             return;
@@ -355,6 +376,7 @@ impl Listener {
         let Some(channel) = self.mapping.route(pg_channel, payload) else {
             return Vec::new();
         };
+        self.counters.notification_received();
         let frame = Bytes::copy_from_slice(payload.as_bytes());
         self.hub.dispatch(&channel, &frame)
     }

@@ -20,6 +20,7 @@ use crate::{
     layer::Shared,
     mapping::Claims,
     socket::Socket,
+    stats::RefusalReason,
 };
 
 /// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
@@ -51,7 +52,12 @@ where
         let (channel, token) = match handshake::route(&req, &self.shared.prefix) {
             Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
             Route::BadKey => {
-                let res = handshake::plain(StatusCode::BAD_REQUEST, "Invalid Sec-WebSocket-Key");
+                let res = refuse(
+                    &self.shared,
+                    RefusalReason::BadRequest,
+                    StatusCode::BAD_REQUEST,
+                    "Invalid Sec-WebSocket-Key",
+                );
                 return ResponseFuture::own(Box::pin(std::future::ready(res)));
             }
             Route::Ours { channel, token } => (channel.map(str::to_owned), token.to_owned()),
@@ -72,11 +78,16 @@ async fn accept(
     upgrade: OnUpgrade,
 ) -> Response<Bytes> {
     if *shared.shutdown.borrow() {
-        return handshake::plain(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down");
+        return refuse(
+            &shared,
+            RefusalReason::ShuttingDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down",
+        );
     }
     let grant = match shared.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
-        Err(refusal) => return handshake::plain(refusal.status(), refusal.to_string()),
+        Err(r) => return refuse(&shared, r.reason(), r.status(), &r.to_string()),
     };
     let subscription = if grant.mode.reads() {
         let subscribe = shared
@@ -84,7 +95,14 @@ async fn accept(
             .subscribe(grant.channels.clone(), shared.queue_length);
         match timeout(shared.subscribe_timeout, subscribe).await {
             Ok(Some(sub)) => Some(sub),
-            _ => return handshake::plain(StatusCode::SERVICE_UNAVAILABLE, "Database unavailable"),
+            _ => {
+                return refuse(
+                    &shared,
+                    RefusalReason::DatabaseUnavailable,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Database unavailable",
+                );
+            }
         }
     } else {
         None
@@ -103,6 +121,18 @@ async fn accept(
         }
     });
     handshake::switching_protocols(&key)
+}
+
+/// A refusal, counted by reason.
+fn refuse(
+    shared: &Shared,
+    reason: RefusalReason,
+    status: StatusCode,
+    text: &str,
+) -> Response<Bytes> {
+    shared.counters.refused(reason);
+    tracing::debug!(reason = reason.label(), "handshake refused");
+    handshake::plain(status, text)
 }
 
 impl<S: fmt::Debug> fmt::Debug for PgWsService<S> {

@@ -24,6 +24,7 @@ use crate::{
     layer::Shared,
     listener::Subscription,
     mapping::Claims,
+    stats::Counters,
 };
 
 /// How long a close waits for the peer's answer, and how long shutdown drains.
@@ -64,11 +65,14 @@ impl Socket {
     {
         let limits = Limits::default().max_payload_len(Some(self.shared.max_message_bytes));
         let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
+        let mode = self.grant.mode;
+        self.shared.counters.socket_opened(mode);
         self.publish_meta(Event::ConnectionOpen).await;
         let outcome = self.exchange(&mut sink, &mut stream).await;
         tracing::debug!(?outcome, "socket closing");
         finish(&mut sink, &mut stream, outcome).await;
         self.publish_meta(Event::ConnectionClose).await;
+        self.shared.counters.socket_closed(mode);
     }
 
     async fn exchange<S>(&mut self, sink: &mut Sink<S>, stream: &mut Stream<S>) -> Outcome
@@ -79,15 +83,15 @@ impl Socket {
         let mut subscription = self.subscription.take();
         let expiry = self.grant.expires_at.map(instant_at);
         let ping = self.shared.ping_interval;
-        let reader = self.read(stream, &pong);
-        let writer = write(
+        let writer = Writer {
             sink,
-            subscription.as_mut(),
-            &pong,
-            expiry,
-            ping,
-            self.shutdown.clone(),
-        );
+            signal: subscription.as_ref().map(|s| s.signal.clone()),
+            sub: subscription.as_mut(),
+            pong: &pong,
+            counters: &self.shared.counters,
+        }
+        .run(expiry, ping, self.shutdown.clone());
+        let reader = self.read(stream, &pong);
         tokio::pin!(reader, writer);
         // On shutdown the other half finishes its in-flight work, within the drain timeout.
         tokio::select! {
@@ -158,10 +162,21 @@ impl Socket {
                 "Message too big: the NOTIFY payload would reach 8000 bytes",
             ));
         }
-        self.shared.publisher.publish(&notifies).await.map_err(|e| {
-            tracing::warn!(error = %e.0, "NOTIFY failed");
-            Outcome::Close(CloseCode::SERVICE_OVERLOAD, "Database unavailable")
-        })
+        let counters = &self.shared.counters;
+        match self.shared.publisher.publish(&notifies).await {
+            Ok(()) => {
+                counters.message_notified();
+                Ok(())
+            }
+            Err(e) => {
+                counters.notify_failed();
+                tracing::warn!(error = %e.0, "NOTIFY failed");
+                Err(Outcome::Close(
+                    CloseCode::SERVICE_OVERLOAD,
+                    "Database unavailable",
+                ))
+            }
+        }
     }
 
     /// Best effort: a failure is logged, never a reason to close.
@@ -178,117 +193,140 @@ impl Socket {
             SystemTime::now(),
         );
         if let Err(e) = self.shared.publisher.publish(&notifies).await {
+            self.shared.counters.meta_failed();
             tracing::warn!(error = %e.0, ?event, "meta event not published");
         }
     }
 }
 
-/// Sends queued notifications and pings; ends on a hub signal, expiry, a ping
-/// timeout or shutdown.
-async fn write<S>(
-    sink: &mut Sink<S>,
-    mut sub: Option<&mut Subscription>,
-    pong: &AtomicBool,
-    expiry: Option<Instant>,
-    ping_every: Option<Duration>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Outcome
+/// The sending half: queued notifications and pings, until a hub signal, expiry,
+/// a ping timeout or shutdown.
+struct Writer<'a, S> {
+    sink: &'a mut Sink<S>,
+    sub: Option<&'a mut Subscription>,
+    signal: Option<Arc<Signal>>,
+    pong: &'a AtomicBool,
+    counters: &'a Counters,
+}
+
+impl<S> Writer<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ping = ping_every.map(|every| {
-        let mut i = interval_at(Instant::now() + every, every);
-        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        i
-    });
-    let mut pinged = false;
-    let signal = sub.as_ref().map(|s| s.signal.clone());
-    loop {
-        tokio::select! {
-            biased;
-            ending = ended(signal.as_deref()) => return on_ending(ending, sink, sub).await,
-            _ = shutting_down(&mut shutdown) => {
-                let _ = timeout(CLOSE_TIMEOUT, drain(sink, sub)).await;
-                return GOING_AWAY;
-            }
-            _ = sleep_until_opt(expiry) => return Outcome::Close(CloseCode::try_from(3001).expect("3001 is a valid code"), "JWT expired"),
-            _ = tick(&mut ping) => {
-                if pinged && !pong.swap(false, Ordering::AcqRel) {
-                    return Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout");
+    async fn run(
+        mut self,
+        expiry: Option<Instant>,
+        ping_every: Option<Duration>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Outcome {
+        let mut ping = ping_every.map(|every| {
+            let mut i = interval_at(Instant::now() + every, every);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
+        let mut pinged = false;
+        loop {
+            tokio::select! {
+                biased;
+                ending = ended(self.signal.as_deref()) => return self.on_ending(ending).await,
+                _ = shutting_down(&mut shutdown) => {
+                    let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
+                    return GOING_AWAY;
                 }
-                pinged = true;
-                if sink.send(Message::ping(Bytes::new())).await.is_err() {
-                    return Outcome::Ended;
+                _ = sleep_until_opt(expiry) => return Outcome::Close(jwt_expired(), "JWT expired"),
+                _ = tick(&mut ping) => {
+                    if pinged && !self.pong.swap(false, Ordering::AcqRel) {
+                        return PING_TIMEOUT;
+                    }
+                    pinged = true;
+                    if self.sink.send(Message::ping(Bytes::new())).await.is_err() {
+                        return Outcome::Ended;
+                    }
+                }
+                frame = recv(self.sub.as_deref_mut()) => {
+                    let Some(frame) = frame else {
+                        return self.on_ending(Ending::ListenerRestarted).await;
+                    };
+                    // A peer that reads nothing for a whole ping interval is not answering.
+                    tokio::select! {
+                        r = self.send_batch(frame) => if r.is_err() { return Outcome::Ended },
+                        _ = tick(&mut ping) => return PING_TIMEOUT,
+                    }
                 }
             }
-            frame = recv(sub.as_deref_mut()) => {
-                let Some(frame) = frame else {
-                    return on_ending(Ending::ListenerRestarted, sink, sub).await;
+        }
+    }
+
+    async fn on_ending(&mut self, ending: Ending) -> Outcome {
+        match ending {
+            Ending::SlowConsumer => {
+                self.counters.slow_consumer_closed();
+                Outcome::Close(
+                    CloseCode::POLICY_VIOLATION,
+                    "Slow consumer: the outbound queue is full",
+                )
+            }
+            Ending::ListenerRestarted => {
+                // What was queued before the loss is still good: deliver it first.
+                let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
+                Outcome::Close(
+                    CloseCode::SERVICE_RESTART,
+                    "Listener restarted: notifications may have been missed",
+                )
+            }
+        }
+    }
+
+    /// Feeds a frame and whatever else is queued (up to a batch), then flushes once.
+    /// A hub signal arriving meanwhile wins, since a slow consumer may never flush.
+    async fn send_batch(&mut self, first: Bytes) -> Result<(), tokio_websockets::Error> {
+        let sub = self
+            .sub
+            .as_deref_mut()
+            .expect("frames come from a subscription");
+        let signal = self.signal.as_deref();
+        let counters = self.counters;
+        let sink = &mut *self.sink;
+        let send = async {
+            let mut sent = 1u64;
+            sink.feed(text(first)).await?;
+            while sent < BATCH as u64 {
+                let Ok(frame) = sub.queue.try_recv() else {
+                    break;
                 };
-                let sub = sub.as_deref_mut().expect("recv pends without a subscription");
-                // A peer that reads nothing for a whole ping interval is not answering.
-                tokio::select! {
-                    r = send_batch(sink, frame, sub) => if r.is_err() { return Outcome::Ended },
-                    ending = ended(signal.as_deref()) => return on_ending(ending, sink, None).await,
-                    _ = tick(&mut ping) => return Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout"),
-                }
+                sink.feed(text(frame)).await?;
+                sent += 1;
             }
+            sink.flush().await?;
+            counters.frames_delivered(sent);
+            Ok(())
+        };
+        tokio::select! {
+            r = send => r,
+            _ = ended(signal) => Ok(()),
         }
+    }
+
+    /// Sends everything still queued.
+    async fn drain(&mut self) -> Result<(), tokio_websockets::Error> {
+        let Some(sub) = self.sub.as_deref_mut() else {
+            return Ok(());
+        };
+        let mut sent = 0;
+        while let Ok(frame) = sub.queue.try_recv() {
+            self.sink.feed(text(frame)).await?;
+            sent += 1;
+        }
+        self.sink.flush().await?;
+        self.counters.frames_delivered(sent);
+        Ok(())
     }
 }
 
-async fn on_ending<S>(ending: Ending, sink: &mut Sink<S>, sub: Option<&mut Subscription>) -> Outcome
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    match ending {
-        Ending::SlowConsumer => Outcome::Close(
-            CloseCode::POLICY_VIOLATION,
-            "Slow consumer: the outbound queue is full",
-        ),
-        Ending::ListenerRestarted => {
-            // What was queued before the loss is still good: deliver it first.
-            let _ = timeout(CLOSE_TIMEOUT, drain(sink, sub)).await;
-            Outcome::Close(
-                CloseCode::SERVICE_RESTART,
-                "Listener restarted: notifications may have been missed",
-            )
-        }
-    }
-}
+const PING_TIMEOUT: Outcome = Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout");
 
-/// Feeds a frame and whatever else is queued (up to a batch), then flushes once.
-async fn send_batch<S>(
-    sink: &mut Sink<S>,
-    first: Bytes,
-    sub: &mut Subscription,
-) -> Result<(), tokio_websockets::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    sink.feed(text(first)).await?;
-    for _ in 1..BATCH {
-        match sub.queue.try_recv() {
-            Ok(frame) => sink.feed(text(frame)).await?,
-            Err(_) => break,
-        }
-    }
-    sink.flush().await
-}
-
-/// Sends everything still queued.
-async fn drain<S>(
-    sink: &mut Sink<S>,
-    sub: Option<&mut Subscription>,
-) -> Result<(), tokio_websockets::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Some(sub) = sub else { return Ok(()) };
-    while let Ok(frame) = sub.queue.try_recv() {
-        sink.feed(text(frame)).await?;
-    }
-    sink.flush().await
+fn jwt_expired() -> CloseCode {
+    CloseCode::try_from(3001).expect("3001 is a valid code")
 }
 
 fn text(frame: Bytes) -> Message {

@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 
 pub(crate) use keys::Keys;
 
+use crate::stats::RefusalReason;
+
 /// What a token lets a socket do with its channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -60,6 +62,19 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    pub(crate) fn reason(&self) -> RefusalReason {
+        match self {
+            Refusal::InvalidToken(_) => RefusalReason::InvalidToken,
+            Refusal::TokenExpired => RefusalReason::TokenExpired,
+            Refusal::NotYetValid => RefusalReason::NotYetValid,
+            Refusal::MissingMode => RefusalReason::MissingMode,
+            Refusal::InvalidMode => RefusalReason::InvalidMode,
+            Refusal::InvalidChannelName => RefusalReason::InvalidChannel,
+            Refusal::NoAllowedChannels => RefusalReason::NoAllowedChannels,
+            Refusal::TooManyChannels => RefusalReason::TooManyChannels,
+        }
+    }
+
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Refusal::InvalidToken(_) | Refusal::TokenExpired | Refusal::NotYetValid => {

@@ -1,0 +1,225 @@
+//! Counters: kept in atomics for [`PgWsLayer::stats`](crate::PgWsLayer::stats) and
+//! reported through the `metrics` facade for whatever exporter the user installs.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use metrics::{counter, gauge};
+
+use crate::auth::Mode;
+
+/// Why a handshake was refused, as the `reason` label of
+/// `pgws_handshake_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalReason {
+    InvalidToken,
+    TokenExpired,
+    NotYetValid,
+    MissingMode,
+    InvalidMode,
+    InvalidChannel,
+    NoAllowedChannels,
+    TooManyChannels,
+    BadRequest,
+    OriginNotAllowed,
+    TooManySockets,
+    DatabaseUnavailable,
+    ShuttingDown,
+}
+
+impl RefusalReason {
+    const ALL: [RefusalReason; 13] = [
+        Self::InvalidToken,
+        Self::TokenExpired,
+        Self::NotYetValid,
+        Self::MissingMode,
+        Self::InvalidMode,
+        Self::InvalidChannel,
+        Self::NoAllowedChannels,
+        Self::TooManyChannels,
+        Self::BadRequest,
+        Self::OriginNotAllowed,
+        Self::TooManySockets,
+        Self::DatabaseUnavailable,
+        Self::ShuttingDown,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::MissingMode => "missing_mode",
+            Self::InvalidMode => "invalid_mode",
+            Self::InvalidChannel => "invalid_channel",
+            Self::NoAllowedChannels => "no_allowed_channels",
+            Self::TooManyChannels => "too_many_channels",
+            Self::BadRequest => "bad_request",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::TooManySockets => "too_many_sockets",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// The live counters of one layer.
+#[derive(Default)]
+pub(crate) struct Counters {
+    open: [AtomicI64; 3],
+    channels_listened: AtomicI64,
+    notifications_received: AtomicU64,
+    frames_delivered: AtomicU64,
+    slow_consumer_closes: AtomicU64,
+    messages_notified: AtomicU64,
+    notify_failures: AtomicU64,
+    meta_failures: AtomicU64,
+    refusals: [AtomicU64; RefusalReason::ALL.len()],
+    listener_reconnects: AtomicU64,
+    queue_usage_bits: AtomicU64,
+}
+
+fn mode_index(mode: Mode) -> usize {
+    match mode {
+        Mode::Read => 0,
+        Mode::Write => 1,
+        Mode::ReadWrite => 2,
+    }
+}
+
+impl Counters {
+    pub(crate) fn socket_opened(&self, mode: Mode) {
+        self.open[mode_index(mode)].fetch_add(1, Relaxed);
+        gauge!("pgws_sockets_open", "mode" => mode.as_str()).increment(1.0);
+    }
+
+    pub(crate) fn socket_closed(&self, mode: Mode) {
+        self.open[mode_index(mode)].fetch_sub(1, Relaxed);
+        gauge!("pgws_sockets_open", "mode" => mode.as_str()).decrement(1.0);
+    }
+
+    pub(crate) fn open_sockets(&self) -> u64 {
+        self.open
+            .iter()
+            .map(|o| o.load(Relaxed).max(0) as u64)
+            .sum()
+    }
+
+    pub(crate) fn channels_listened(&self, n: usize) {
+        self.channels_listened.store(n as i64, Relaxed);
+        gauge!("pgws_channels_listened").set(n as f64);
+    }
+
+    pub(crate) fn notification_received(&self) {
+        self.notifications_received.fetch_add(1, Relaxed);
+        counter!("pgws_notifications_received_total").increment(1);
+    }
+
+    pub(crate) fn frames_delivered(&self, n: u64) {
+        self.frames_delivered.fetch_add(n, Relaxed);
+        counter!("pgws_frames_delivered_total").increment(n);
+    }
+
+    pub(crate) fn slow_consumer_closed(&self) {
+        self.slow_consumer_closes.fetch_add(1, Relaxed);
+        counter!("pgws_slow_consumer_closes_total").increment(1);
+    }
+
+    pub(crate) fn message_notified(&self) {
+        self.messages_notified.fetch_add(1, Relaxed);
+        counter!("pgws_messages_notified_total").increment(1);
+    }
+
+    pub(crate) fn notify_failed(&self) {
+        self.notify_failures.fetch_add(1, Relaxed);
+        counter!("pgws_notify_failures_total").increment(1);
+    }
+
+    pub(crate) fn meta_failed(&self) {
+        self.meta_failures.fetch_add(1, Relaxed);
+        counter!("pgws_meta_failures_total").increment(1);
+    }
+
+    pub(crate) fn refused(&self, reason: RefusalReason) {
+        let i = RefusalReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.refusals[i].fetch_add(1, Relaxed);
+        counter!("pgws_handshake_refusals_total", "reason" => reason.label()).increment(1);
+    }
+
+    pub(crate) fn listener_reconnected(&self) {
+        self.listener_reconnects.fetch_add(1, Relaxed);
+        counter!("pgws_listener_reconnects_total").increment(1);
+    }
+
+    pub(crate) fn queue_usage(&self, usage: f64) {
+        self.queue_usage_bits.store(usage.to_bits(), Relaxed);
+        gauge!("pgws_notification_queue_usage").set(usage);
+    }
+
+    pub(crate) fn snapshot(&self, listening: bool) -> Stats {
+        let open = |m: Mode| self.open[mode_index(m)].load(Relaxed).max(0) as u64;
+        Stats {
+            listening,
+            open_sockets: self.open_sockets(),
+            open_read_sockets: open(Mode::Read),
+            open_write_sockets: open(Mode::Write),
+            open_read_write_sockets: open(Mode::ReadWrite),
+            channels_listened: self.channels_listened.load(Relaxed).max(0) as u64,
+            notifications_received: self.notifications_received.load(Relaxed),
+            frames_delivered: self.frames_delivered.load(Relaxed),
+            slow_consumer_closes: self.slow_consumer_closes.load(Relaxed),
+            messages_notified: self.messages_notified.load(Relaxed),
+            notify_failures: self.notify_failures.load(Relaxed),
+            meta_failures: self.meta_failures.load(Relaxed),
+            handshake_refusals: RefusalReason::ALL
+                .iter()
+                .zip(&self.refusals)
+                .map(|(r, n)| (r.label(), n.load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            listener_reconnects: self.listener_reconnects.load(Relaxed),
+            notification_queue_usage: f64::from_bits(self.queue_usage_bits.load(Relaxed)),
+        }
+    }
+}
+
+/// A snapshot of one layer's figures, from [`PgWsLayer::stats`](crate::PgWsLayer::stats).
+///
+/// The same figures are reported through the [`metrics`] facade under the names
+/// in the README, for any exporter the application installs.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The listener is connected and listening.
+    pub listening: bool,
+    /// Sockets open now, all modes.
+    pub open_sockets: u64,
+    /// Sockets open now in mode `r`.
+    pub open_read_sockets: u64,
+    /// Sockets open now in mode `w`.
+    pub open_write_sockets: u64,
+    /// Sockets open now in mode `rw`.
+    pub open_read_write_sockets: u64,
+    /// PostgreSQL channels the listener is `LISTEN`ing to.
+    pub channels_listened: u64,
+    /// Notifications the listener received.
+    pub notifications_received: u64,
+    /// Text frames written to sockets.
+    pub frames_delivered: u64,
+    /// Sockets closed with `1008 Slow consumer`.
+    pub slow_consumer_closes: u64,
+    /// Client messages NOTIFYed.
+    pub messages_notified: u64,
+    /// Client messages that could not be NOTIFYed (the socket closed with 1013).
+    pub notify_failures: u64,
+    /// Meta events that could not be published.
+    pub meta_failures: u64,
+    /// Handshake refusals by reason label (only reasons seen so far).
+    pub handshake_refusals: Vec<(&'static str, u64)>,
+    /// Times the listener connected again after losing its connection.
+    pub listener_reconnects: u64,
+    /// The last sampled `pg_notification_queue_usage()` (0 to 1).
+    pub notification_queue_usage: f64,
+}
