@@ -1,0 +1,668 @@
+//! The standalone server of `examples/server.rs` (contract §8), and the layer inside
+//! an axum router: proxying, static files, 404/502, WebSockets on the same port.
+
+mod common;
+#[path = "../examples/server.rs"]
+mod server;
+
+use std::{convert::Infallible, net::SocketAddr, path::PathBuf};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::stream;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pgws::PgWsLayer;
+use serde_json::{Value, json};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+const BIG: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// The example server on 127.0.0.1:0.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+async fn start(settings: server::Settings) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = rx.await;
+    };
+    let task = tokio::spawn(server::run(listener, settings, shutdown));
+    Running {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn settings() -> server::Settings {
+    server::Settings::new(config().build().unwrap())
+}
+
+fn with_upstream(upstream: SocketAddr) -> server::Settings {
+    let mut s = settings();
+    s.upstream = Some(format!("http://{upstream}").parse().unwrap());
+    s
+}
+
+fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).boxed()
+}
+
+fn get(path: &str) -> Request<TestBody> {
+    Request::get(path).body(full("")).unwrap()
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection (with `Host` set to `addr`).
+async fn send(addr: SocketAddr, mut req: Request<TestBody>) -> Response<Incoming> {
+    if !req.headers().contains_key(header::HOST) {
+        let host = addr.to_string().parse().unwrap();
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("request timed out")
+        .unwrap()
+}
+
+async fn body_bytes(res: Response<Incoming>) -> Bytes {
+    tokio::time::timeout(WAIT, res.into_body().collect())
+        .await
+        .expect("body timed out")
+        .unwrap()
+        .to_bytes()
+}
+
+async fn text(res: Response<Incoming>) -> String {
+    String::from_utf8(body_bytes(res).await.to_vec()).unwrap()
+}
+
+/// A request through the server to the echo upstream: what the upstream saw.
+async fn echoed(addr: SocketAddr, req: Request<TestBody>) -> Value {
+    let res = send(addr, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    serde_json::from_slice(&body_bytes(res).await).unwrap()
+}
+
+/// The first value of a header the upstream saw, if any.
+fn seen<'a>(echo: &'a Value, name: &str) -> Option<&'a str> {
+    echo["headers"][name][0].as_str()
+}
+
+// ---------------------------------------------------------------------------
+// The echo upstream
+// ---------------------------------------------------------------------------
+
+/// A tiny upstream on 127.0.0.1:0: `/big` answers 1 MiB, `/duplex` streams the
+/// request body back, anything else answers what it received as JSON.
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(upstream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type UpstreamBody = BoxBody<Bytes, hyper::Error>;
+
+async fn upstream(req: Request<Incoming>) -> Result<Response<UpstreamBody>, Infallible> {
+    Ok(match req.uri().path() {
+        "/big" => big_response(),
+        "/duplex" => Response::new(req.into_body().boxed()),
+        _ => echo_response(req).await,
+    })
+}
+
+fn big_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// 1 MiB in 64 KiB chunks, no Content-Length (so it is streamed chunked).
+fn big_response() -> Response<UpstreamBody> {
+    let chunks = (0..16).map(|c| {
+        let chunk: Vec<u8> = (c * 65536..(c + 1) * 65536).map(big_byte).collect();
+        Ok::<_, hyper::Error>(Frame::data(Bytes::from(chunk)))
+    });
+    Response::new(StreamBody::new(stream::iter(chunks)).boxed())
+}
+
+async fn echo_response(req: Request<Incoming>) -> Response<UpstreamBody> {
+    let (parts, body) = req.into_parts();
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<Value> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| json!(v.to_str().unwrap_or("<binary>")))
+            .collect();
+        headers.insert(name.as_str().to_owned(), Value::Array(values));
+    }
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let echo = json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        // Hop-by-hop headers the proxy must not pass back.
+        .header(header::CONNECTION, "x-upstream-hop")
+        .header("x-upstream-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header(header::PROXY_AUTHENTICATE, "Basic")
+        .header("x-upstream-end", "kept")
+        .body(
+            Full::new(Bytes::from(echo.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// (a) The proxy
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn methods_path_query_and_body_reach_the_upstream() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri("/items/1?select=id,name&order=id.desc")
+            .body(full(format!("body of {method}")))
+            .unwrap();
+        let echo = echoed(srv.addr, req).await;
+        assert_eq!(echo["method"], method.as_str());
+        assert_eq!(echo["path"], "/items/1");
+        assert_eq!(echo["query"], "select=id,name&order=id.desc");
+        assert_eq!(echo["body"], format!("body of {method}"));
+    }
+}
+
+#[tokio::test]
+async fn upstream_base_path_is_kept() {
+    let up = start_upstream().await;
+    let mut s = settings();
+    s.upstream = Some(format!("http://{up}/api/").parse().unwrap());
+    let srv = start(s).await;
+    let echo = echoed(srv.addr, get("/items?id=eq.1")).await;
+    assert_eq!(echo["path"], "/api/items");
+    assert_eq!(echo["query"], "id=eq.1");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let req = Request::get("/h")
+        .header(header::HOST, "pgws.example:8080")
+        .header(header::CONNECTION, "keep-alive, x-client-hop")
+        .header("x-client-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header(header::TE, "trailers")
+        .header(header::TRAILER, "x-checksum")
+        .header(header::PROXY_AUTHORIZATION, "Basic eDp5")
+        .header(header::UPGRADE, "foo/1")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("x-end-to-end", "kept")
+        .body(full(""))
+        .unwrap();
+    let res = send(srv.addr, req).await;
+    let headers = res.headers().clone();
+    let echo: Value = serde_json::from_slice(&body_bytes(res).await).unwrap();
+
+    for hop in [
+        "connection",
+        "x-client-hop",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "upgrade",
+    ] {
+        assert_eq!(seen(&echo, hop), None, "{hop} was forwarded");
+    }
+    assert_eq!(seen(&echo, "x-end-to-end"), Some("kept"));
+    assert_eq!(seen(&echo, "host"), Some(up.to_string().as_str()));
+    assert_eq!(seen(&echo, "x-forwarded-host"), Some("pgws.example:8080"));
+    assert_eq!(seen(&echo, "x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
+    assert_eq!(seen(&echo, "x-forwarded-proto"), Some("http"));
+
+    // And on the way back.
+    for hop in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!headers.contains_key(hop), "{hop} came back");
+    }
+    assert_eq!(headers["x-upstream-end"], "kept");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_arrives_whole() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let chunks: Vec<String> = (0..200).map(|i| format!("chunk {i};")).collect();
+    let frames = chunks
+        .clone()
+        .into_iter()
+        .map(|c| Ok::<_, Infallible>(Frame::data(Bytes::from(c))));
+    let body = StreamBody::new(stream::iter(frames)).boxed();
+    let req = Request::post("/upload").body(body).unwrap();
+    let echo = echoed(srv.addr, req).await;
+    assert_eq!(echo["body"], chunks.concat());
+}
+
+/// A request body fed piece by piece through a channel; it ends when `tx` drops.
+fn channel_body() -> (mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let frames = stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok(Frame::data(data)), rx))
+    });
+    (tx, StreamBody::new(frames).boxed())
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_without_buffering() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let (tx, body) = channel_body();
+    let req = Request::post("/duplex").body(body).unwrap();
+    tx.send(Bytes::from_static(b"ping 1")).await.unwrap();
+    let res = send(srv.addr, req).await;
+    let mut body = res.into_body();
+    // Each piece comes back before the next is sent: nothing waits for the whole body.
+    for i in 1..=3 {
+        if i > 1 {
+            tx.send(Bytes::from(format!("ping {i}"))).await.unwrap();
+        }
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("piece did not come back")
+            .expect("body ended")
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), format!("ping {i}"));
+    }
+    drop(tx);
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.to_bytes().is_empty());
+}
+
+#[tokio::test]
+async fn a_large_response_comes_back_whole() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let res = send(srv.addr, get("/big")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = body_bytes(res).await;
+    assert_eq!(body.len(), BIG);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == big_byte(i)));
+}
+
+#[tokio::test]
+async fn a_non_token_handshake_is_proxied_as_plain_http() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let echo = echoed(srv.addr, handshake("/not-a-token")).await;
+    assert_eq!(echo["path"], "/not-a-token");
+    assert_eq!(seen(&echo, "upgrade"), None);
+    assert_eq!(
+        seen(&echo, "sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (b), (c) 502 and 404
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502() {
+    // A port that was just free: nothing listens there any more.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let srv = start(with_upstream(addr)).await;
+    let res = send(srv.addr, get("/anything")).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn no_upstream_and_no_static_match_is_404() {
+    let srv = start(settings()).await;
+    let res = send(srv.addr, get("/anything")).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let root = TempDir::new(&[("index.html", "<h1>home</h1>")]);
+    let mut s = settings();
+    s.root_path = Some(root.0.clone());
+    let srv = start(s).await;
+    let res = send(srv.addr, get("/missing.txt")).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+// ---------------------------------------------------------------------------
+// (d) Static files
+// ---------------------------------------------------------------------------
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(files: &[(&str, &str)]) -> TempDir {
+        let dir = std::env::temp_dir().join(unique("pgws_static"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn static_files_first_then_the_upstream() {
+    let root = TempDir::new(&[("index.html", "<h1>home</h1>"), ("app.js", "let x = 1;")]);
+    let up = start_upstream().await;
+    let mut s = with_upstream(up);
+    s.root_path = Some(root.0.clone());
+    let srv = start(s).await;
+
+    let res = send(srv.addr, get("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "<h1>home</h1>");
+
+    let res = send(srv.addr, get("/app.js")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "let x = 1;");
+
+    let head = Request::head("/").body(full("")).unwrap();
+    let res = send(srv.addr, head).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_LENGTH], "13");
+    assert_eq!(text(res).await, "");
+
+    // Not in the directory: the upstream answers.
+    let echo = echoed(srv.addr, get("/rpc/thing?a=1")).await;
+    assert_eq!(echo["path"], "/rpc/thing");
+    // Static files are for GET and HEAD only.
+    let post = Request::post("/").body(full("data")).unwrap();
+    let echo = echoed(srv.addr, post).await;
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], "data");
+}
+
+// ---------------------------------------------------------------------------
+// (e) WebSockets and HTTP on one port; shutdown
+// ---------------------------------------------------------------------------
+
+fn ws_url(addr: SocketAddr, path: &str) -> http::Uri {
+    format!("ws://{addr}{path}").parse().unwrap()
+}
+
+async fn connect(addr: SocketAddr, path: &str) -> Ws {
+    let client = tokio_websockets::ClientBuilder::from_uri(ws_url(addr, path));
+    let (ws, res) = tokio::time::timeout(WAIT, client.connect())
+        .await
+        .expect("handshake timed out")
+        .expect("handshake refused");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+#[tokio::test]
+async fn the_layer_takes_token_handshakes_and_the_rest_is_proxied() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let chan = unique("srv_ws");
+    let jwt = token(json!({"mode": "rw", "channel": chan}));
+    let mut ws = connect(srv.addr, &format!("/{chan}/{jwt}")).await;
+
+    notify(&chan, "from the database").await;
+    assert_eq!(recv_text(&mut ws).await, "from the database");
+    send_text(&mut ws, "Hi!").await;
+    let envelope: Value = serde_json::from_str(&recv_text(&mut ws).await).unwrap();
+    assert_eq!(envelope["payload"], "Hi!");
+
+    let echo = echoed(srv.addr, get("/items")).await;
+    assert_eq!(echo["path"], "/items");
+}
+
+/// A WebSocket handshake request at `path`, for refusals.
+fn handshake(path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(full(""))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_by_the_layer_not_proxied() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let chan = unique("srv_bad");
+    let jwt = token_with(&json!({"mode": "rw"}), b"not the secret");
+    let res = send(srv.addr, handshake(&format!("/{chan}/{jwt}"))).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(text(res).await.starts_with("Invalid token"));
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001_and_run_returns() {
+    let mut srv = start(settings()).await;
+    let chan = unique("srv_down");
+    let mut ws = connect(srv.addr, &format!("/{}", token(claims("r", Some(&chan))))).await;
+    srv.stop.take().unwrap().send(()).unwrap();
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1001);
+    // Hanging up spares the server its wait for our close answer.
+    drop(ws);
+    tokio::time::timeout(WAIT * 3, srv.task)
+        .await
+        .expect("run did not return")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let up = start_upstream().await;
+    let mut srv = start(with_upstream(up)).await;
+    let (tx, body) = channel_body();
+    tx.send(Bytes::from_static(b"before")).await.unwrap();
+    let res = send(srv.addr, Request::post("/duplex").body(body).unwrap()).await;
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(WAIT, body.frame()).await.unwrap();
+    assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "before");
+
+    srv.stop.take().unwrap().send(()).unwrap();
+    tx.send(Bytes::from_static(b"after")).await.unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(WAIT, body.collect()).await.unwrap();
+    assert_eq!(rest.unwrap().to_bytes(), "after");
+    tokio::time::timeout(WAIT * 2, srv.task)
+        .await
+        .expect("run did not return")
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Settings from variables (no process environment: tests run in parallel)
+// ---------------------------------------------------------------------------
+
+fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+#[tokio::test]
+async fn settings_defaults_and_host_forms() {
+    let s = server::settings_from(config(), vars(&[])).unwrap();
+    assert_eq!(s.addr, "127.0.0.1:3000".parse().unwrap());
+    assert!(s.dev_token.is_none() && s.root_path.is_none() && s.upstream.is_none());
+
+    for (host, want) in [
+        ("*", "0.0.0.0:3000"),
+        ("*4", "0.0.0.0:3000"),
+        ("!4", "0.0.0.0:3000"),
+        ("*6", "[::]:3000"),
+        ("!6", "[::]:3000"),
+        ("::1", "[::1]:3000"),
+        ("[::1]", "[::1]:3000"),
+        ("10.1.2.3", "10.1.2.3:3000"),
+    ] {
+        let got = server::listen_addr(Some(host), None).unwrap();
+        assert_eq!(got, want.parse::<SocketAddr>().unwrap(), "{host}");
+    }
+    let s = server::settings_from(config(), vars(&[("PGWS_HOST", ""), ("PGWS_PORT", "8080")]));
+    assert_eq!(s.unwrap().addr, "127.0.0.1:8080".parse().unwrap());
+}
+
+#[tokio::test]
+async fn bad_values_name_their_variable() {
+    for (pairs, var) in [
+        (&[("PGWS_PORT", "http")][..], "PGWS_PORT"),
+        (&[("PGWS_PORT", "70000")][..], "PGWS_PORT"),
+        (&[("PGWS_HOST", "no such host.invalid")][..], "PGWS_HOST"),
+        (&[("PGWS_UPSTREAM", "https://x")][..], "PGWS_UPSTREAM"),
+        (&[("PGWS_UPSTREAM", "not a url")][..], "PGWS_UPSTREAM"),
+        (
+            &[("PGWS_ROOT_PATH", "/no/such/dir/pgws")][..],
+            "PGWS_ROOT_PATH",
+        ),
+        (
+            &[("PGWS_CERTIFICATE_FILE", "cert.pem")][..],
+            "PGWS_CERTIFICATE_FILE",
+        ),
+        (&[("PGWS_KEY_FILE", "key.pem")][..], "PGWS_KEY_FILE"),
+    ] {
+        let err = server::settings_from(config(), vars(pairs)).unwrap_err();
+        assert!(err.starts_with(var), "{err}");
+    }
+    let err = server::settings_from(config().pool_size(0), vars(&[])).unwrap_err();
+    assert!(err.starts_with("PGWS_POOL_SIZE"), "{err}");
+    // Empty counts as unset; PGWS_RETRIES is accepted and ignored.
+    let ok = vars(&[("PGWS_CERTIFICATE_FILE", ""), ("PGWS_RETRIES", "5")]);
+    assert!(server::settings_from(config(), ok).is_ok());
+}
+
+#[tokio::test]
+async fn without_a_secret_a_dev_token_is_made_and_accepted() {
+    let builder = pgws::Config::builder().database_url(db_uri());
+    let s = server::settings_from(builder, vars(&[])).unwrap();
+    let jwt = s.dev_token.clone().expect("no sample token");
+    let srv = start(s).await;
+    let chan = unique("srv_dev");
+    let mut ws = connect(srv.addr, &format!("/{chan}/{jwt}")).await;
+    notify(&chan, "dev").await;
+    assert_eq!(recv_text(&mut ws).await, "dev");
+}
+
+// ---------------------------------------------------------------------------
+// (f) The layer in an axum router
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn axum_routes_and_websockets_share_a_router() {
+    use axum::{Router, routing::get as axum_get};
+    let layer = PgWsLayer::new(config().build().unwrap());
+    let app = Router::new()
+        .route("/", axum_get(|| async { "home" }))
+        .layer(layer.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let res = send(addr, get("/")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(text(res).await, "home");
+    assert_eq!(
+        send(addr, get("/nope")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let chan = unique("axum");
+    let mut ws = connect(addr, &format!("/{chan}/{}", token(claims("r", None)))).await;
+    notify(&chan, "via axum").await;
+    assert_eq!(recv_text(&mut ws).await, "via axum");
+}
+
+/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `examples/server.rs`,
+/// as a check that an HTTP/2 request is proxied too.
+#[tokio::test]
+async fn an_http2_request_is_proxied_over_http1() {
+    let up = start_upstream().await;
+    let srv = start(with_upstream(up)).await;
+    let stream = TcpStream::connect(srv.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://pgws.example/h2?x=1")
+        .body(full(""))
+        .unwrap();
+    let res = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let echo: Value = serde_json::from_slice(&body_bytes(res).await).unwrap();
+    assert_eq!(echo["path"], "/h2");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(seen(&echo, "x-forwarded-host"), Some("pgws.example"));
+}
