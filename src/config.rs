@@ -37,6 +37,8 @@ pub struct Config {
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) check_listener_interval: Option<Duration>,
     pub(crate) pool_size: usize,
+    pub(crate) max_sockets: usize,
+    pub(crate) allowed_origins: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -55,6 +57,8 @@ impl std::fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("check_listener_interval", &self.check_listener_interval)
             .field("pool_size", &self.pool_size)
+            .field("max_sockets", &self.max_sockets)
+            .field("allowed_origins", &self.allowed_origins)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +104,8 @@ pub struct ConfigBuilder {
     ping_interval: Duration,
     check_listener_interval: Duration,
     pool_size: usize,
+    max_sockets: usize,
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// The database used when none is configured.
@@ -123,6 +129,8 @@ impl Default for ConfigBuilder {
             ping_interval: Duration::from_secs(30),
             check_listener_interval: Duration::from_millis(10_000),
             pool_size: 10,
+            max_sockets: 100_000,
+            allowed_origins: None,
         }
     }
 }
@@ -221,6 +229,27 @@ impl ConfigBuilder {
         self
     }
 
+    /// The most sockets open at once (default 100,000); beyond it a handshake gets `503`.
+    pub fn max_sockets(mut self, n: usize) -> Self {
+        self.max_sockets = n;
+        self
+    }
+
+    /// Only handshakes whose `Origin` is one of these are taken (compared
+    /// case-insensitively); others get `403 Origin not allowed`. A handshake without
+    /// `Origin` (not from a browser) is not affected. Unset: any origin.
+    pub fn allowed_origins<I, O>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = O>,
+        O: Into<String>,
+    {
+        let list = origins
+            .into_iter()
+            .map(|o| crate::layer::normalize_origin(&o.into()));
+        self.allowed_origins = Some(list.collect());
+        self
+    }
+
     /// Checks every setting and parses the keys.
     pub fn build(self) -> Result<Config, ConfigError> {
         let secret = self.secret.as_deref().ok_or(ConfigError::MissingSecret)?;
@@ -244,6 +273,7 @@ impl ConfigBuilder {
         positive("queue_length", self.queue_length)?;
         positive("max_message_bytes", self.max_message_bytes)?;
         positive("max_channels", self.max_channels)?;
+        positive("max_sockets", self.max_sockets)?;
         Ok(Config {
             db,
             keys: Arc::new(keys),
@@ -259,6 +289,8 @@ impl ConfigBuilder {
             ping_interval: nonzero(self.ping_interval),
             check_listener_interval: nonzero(self.check_listener_interval),
             pool_size: self.pool_size,
+            max_sockets: self.max_sockets.min(tokio::sync::Semaphore::MAX_PERMITS),
+            allowed_origins: self.allowed_origins,
         })
     }
 
@@ -300,6 +332,12 @@ impl ConfigBuilder {
         }
         if let Some(v) = env_parse("PGWS_POOL_SIZE")? {
             b.pool_size = v;
+        }
+        if let Some(v) = env_parse("PGWS_MAX_SOCKETS")? {
+            b.max_sockets = v;
+        }
+        if let Some(v) = env_var("PGWS_ALLOWED_ORIGINS") {
+            b = b.allowed_origins(v.split(',').map(str::trim).filter(|o| !o.is_empty()));
         }
         Ok(b)
     }

@@ -9,28 +9,64 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 pub(crate) enum Route<'a> {
     /// Not ours: hand it to the wrapped service.
     Pass,
-    /// Ours, but the `Sec-WebSocket-Key` is not 16 bytes of base64.
-    BadKey,
-    /// Ours: `/<jwt>` or `/<channel>/<jwt>` after the prefix.
+    /// Ours, but malformed: answered `400` with this text before any token check.
+    BadRequest(&'static str),
+    /// Ours: a token from the path, `Authorization: Bearer` or the
+    /// `pgws.bearer.<jwt>` subprotocol.
     Ours {
         /// The channel as it stands in the path, still percent-encoded.
         channel: Option<&'a str>,
         token: &'a str,
+        /// The client offered the `pgws` subprotocol, so the answer names it.
+        pgws_protocol: bool,
     },
 }
 
-/// Sorts a request by the contract's section 1.
+/// The subprotocol pgws answers when a client offers it.
+pub(crate) const PROTOCOL: &str = "pgws";
+const BEARER_PROTOCOL: &str = "pgws.bearer.";
+
+/// Sorts a request by the contract's section 1 and the token sources of the README.
 pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     if !is_handshake(req) {
         return Route::Pass;
     }
-    let Some((channel, token)) = split_path(req.uri().path(), prefix) else {
+    let headers = req.headers();
+    let protocols: Vec<&str> = header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
+    let pgws_protocol = protocols.contains(&PROTOCOL);
+    let from_protocol = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL));
+    let from_header = bearer(headers);
+    let elsewhere = from_header.is_some() || from_protocol.is_some();
+    let Some((channel, from_path)) = split_path(req.uri().path(), prefix, elsewhere) else {
         return Route::Pass;
     };
-    if !key_is_valid(req.headers()) {
-        return Route::BadKey;
+    if !key_is_valid(headers) {
+        return Route::BadRequest("Invalid Sec-WebSocket-Key");
     }
-    Route::Ours { channel, token }
+    if from_protocol.is_some() && !pgws_protocol {
+        return Route::BadRequest("Invalid subprotocol: offer pgws next to pgws.bearer.<jwt>");
+    }
+    let mut sources = [from_path, from_header, from_protocol]
+        .into_iter()
+        .flatten();
+    let token = sources.next().expect("split_path needs a token");
+    if sources.any(|other| other != token) {
+        return Route::BadRequest("Conflicting tokens: the path, header and subprotocol disagree");
+    }
+    Route::Ours {
+        channel,
+        token,
+        pgws_protocol,
+    }
+}
+
+/// `Authorization: Bearer <jwt>`, the scheme compared case-insensitively.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn is_handshake<B>(req: &Request<B>) -> bool {
@@ -45,12 +81,18 @@ fn is_handshake<B>(req: &Request<B>) -> bool {
 
 /// Whether a comma-separated header holds `token`, compared case-insensitively.
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The items of a comma-separated header, trimmed.
+fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn key_is_valid(headers: &HeaderMap) -> bool {
@@ -64,14 +106,23 @@ fn key_is_valid(headers: &HeaderMap) -> bool {
         .is_some_and(|k| k.len() == 16)
 }
 
-/// Splits the raw path after the prefix into an optional channel and a JWT-shaped token.
-pub(crate) fn split_path<'a>(path: &'a str, prefix: &str) -> Option<(Option<&'a str>, &'a str)> {
-    let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
-    let (channel, token) = match rest.split_once('/') {
-        None => (None, rest),
-        Some((channel, token)) => (Some(channel), token),
-    };
-    looks_like_jws(token).then_some((channel, token))
+/// Splits the raw path after the prefix into an optional channel and an optional
+/// JWT-shaped path token. Without a token elsewhere, the path must carry one.
+pub(crate) fn split_path<'a>(
+    path: &'a str,
+    prefix: &str,
+    token_elsewhere: bool,
+) -> Option<(Option<&'a str>, Option<&'a str>)> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() || rest == "/" {
+        return token_elsewhere.then_some((None, None));
+    }
+    let rest = rest.strip_prefix('/')?;
+    match rest.split_once('/') {
+        Some((channel, token)) => looks_like_jws(token).then_some((Some(channel), Some(token))),
+        None if looks_like_jws(rest) => Some((None, Some(rest))),
+        None => token_elsewhere.then_some((Some(rest), None)),
+    }
 }
 
 /// Three base64url parts joined by dots; only the signature may be empty.
@@ -99,15 +150,18 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
 }
 
 /// The `101` answer for this request's key.
-pub(crate) fn switching_protocols(key: &HeaderValue) -> Response<Bytes> {
+/// The `101` answer for this request's key, naming `pgws` when the client offered it.
+pub(crate) fn switching_protocols(key: &HeaderValue, pgws_protocol: bool) -> Response<Bytes> {
     let accept = accept_key(key.as_bytes());
-    Response::builder()
+    let mut res = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Bytes::new())
-        .expect("static headers are valid")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if pgws_protocol {
+        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL);
+    }
+    res.body(Bytes::new()).expect("static headers are valid")
 }
 
 /// A refusal as `text/plain`.
@@ -135,19 +189,34 @@ mod tests {
 
     #[test]
     fn paths_split_into_channel_and_token() {
-        assert_eq!(split_path(&format!("/{JWT}"), ""), Some((None, JWT)));
+        fn split<'a>(p: &'a str, prefix: &str) -> Option<(Option<&'a str>, Option<&'a str>)> {
+            split_path(p, prefix, false)
+        }
+        assert_eq!(split(&format!("/{JWT}"), ""), Some((None, Some(JWT))));
         let p = format!("/chat%2Fx/{JWT}");
-        assert_eq!(split_path(&p, ""), Some((Some("chat%2Fx"), JWT)));
-        assert_eq!(split_path(&format!("/ws/{JWT}"), "/ws"), Some((None, JWT)));
-        assert_eq!(
-            split_path(&format!("/ws/c/{JWT}"), "/ws"),
-            Some((Some("c"), JWT))
-        );
-        assert_eq!(split_path(&format!("/{JWT}"), "/ws"), None);
-        assert_eq!(split_path(&format!("/wsx/{JWT}"), "/ws"), None);
-        assert_eq!(split_path(&format!("/a/b/{JWT}"), ""), None);
-        assert_eq!(split_path(&format!("/{JWT}/"), ""), None);
-        assert_eq!(split_path("/index.html", ""), None);
+        assert_eq!(split(&p, ""), Some((Some("chat%2Fx"), Some(JWT))));
+        assert_eq!(split(&format!("/ws/{JWT}"), "/ws"), Some((None, Some(JWT))));
+        let p = format!("/ws/c/{JWT}");
+        assert_eq!(split(&p, "/ws"), Some((Some("c"), Some(JWT))));
+        assert_eq!(split(&format!("/{JWT}"), "/ws"), None);
+        assert_eq!(split(&format!("/wsx/{JWT}"), "/ws"), None);
+        assert_eq!(split(&format!("/a/b/{JWT}"), ""), None);
+        assert_eq!(split(&format!("/{JWT}/"), ""), None);
+        assert_eq!(split("/index.html", ""), None);
+        assert_eq!(split("/", ""), None);
+    }
+
+    #[test]
+    fn with_a_token_elsewhere_the_path_may_name_just_a_channel() {
+        fn split<'a>(p: &'a str, prefix: &str) -> Option<(Option<&'a str>, Option<&'a str>)> {
+            split_path(p, prefix, true)
+        }
+        assert_eq!(split("/", ""), Some((None, None)));
+        assert_eq!(split("/ws", "/ws"), Some((None, None)));
+        assert_eq!(split("/ws/", "/ws"), Some((None, None)));
+        assert_eq!(split("/chat", ""), Some((Some("chat"), None)));
+        assert_eq!(split(&format!("/{JWT}"), ""), Some((None, Some(JWT))));
+        assert_eq!(split("/a/b", ""), None);
     }
 
     #[test]
@@ -175,9 +244,61 @@ mod tests {
     fn handshakes_are_recognized_case_insensitively() {
         let req = request("dGhlIHNhbXBsZSBub25jZQ==");
         assert!(matches!(route(&req, ""), Route::Ours { channel: None, .. }));
-        assert_eq!(route(&request("c2hvcnQ="), ""), Route::BadKey);
+        assert!(matches!(
+            route(&request("c2hvcnQ="), ""),
+            Route::BadRequest(_)
+        ));
         let mut plain_get = request("dGhlIHNhbXBsZSBub25jZQ==");
         plain_get.headers_mut().remove("upgrade");
         assert_eq!(route(&plain_get, ""), Route::Pass);
+    }
+
+    fn with(mut req: Request<()>, name: &'static str, value: &str) -> Request<()> {
+        req.headers_mut().append(name, value.parse().unwrap());
+        req
+    }
+
+    #[test]
+    fn tokens_come_from_header_or_subprotocol_and_must_agree() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let mut bare = request(key);
+        *bare.uri_mut() = "/chat".parse().unwrap();
+        assert_eq!(route(&bare, ""), Route::Pass);
+
+        let req = with(bare, "authorization", &format!("Bearer {JWT}"));
+        assert_eq!(
+            route(&req, ""),
+            Route::Ours {
+                channel: Some("chat"),
+                token: JWT,
+                pgws_protocol: false
+            }
+        );
+        let req = with(
+            request(key),
+            "sec-websocket-protocol",
+            &format!("pgws, pgws.bearer.{JWT}"),
+        );
+        assert_eq!(
+            route(&req, ""),
+            Route::Ours {
+                channel: None,
+                token: JWT,
+                pgws_protocol: true
+            }
+        );
+        let lone = with(
+            request(key),
+            "sec-websocket-protocol",
+            &format!("pgws.bearer.{JWT}"),
+        );
+        assert!(
+            matches!(route(&lone, ""), Route::BadRequest(m) if m.starts_with("Invalid subprotocol"))
+        );
+        let other = JWT.replace("c2ln", "b3Ro");
+        let conflict = with(request(key), "authorization", &format!("bearer {other}"));
+        assert!(
+            matches!(route(&conflict, ""), Route::BadRequest(m) if m.starts_with("Conflicting"))
+        );
     }
 }

@@ -2,7 +2,11 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use tokio::{sync::watch, time::timeout};
+use http::HeaderValue;
+use tokio::{
+    sync::{Semaphore, watch},
+    time::timeout,
+};
 use tower::Layer;
 
 use crate::{
@@ -41,6 +45,26 @@ pub(crate) struct Shared {
     pub(crate) max_message_bytes: usize,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) counters: Arc<Counters>,
+    /// One permit per open socket (or handshake in progress).
+    pub(crate) sockets: Arc<Semaphore>,
+    pub(crate) allowed_origins: Option<Vec<String>>,
+}
+
+impl Shared {
+    /// No list allows any origin; a request without `Origin` (not a browser) passes.
+    pub(crate) fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
+        let (Some(list), Some(origin)) = (&self.allowed_origins, origin) else {
+            return true;
+        };
+        let origin = origin.to_str().unwrap_or_default();
+        list.iter()
+            .any(|allowed| allowed == &normalize_origin(origin))
+    }
+}
+
+/// Origins compare case-insensitively and without a trailing slash.
+pub(crate) fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
 impl PgWsLayer {
@@ -72,6 +96,8 @@ impl PgWsLayer {
             max_message_bytes: config.max_message_bytes,
             shutdown: watch::channel(false).0,
             counters,
+            sockets: Arc::new(Semaphore::new(config.max_sockets)),
+            allowed_origins: config.allowed_origins,
         };
         Self {
             shared: Arc::new(shared),

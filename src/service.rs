@@ -49,34 +49,64 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (channel, token) = match handshake::route(&req, &self.shared.prefix) {
+        let (channel, token, pgws_protocol) = match handshake::route(&req, &self.shared.prefix) {
             Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
-            Route::BadKey => {
+            Route::BadRequest(why) => {
                 let res = refuse(
                     &self.shared,
                     RefusalReason::BadRequest,
                     StatusCode::BAD_REQUEST,
-                    "Invalid Sec-WebSocket-Key",
+                    why,
                 );
                 return ResponseFuture::own(Box::pin(std::future::ready(res)));
             }
-            Route::Ours { channel, token } => (channel.map(str::to_owned), token.to_owned()),
+            Route::Ours {
+                channel,
+                token,
+                pgws_protocol,
+            } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
         };
-        let key = req.headers()[header::SEC_WEBSOCKET_KEY].clone();
-        let upgrade = hyper::upgrade::on(&mut req);
-        let shared = self.shared.clone();
-        ResponseFuture::own(Box::pin(accept(shared, channel, token, key, upgrade)))
+        if !self
+            .shared
+            .origin_allowed(req.headers().get(header::ORIGIN))
+        {
+            let res = refuse(
+                &self.shared,
+                RefusalReason::OriginNotAllowed,
+                StatusCode::FORBIDDEN,
+                "Origin not allowed",
+            );
+            return ResponseFuture::own(Box::pin(std::future::ready(res)));
+        }
+        let accept_req = Accept {
+            channel,
+            token,
+            key: req.headers()[header::SEC_WEBSOCKET_KEY].clone(),
+            upgrade: hyper::upgrade::on(&mut req),
+            pgws_protocol,
+        };
+        ResponseFuture::own(Box::pin(accept(self.shared.clone(), accept_req)))
     }
 }
 
-/// Token check, subscribe before accept, then `101` and the socket task.
-async fn accept(
-    shared: Arc<Shared>,
+/// What a handshake needs once it has been taken.
+struct Accept {
     channel: Option<String>,
     token: String,
     key: HeaderValue,
     upgrade: OnUpgrade,
-) -> Response<Bytes> {
+    pgws_protocol: bool,
+}
+
+/// Token check, subscribe before accept, then `101` and the socket task.
+async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
+    let Accept {
+        channel,
+        token,
+        key,
+        upgrade,
+        pgws_protocol,
+    } = req;
     if *shared.shutdown.borrow() {
         return refuse(
             &shared,
@@ -85,6 +115,14 @@ async fn accept(
             "Server shutting down",
         );
     }
+    let Ok(permit) = shared.sockets.clone().try_acquire_owned() else {
+        return refuse(
+            &shared,
+            RefusalReason::TooManySockets,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many connections",
+        );
+    };
     let grant = match shared.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
         Err(r) => return refuse(&shared, r.reason(), r.status(), &r.to_string()),
@@ -113,6 +151,7 @@ async fn accept(
         subscription,
         shutdown: shared.shutdown.subscribe(),
         shared,
+        _permit: permit,
     };
     tokio::spawn(async move {
         match upgrade.await {
@@ -120,7 +159,7 @@ async fn accept(
             Err(e) => tracing::debug!(error = %e, "connection dropped before the upgrade"),
         }
     });
-    handshake::switching_protocols(&key)
+    handshake::switching_protocols(&key, pgws_protocol)
 }
 
 /// A refusal, counted by reason.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::watch,
+    sync::{OwnedSemaphorePermit, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
 use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
@@ -52,6 +52,8 @@ pub(crate) struct Socket {
     pub(crate) subscription: Option<Subscription>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Held while the socket lives: counts against the socket limit.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;

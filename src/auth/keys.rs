@@ -38,7 +38,8 @@ impl Keys {
         Ok(Keys { keys })
     }
 
-    /// The keys that may verify a token with this `alg` and `kid`.
+    /// The keys that may verify a token with this `alg` and `kid`: a key without a
+    /// `kid` serves any token, as in PostgREST.
     pub(crate) fn candidates<'a>(
         &'a self,
         alg: Algorithm,
@@ -46,14 +47,16 @@ impl Keys {
     ) -> impl Iterator<Item = &'a DecodingKey> + 'a {
         self.keys
             .iter()
-            .filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
+            .filter(move |k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
             .filter(move |k| k.algorithms.contains(&alg))
             .map(|k| &k.key)
     }
 
-    /// Whether any key carries this `kid`.
+    /// Whether some key may verify a token with this `kid`.
     pub(crate) fn knows_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        self.keys
+            .iter()
+            .any(|k| k.kid.is_none() || k.kid.as_deref() == Some(kid))
     }
 }
 
