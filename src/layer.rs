@@ -1,6 +1,13 @@
 //! [`PgWsLayer`]: the tower layer, and the state its services share.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use http::HeaderValue;
 use tokio::{
@@ -48,9 +55,15 @@ pub(crate) struct Shared {
     /// One permit per open socket (or handshake in progress).
     pub(crate) sockets: Arc<Semaphore>,
     pub(crate) allowed_origins: Option<Vec<String>>,
+    pub(crate) socket_ids: AtomicU64,
 }
 
 impl Shared {
+    /// A number for the socket's log span.
+    pub(crate) fn next_socket_id(&self) -> u64 {
+        self.socket_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// No list allows any origin; a request without `Origin` (not a browser) passes.
     pub(crate) fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
         let (Some(list), Some(origin)) = (&self.allowed_origins, origin) else {
@@ -98,6 +111,7 @@ impl PgWsLayer {
             counters,
             sockets: Arc::new(Semaphore::new(config.max_sockets)),
             allowed_origins: config.allowed_origins,
+            socket_ids: AtomicU64::new(1),
         };
         Self {
             shared: Arc::new(shared),

@@ -78,6 +78,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod bench_api;
 mod body;
 mod config;
 mod envelope;
@@ -101,3 +102,10 @@ pub use future::ResponseFuture;
 pub use layer::PgWsLayer;
 pub use service::PgWsService;
 pub use stats::Stats;
+
+/// Internals re-exported for the crate's own benchmarks (`benches/`). Not part of the
+/// API: hidden from the docs, exempt from semver, and may change in any release.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::bench_api::*;
+}

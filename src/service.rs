@@ -12,6 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 use tower::Service;
+use tracing::Instrument;
 
 use crate::{
     body::PgWsBody,
@@ -153,12 +154,20 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
         shared,
         _permit: permit,
     };
-    tokio::spawn(async move {
+    // One span per socket: an id, its channels and mode, never the token.
+    let span = tracing::info_span!(
+        "socket",
+        id = socket.shared.next_socket_id(),
+        channels = %socket.grant.channels.join(","),
+        mode = socket.grant.mode.as_str(),
+    );
+    let task = async move {
         match upgrade.await {
             Ok(upgraded) => socket.run(TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(error = %e, "connection dropped before the upgrade"),
         }
-    });
+    };
+    tokio::spawn(task.instrument(span));
     handshake::switching_protocols(&key, pgws_protocol)
 }
 

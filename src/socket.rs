@@ -69,9 +69,15 @@ impl Socket {
         let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
         let mode = self.grant.mode;
         self.shared.counters.socket_opened(mode);
+        tracing::info!("socket open");
         self.publish_meta(Event::ConnectionOpen).await;
         let outcome = self.exchange(&mut sink, &mut stream).await;
-        tracing::debug!(?outcome, "socket closing");
+        match outcome {
+            Outcome::Close(code, reason) => {
+                tracing::info!(code = u16::from(code), reason, "socket closed")
+            }
+            Outcome::Ended => tracing::info!("socket closed by the peer"),
+        }
         finish(&mut sink, &mut stream, outcome).await;
         self.publish_meta(Event::ConnectionClose).await;
         self.shared.counters.socket_closed(mode);

@@ -1,0 +1,135 @@
+//! Thin wrappers over crate internals for `benches/`. **Not part of the API**:
+//! hidden from the docs, unstable, and free to change or vanish in any release.
+//!
+//! Each wrapper only forwards to the internal item it names, so a benchmark
+//! measures the code the layer runs.
+
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Config,
+    auth::Authorizer,
+    envelope::{self, Event},
+    hub::{Hub, Join, Signal},
+    mapping::Mapping,
+};
+
+/// The token check and channel grant (`Authorizer::authorize`).
+pub struct Auth(Authorizer);
+
+impl Auth {
+    /// An authorizer with `config`'s keys and rules.
+    pub fn new(config: &Config) -> Self {
+        Self(Authorizer::new(config))
+    }
+
+    /// Checks `token` (with an optional, still percent-encoded path channel); returns
+    /// the number of granted channels, or the refusal's text.
+    pub fn authorize(&self, path_channel: Option<&str>, token: &str) -> Result<usize, String> {
+        self.0
+            .authorize(path_channel, token)
+            .map(|grant| grant.channels.len())
+            .map_err(|refusal| refusal.to_string())
+    }
+}
+
+/// The per-channel envelope of a socket's message (`envelope::per_channel`).
+pub fn envelope_per_channel(channel: &str, payload: &str, claims_json: &str) -> String {
+    envelope::per_channel(channel, Event::Message, payload, claims_json)
+}
+
+/// The multiplexed envelope of a socket's message (`envelope::multiplexed`).
+pub fn envelope_multiplexed(
+    channel: &str,
+    payload: &str,
+    claims_json: &str,
+    at: SystemTime,
+) -> String {
+    envelope::multiplexed(channel, Event::Message, payload, claims_json, at)
+}
+
+/// Routes a notification as the multiplexed mapping does (`Mapping::route`); returns
+/// the WebSocket channel's length, or `None` when the notification is not ours.
+pub fn route_multiplexed(listen_channel: &str, pg_channel: &str, payload: &str) -> Option<usize> {
+    Mapping::new(Some(listen_channel))
+        .route(pg_channel, payload)
+        .map(|c| c.len())
+}
+
+/// A [`Hub`] with the receiving ends of its subscribers' queues, so a benchmark can
+/// dispatch into it and drain the queues outside its measurement.
+#[derive(Default)]
+pub struct BenchHub {
+    hub: Hub,
+    receivers: HashMap<u64, mpsc::Receiver<Bytes>>,
+    next_id: u64,
+}
+
+impl BenchHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Joins one socket reading `channels` with a queue of `queue` frames, acked at
+    /// once; returns its id and how many channels got their first reader (the
+    /// `LISTEN`s the listener would send).
+    pub fn join(&mut self, channels: &[&str], queue: usize) -> (u64, usize) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (tx, rx) = mpsc::channel(queue);
+        let (ack, _) = oneshot::channel();
+        let fresh = self.hub.join(
+            Join {
+                id,
+                channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+                queue: tx,
+                signal: Arc::new(Signal::default()),
+                ack,
+            },
+            id,
+        );
+        self.hub.ack_through(id);
+        self.receivers.insert(id, rx);
+        (id, fresh.len())
+    }
+
+    /// Removes socket `id` and drops its queue; returns how many channels lost their
+    /// last reader (the `UNLISTEN`s the listener would send).
+    pub fn leave(&mut self, id: u64) -> usize {
+        self.receivers.remove(&id);
+        self.hub.leave(id).len()
+    }
+
+    /// Queues one shared frame for every reader of `channel` (`Hub::dispatch`);
+    /// returns how many channels emptied because of slow consumers.
+    pub fn dispatch(&mut self, channel: &str, frame: &Bytes) -> usize {
+        self.hub.dispatch(channel, frame).len()
+    }
+
+    /// What the listener does per notification: copy the payload into one shared
+    /// frame and dispatch it to the readers of `channel`.
+    pub fn deliver(&mut self, channel: &str, payload: &str) -> usize {
+        let frame = Bytes::copy_from_slice(payload.as_bytes());
+        self.hub.dispatch(channel, &frame).len()
+    }
+
+    /// Empties every subscriber's queue; returns the number of frames taken.
+    pub fn drain(&mut self) -> usize {
+        let mut taken = 0;
+        for rx in self.receivers.values_mut() {
+            while rx.try_recv().is_ok() {
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    /// How many channels have readers.
+    pub fn channel_count(&self) -> usize {
+        self.hub.channel_count()
+    }
+}
