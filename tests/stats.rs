@@ -9,7 +9,10 @@ use common::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 /// What changed since the last call: the debugging recorder drains on each read.
-struct Deltas(Vec<(String, Vec<(String, String)>, f64)>);
+struct Deltas(Vec<Row>);
+
+/// A metric's name, labels and change.
+type Row = (String, Vec<(String, String)>, f64);
 
 impl Deltas {
     fn take(snapshotter: &Snapshotter) -> Deltas {
