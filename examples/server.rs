@@ -4,9 +4,25 @@
 //! PGWS_JWT_SECRET=reallyreallyreallyreallyverysafe cargo run --example server
 //! ```
 //!
-//! WebSocket handshakes with a token in the path go to [`PgWsLayer`]; every other
-//! request goes to static files (`PGWS_ROOT_PATH`), then to a reverse proxy
-//! (`PGWS_UPSTREAM`, typically PostgREST).
+//! WebSocket handshakes with a token (in the path, `Authorization: Bearer` or the
+//! `pgws.bearer.<jwt>` subprotocol) go to [`PgWsLayer`]; every other request goes to
+//! static files (`PGWS_ROOT_PATH`), then to a reverse proxy (`PGWS_UPSTREAM`,
+//! typically PostgREST).
+//!
+//! Besides the variables of the wire contract (§8):
+//! - `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM) serve `https:`/`wss:` with
+//!   rustls;
+//! - `PGWS_ADMIN_ADDR` (e.g. `127.0.0.1:9090`) serves `/metrics` (Prometheus text),
+//!   `/health` and `/ready` on a separate address, never on the public port;
+//! - `PGWS_LOG_FORMAT` is `text` (default) or `json`; `RUST_LOG` filters as usual.
+//!   Logged request paths have every JWT-shaped segment replaced by `<redacted>` and
+//!   no query string; header values are never logged.
+//!
+//! Try the browser chat:
+//!
+//! ```text
+//! PGWS_ROOT_PATH=examples/chat cargo run --example server
+//! ```
 //!
 //! Tests include this file as a module (`#[path = "../examples/server.rs"]`) and
 //! call [`run`] directly, so not every item is used by every includer.
@@ -14,11 +30,12 @@
 
 use std::{
     convert::Infallible,
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     str::FromStr,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -37,15 +54,30 @@ use hyper_util::{
     },
     service::TowerToHyperService,
 };
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pgws::{Config, ConfigBuilder, ConfigError, PgWsLayer};
-use tokio::net::{TcpListener, TcpStream};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_rustls::TlsAcceptor;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_http::services::ServeDir;
+use tower_http::{
+    services::ServeDir,
+    trace::{DefaultOnFailure, TraceLayer},
+};
+use tracing::Level;
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the proxy waits for a TCP connection to the upstream.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the start-up check waits for the listener's first connection.
+pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every answer that is not the layer's own.
@@ -54,7 +86,7 @@ type UpstreamClient = Client<HttpConnector, Incoming>;
 
 /// Everything [`run`] needs, read from the environment by [`settings_from_env`] or
 /// built by hand with [`Settings::new`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// The layer's configuration.
     pub config: Config,
@@ -66,6 +98,40 @@ pub struct Settings {
     pub upstream: Option<Upstream>,
     /// The sample token signed with a generated secret, when `PGWS_JWT_SECRET` is unset.
     pub dev_token: Option<String>,
+    /// TLS on the public port (`PGWS_CERTIFICATE_FILE`, `PGWS_KEY_FILE`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Where `main` serves `/metrics`, `/health` and `/ready` (`PGWS_ADMIN_ADDR`);
+    /// [`serve`] takes a bound listener.
+    pub admin_addr: Option<SocketAddr>,
+    /// `PGWS_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `PGWS_PATH_PREFIX`, normalized, for the start-up output only (the layer has
+    /// its own copy in [`Config`]).
+    pub path_prefix: String,
+    /// `PGWS_ALLOWED_ORIGINS` as given, for the start-up output only.
+    pub allowed_origins: Option<String>,
+}
+
+/// How `main` writes logs (`PGWS_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("PGWS_LOG_FORMAT: {s:?} is neither text nor json")),
+        }
+    }
 }
 
 impl Settings {
@@ -77,6 +143,11 @@ impl Settings {
             root_path: None,
             upstream: None,
             dev_token: None,
+            tls: None,
+            admin_addr: None,
+            log_format: LogFormat::Text,
+            path_prefix: String::new(),
+            allowed_origins: None,
         }
     }
 }
@@ -154,16 +225,43 @@ pub fn settings_from(
 ) -> Result<Settings, String> {
     // An empty value counts as unset (§8).
     let var = |name: &str| var(name).filter(|v| !v.is_empty());
-    for name in ["PGWS_CERTIFICATE_FILE", "PGWS_KEY_FILE"] {
-        if var(name).is_some() {
-            return Err(format!(
-                "{name}: TLS is not supported yet; unset PGWS_CERTIFICATE_FILE and \
-                 PGWS_KEY_FILE and terminate TLS in front of pgws"
-            ));
+    let tls = match (var("PGWS_CERTIFICATE_FILE"), var("PGWS_KEY_FILE")) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(
+                "PGWS_CERTIFICATE_FILE is set but PGWS_KEY_FILE is not: set both \
+                 for TLS, or neither"
+                    .into(),
+            );
         }
-    }
+        (None, Some(_)) => {
+            return Err(
+                "PGWS_KEY_FILE is set but PGWS_CERTIFICATE_FILE is not: set both \
+                 for TLS, or neither"
+                    .into(),
+            );
+        }
+        (Some(cert), Some(key)) => Some(tls_config(Path::new(&cert), Path::new(&key))?),
+    };
     // PGWS_RETRIES is accepted and ignored: the layer retries forever.
     let addr = listen_addr(var("PGWS_HOST").as_deref(), var("PGWS_PORT").as_deref())?;
+    let admin_addr = var("PGWS_ADMIN_ADDR").map(admin_addr).transpose()?;
+    let log_format = var("PGWS_LOG_FORMAT")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or_default();
+    let path_prefix = var("PGWS_PATH_PREFIX")
+        .map(|p| p.trim_matches('/').to_owned())
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("/{p}"))
+        .unwrap_or_default();
+    let allowed_origins = var("PGWS_ALLOWED_ORIGINS").map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
     let root_path = var("PGWS_ROOT_PATH").map(root_dir).transpose()?;
     let upstream = var("PGWS_UPSTREAM")
         .map(|v| v.parse().map_err(|e| format!("PGWS_UPSTREAM: {e}")))
@@ -176,7 +274,75 @@ pub fn settings_from(
         root_path,
         upstream,
         dev_token,
+        tls,
+        admin_addr,
+        log_format,
+        path_prefix,
+        allowed_origins,
     })
+}
+
+/// `PGWS_ADMIN_ADDR`: `host:port`, an IPv6 address in brackets.
+fn admin_addr(value: String) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.trim().parse() {
+        return Ok(addr);
+    }
+    value
+        .trim()
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            format!(
+                "PGWS_ADMIN_ADDR: {value:?} is not an address with a port (like 127.0.0.1:9090)"
+            )
+        })
+}
+
+/// The rustls configuration for a PEM certificate chain and private key, with the
+/// `ring` crypto provider chosen explicitly. Errors name the variable and the file.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let read = |var: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("{var}: cannot read {}: {e}", path.display()))
+    };
+    let cert_pem = read("PGWS_CERTIFICATE_FILE", cert)?;
+    let key_pem = read("PGWS_KEY_FILE", key)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "PGWS_CERTIFICATE_FILE: {} is not a PEM certificate: {e}",
+                cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!(
+            "PGWS_CERTIFICATE_FILE: no PEM certificate (BEGIN CERTIFICATE) in {}",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "PGWS_KEY_FILE: no PEM private key in {}: {e}",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("PGWS_CERTIFICATE_FILE: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            format!(
+                "PGWS_KEY_FILE: {} does not go with the certificate in {}: {e}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    // HTTP/2 for plain requests; browsers open WebSockets over HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// `PGWS_HOST` and `PGWS_PORT` as a socket address.
@@ -270,6 +436,7 @@ struct App {
     layer: PgWsLayer,
     routes: Arc<Routes>,
     http: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
 }
 
 /// The fallback for requests the layer does not take.
@@ -277,47 +444,111 @@ struct Routes {
     static_files: Option<ServeDir>,
     upstream: Option<Upstream>,
     client: UpstreamClient,
+    /// `X-Forwarded-Proto` for the upstream: `https` under TLS.
+    scheme: &'static str,
 }
 
 /// Serves `listener` until `shutdown` resolves, then closes the sockets (1001) and
-/// lets in-flight HTTP requests finish, for a bounded time.
+/// lets in-flight HTTP requests finish, for a bounded time. No admin listener.
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()>) {
-    let app = App {
-        layer: PgWsLayer::new(settings.config),
-        routes: Arc::new(Routes {
-            static_files: settings.root_path.map(ServeDir::new),
-            upstream: settings.upstream,
-            client: upstream_client(),
-        }),
-        http: auto::Builder::new(TokioExecutor::new()),
-    };
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => app.spawn_connection(stream, peer, graceful.watcher()),
-                Err(e) => {
-                    // Usually out of file descriptors: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
+    serve(listener, None, settings, shutdown).await;
+}
+
+/// [`run`], with `/metrics`, `/health` and `/ready` on `admin` when given.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) {
+    Server::new(settings, admin.is_some())
+        .serve(listener, admin, shutdown)
+        .await;
+}
+
+/// The server before it serves: `main` reaches its layer for the start-up checks.
+pub struct Server {
+    app: App,
+    metrics: Option<Result<PrometheusHandle, String>>,
+}
+
+impl Server {
+    /// Builds the layer (the listener starts connecting now). With `admin_metrics`,
+    /// the Prometheus recorder is installed first, so every figure is counted.
+    pub fn new(settings: Settings, admin_metrics: bool) -> Server {
+        let metrics = admin_metrics.then(prometheus);
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let app = App {
+            layer: PgWsLayer::new(settings.config),
+            routes: Arc::new(Routes {
+                static_files: settings.root_path.map(ServeDir::new),
+                upstream: settings.upstream,
+                client: upstream_client(),
+                scheme,
+            }),
+            http: auto::Builder::new(TokioExecutor::new()),
+            tls: settings.tls.map(TlsAcceptor::from),
+        };
+        Server { app, metrics }
     }
-    drop(listener);
-    tracing::info!("shutting down");
-    let drain_http = async {
-        if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some HTTP connections did not finish in time");
+
+    /// The layer, for [`database_reachable`] and health checks.
+    pub fn layer(&self) -> &PgWsLayer {
+        &self.app.layer
+    }
+
+    /// Serves until `shutdown` resolves; see [`run`].
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let app = self.app;
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let admin_task = admin.map(|admin| {
+            let state = Admin {
+                layer: app.layer.clone(),
+                metrics: self.metrics.clone().unwrap_or_else(prometheus),
+            };
+            tokio::spawn(serve_admin(admin, Arc::new(state), admin_stopped))
+        });
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => app.spawn_connection(stream, peer, graceful.watcher()),
+                    Err(e) => {
+                        // Usually out of file descriptors: wait rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
         }
-    };
-    tokio::join!(app.layer.shutdown(), drain_http);
-    tracing::info!("stopped");
+        drop(listener);
+        tracing::info!("shutting down");
+        stop_admin.send_replace(true);
+        let drain_http = async {
+            if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some HTTP connections did not finish in time");
+            }
+        };
+        tokio::join!(app.layer.shutdown(), drain_http);
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
+    }
 }
 
 impl App {
@@ -326,17 +557,208 @@ impl App {
         let _ = stream.set_nodelay(true);
         let routes = self.routes.clone();
         let fallback = service_fn(move |req| fallback(routes.clone(), req, peer));
-        let svc = TowerToHyperService::new(self.layer.layer(fallback));
-        let conn = self
-            .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
+        let svc = request_log(peer).layer(self.layer.layer(fallback));
+        let http = self.http.clone();
+        let Some(tls) = self.tls.clone() else {
+            tokio::spawn(serve_connection(
+                http,
+                TokioIo::new(stream),
+                svc,
+                peer,
+                watcher,
+            ));
+            return;
+        };
         tokio::spawn(async move {
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(http, TokioIo::new(stream), svc, peer, watcher).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
+}
+
+/// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
+async fn serve_connection<I, S>(
+    http: auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    svc: S,
+    peer: SocketAddr,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<LoggedBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = http
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The answer body of every public request, as the request log wraps it.
+type LoggedBody = tower_http::trace::ResponseBody<
+    pgws::PgWsBody<Body>,
+    tower_http::classify::NeverClassifyEos<tower_http::classify::ServerErrorsFailureClass>,
+>;
+
+/// One span per request with the method, the redacted path and the peer; the
+/// answer's status at DEBUG, server errors at WARN. Never the query or a header.
+fn request_log(
+    peer: SocketAddr,
+) -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&Request<Incoming>) -> tracing::Span + Clone,
+> {
+    TraceLayer::new_for_http()
+        .make_span_with(move |req: &Request<Incoming>| {
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %redacted_path(req.uri().path()),
+                %peer,
+            )
+        })
+        .on_failure(DefaultOnFailure::new().level(Level::WARN))
+}
+
+/// A request path fit for logs: every segment that is, or percent-decodes to,
+/// something shaped like a JWT becomes `<redacted>`. The query is never part of it.
+pub fn redacted_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            if segment_may_be_token(segment) {
+                "<redacted>"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn segment_may_be_token(segment: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    // `eyJ` is base64url for `{"`, the start of every JWT header pgws has seen;
+    // any other header JSON (`{ "`, `{\n`) still starts with `e`. File names such as
+    // `app.min.js` are too short to be mistaken for one.
+    let b64url = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let parts: Vec<&str> = decoded.split('.').collect();
+    let jws_shaped = parts.len() == 3
+        && !parts[0].is_empty()
+        && !parts[1].is_empty()
+        && parts.iter().all(|p| b64url(p));
+    decoded.starts_with("eyJ") || (jws_shaped && decoded.starts_with('e') && decoded.len() >= 24)
+}
+
+// ---------------------------------------------------------------------------
+// The admin listener (PGWS_ADMIN_ADDR)
+// ---------------------------------------------------------------------------
+
+/// The process-wide Prometheus recorder, installed on first use. An error when
+/// another `metrics` recorder was installed first.
+fn prometheus() -> Result<PrometheusHandle, String> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))
+        })
+        .clone()
+}
+
+struct Admin {
+    layer: PgWsLayer,
+    metrics: Result<PrometheusHandle, String>,
+}
+
+/// Serves the admin routes over HTTP/1.1 until `stop` turns true.
+async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let admin = admin.clone();
+                    let svc = hyper::service::service_fn(move |req| {
+                        std::future::ready(Ok::<_, Infallible>(admin_route(&admin, &req)))
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let watched = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = watched.await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // A closed sender means the server is gone: stop as well.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// `/health`: the process is up. `/ready`: the listener is connected and listening.
+/// `/metrics`: Prometheus text.
+fn admin_route<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return admin_text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/health" => admin_text(StatusCode::OK, "ok\n".into()),
+        "/ready" if admin.layer.is_listening() => admin_text(StatusCode::OK, "ready\n".into()),
+        "/ready" => admin_text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the listener is not connected to the database\n".into(),
+        ),
+        "/metrics" => match &admin.metrics {
+            Ok(handle) => {
+                handle.run_upkeep();
+                let mut res = admin_text(StatusCode::OK, handle.render());
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                res
+            }
+            Err(e) => admin_text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        },
+        _ => admin_text(StatusCode::NOT_FOUND, "Not Found\n".into()),
+    }
+}
+
+fn admin_text(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(text)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
 }
 
 fn upstream_client() -> UpstreamClient {
@@ -361,7 +783,7 @@ async fn fallback(
     let Some(upstream) = &routes.upstream else {
         return Ok(plain(StatusCode::NOT_FOUND, "Not Found"));
     };
-    Ok(proxy(&routes.client, upstream, req, peer).await)
+    Ok(proxy(&routes.client, upstream, req, peer, routes.scheme).await)
 }
 
 /// The static file for a GET or HEAD, or the request back when there is none.
@@ -413,8 +835,9 @@ async fn proxy(
     upstream: &Upstream,
     req: Request<Incoming>,
     peer: SocketAddr,
+    scheme: &'static str,
 ) -> Response<Body> {
-    let req = match upstream_request(req, upstream, peer) {
+    let req = match upstream_request(req, upstream, peer, scheme) {
         Ok(req) => req,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the upstream request");
@@ -435,6 +858,7 @@ fn upstream_request(
     mut req: Request<Incoming>,
     upstream: &Upstream,
     peer: SocketAddr,
+    scheme: &'static str,
 ) -> Result<Request<Incoming>, http::Error> {
     // HTTP/2 clients send `:authority` instead of `Host`.
     let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -452,7 +876,7 @@ fn upstream_request(
         None => headers.remove(X_FORWARDED_HOST),
     };
     append_forwarded_for(headers, peer.ip().to_canonical());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     Ok(req)
 }
 
@@ -507,7 +931,6 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
     let settings = match settings_from_env() {
         Ok(settings) => settings,
         Err(e) => {
@@ -515,6 +938,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_tracing(settings.log_format);
     let listener = match TcpListener::bind(settings.addr).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -525,29 +949,220 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match settings.admin_addr {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                eprintln!("pgws: PGWS_ADMIN_ADDR: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let addr = listener.local_addr().unwrap_or(settings.addr);
-    tracing::info!(%addr, "listening");
-    if let Some(token) = &settings.dev_token {
-        print_dev_banner(addr, token, settings.root_path.is_some());
-    }
-    run(listener, settings, shutdown_signal()).await;
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    tracing::info!(%addr, admin = ?admin_addr, "listening");
+    let server = Server::new(settings.clone(), admin.is_some());
+    let layer = server.layer().clone();
+    tokio::spawn(async move {
+        let reachable = database_reachable(&layer, DATABASE_CHECK_TIMEOUT).await;
+        // Printed, not logged, so it shows whatever the log level.
+        print!(
+            "{}",
+            startup_report(&settings, addr, admin_addr, Some(reachable))
+        );
+    });
+    server.serve(listener, admin, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+/// The global subscriber: `RUST_LOG` (default `info`), on stderr so that stdout
+/// holds only the start-up report.
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs on stderr, so stdout holds only the development banner.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = log_subscriber(format, filter, std::io::stderr).try_init() {
+        eprintln!("pgws: cannot set up logging: {e}");
+    }
 }
 
-/// Printed, not logged, so it shows whatever the log level.
-fn print_dev_banner(addr: SocketAddr, token: &str, has_root: bool) {
-    // A wildcard address is not something to type into a browser.
-    let shown = match addr.ip() {
+/// A subscriber writing `format` lines to `writer`; tests capture logs with it.
+pub fn log_subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(builder.json().finish()),
+    }
+}
+
+/// Whether the listener connected to the database and is listening within `within`.
+/// The listener starts connecting when the layer is made and never gives up, so
+/// this only decides what the start-up report says.
+pub async fn database_reachable(layer: &PgWsLayer, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !layer.is_listening() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// What the start-up report says of the database check.
+fn database_text(reachable: bool) -> String {
+    if reachable {
+        "reachable (the listener is connected and listening)".into()
+    } else {
+        format!(
+            "NOT reachable within {} s (the log says why; check PGWS_DB_URI). pgws \
+             keeps trying; until then handshakes that read get 503 and /ready 503.",
+            DATABASE_CHECK_TIMEOUT.as_secs()
+        )
+    }
+}
+
+/// What the server prints at start-up: where it listens, how it maps channels,
+/// what else it serves, whether the database answered (`database`, when checked),
+/// and in development mode a sample token and URLs.
+pub fn startup_report(
+    settings: &Settings,
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    database: Option<bool>,
+) -> String {
+    let (http, ws) = if settings.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    let shown = browsable(addr);
+    let prefix = &settings.path_prefix;
+    let config = &settings.config;
+    let mut out = String::new();
+    let mut line = |label: &str, text: &str| {
+        let _ = writeln!(out, "  {:<14} {text}", format!("{label}:"));
+    };
+    let mapping = match config.listen_channel() {
+        None => "per channel: a WebSocket channel is the PostgreSQL channel of the \
+                 same name (NOTIFY chat, 'hi' reaches /chat)"
+            .to_owned(),
+        Some(listen) => format!(
+            "multiplexed: one LISTEN on {listen:?}; a payload's \"channel\" field \
+             picks the WebSocket channel (PGWS_LISTEN_CHANNEL)"
+        ),
+    };
+    let header = format!(
+        "pgws {} is listening on {http}://{shown}{}\n",
+        env!("CARGO_PKG_VERSION"),
+        if addr != shown {
+            format!(" (all addresses, {addr})")
+        } else {
+            String::new()
+        }
+    );
+    line(
+        "WebSockets",
+        &format!(
+            "{ws}://{shown}{prefix}/<channel>/<jwt>, or {prefix}/<channel> with the \
+             token in Authorization: Bearer or the pgws.bearer.<jwt> subprotocol"
+        ),
+    );
+    if let Some(reachable) = database {
+        line("Database", &database_text(reachable));
+    }
+    line("Mapping", &mapping);
+    line(
+        "Meta channel",
+        config.meta_channel().unwrap_or("off (PGWS_META_CHANNEL)"),
+    );
+    let root = settings.root_path.as_ref().map(|p| p.display().to_string());
+    line(
+        "Static files",
+        root.as_deref().unwrap_or("off (PGWS_ROOT_PATH)"),
+    );
+    let upstream = settings
+        .upstream
+        .as_ref()
+        .map(|u| format!("http://{}{}", u.authority, u.base));
+    line(
+        "Upstream",
+        upstream
+            .as_deref()
+            .unwrap_or("off (PGWS_UPSTREAM); other requests get 404"),
+    );
+    let origins = settings
+        .allowed_origins
+        .as_ref()
+        .map(|o| format!("{o} (PGWS_ALLOWED_ORIGINS; handshakes from other origins get 403)"));
+    line(
+        "Origins",
+        origins.as_deref().unwrap_or("any (PGWS_ALLOWED_ORIGINS)"),
+    );
+    line(
+        "TLS",
+        if settings.tls.is_some() {
+            "on (PGWS_CERTIFICATE_FILE, PGWS_KEY_FILE)"
+        } else {
+            "off (PGWS_CERTIFICATE_FILE, PGWS_KEY_FILE)"
+        },
+    );
+    let admin = admin_addr.map(|a| {
+        let a = browsable(a);
+        format!("http://{a}/metrics, http://{a}/health, http://{a}/ready")
+    });
+    line("Admin", admin.as_deref().unwrap_or("off (PGWS_ADMIN_ADDR)"));
+    let mut out = header + &out;
+    if let Some(token) = &settings.dev_token {
+        let _ = writeln!(
+            out,
+            "\nWARNING: PGWS_JWT_SECRET is not set; a random secret was generated.\n\
+             WARNING: this is for development only. Tokens die with this process.\n\
+             Sample token (mode rw, any channel, no exp): {token}\n\
+             WebSocket URL: {ws}://{shown}{prefix}/chat/{token}"
+        );
+        if settings.root_path.is_some() {
+            let _ = writeln!(out, "Chat page: {}", chat_url(settings, http, shown, token));
+        }
+    }
+    out
+}
+
+/// The chat page's URL with the token in the fragment (never sent to the server).
+fn chat_url(settings: &Settings, http: &str, shown: SocketAddr, token: &str) -> String {
+    let mut url = format!("{http}://{shown}/#token={token}");
+    if !settings.path_prefix.is_empty() {
+        url.push_str("&prefix=");
+        url.push_str(
+            &percent_encoding::utf8_percent_encode(
+                &settings.path_prefix,
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string(),
+        );
+    }
+    if let Some(meta) = settings.config.meta_channel() {
+        url.push_str("&meta=");
+        url.push_str(
+            &percent_encoding::utf8_percent_encode(meta, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        );
+    }
+    url
+}
+
+/// A wildcard address is not something to type into a browser: its loopback twin.
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
         }
@@ -555,13 +1170,6 @@ fn print_dev_banner(addr: SocketAddr, token: &str, has_root: bool) {
             SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
         }
         _ => addr,
-    };
-    println!("WARNING: PGWS_JWT_SECRET is not set; a random secret was generated.");
-    println!("WARNING: this is for development only. Tokens die with this process.");
-    println!("Sample token (mode rw, no channel claim, no exp): {token}");
-    println!("WebSocket URL: ws://{shown}/chat/{token}");
-    if has_root {
-        println!("Chat page: http://{shown}/#token={token}");
     }
 }
 
