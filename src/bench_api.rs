@@ -133,3 +133,26 @@ impl BenchHub {
         self.hub.channel_count()
     }
 }
+
+/// How the layer sorts a request (`handshake::route`), for the fuzz targets:
+/// `None` when it passes to the wrapped service, else the channel as it stands in
+/// the path and the token, or the `400` text.
+pub fn route_request<B>(
+    req: &http::Request<B>,
+    prefix: &str,
+) -> Option<Result<(Option<String>, String), &'static str>> {
+    match crate::handshake::route(req, prefix) {
+        crate::handshake::Route::Pass => None,
+        crate::handshake::Route::BadRequest(why) => Some(Err(why)),
+        crate::handshake::Route::Ours { channel, token, .. } => {
+            Some(Ok((channel.map(str::to_owned), token.to_owned())))
+        }
+    }
+}
+
+/// The WebSocket channel a multiplexed notification goes to (`Mapping::route`).
+pub fn routed_channel(listen_channel: &str, pg_channel: &str, payload: &str) -> Option<String> {
+    Mapping::new(Some(listen_channel))
+        .route(pg_channel, payload)
+        .map(|c| c.into_owned())
+}

@@ -103,8 +103,9 @@ pub use layer::PgWsLayer;
 pub use service::PgWsService;
 pub use stats::Stats;
 
-/// Internals re-exported for the crate's own benchmarks (`benches/`). Not part of the
-/// API: hidden from the docs, exempt from semver, and may change in any release.
+/// Internals re-exported for the crate's own benchmarks (`benches/`) and fuzz
+/// targets (`fuzz/`). Not part of the API: hidden from the docs, exempt from
+/// semver, and may change in any release.
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::bench_api::*;

@@ -4,7 +4,10 @@
 
 use std::{borrow::Cow, time::SystemTime};
 
-use serde::Deserialize;
+use serde::{
+    Deserialize, Deserializer,
+    de::{IgnoredAny, MapAccess, Visitor},
+};
 
 use crate::envelope::{self, Event};
 
@@ -108,19 +111,44 @@ impl Claims {
     }
 }
 
-/// The string `channel` of a JSON object payload.
+/// The string `channel` of a JSON object payload (the last one, as JSON parsers
+/// read duplicate keys), without building the rest of the document.
 fn routed_channel(payload: &str) -> Option<Cow<'_, str>> {
-    #[derive(Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        channel: Cow<'a, str>,
+    let mut de = serde_json::Deserializer::from_str(payload);
+    let probe = de.deserialize_map(ChannelProbe).ok()?;
+    de.end().ok()?;
+    probe
+}
+
+struct ChannelProbe;
+
+impl<'de> Visitor<'de> for ChannelProbe {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
     }
-    if !payload.trim_start().starts_with('{') {
-        return None;
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Channel<'a> {
+            Text(#[serde(borrow)] Cow<'a, str>),
+            Other(IgnoredAny),
+        }
+        let mut channel = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "channel" {
+                channel = match map.next_value()? {
+                    Channel::Text(c) => Some(c),
+                    Channel::Other(_) => None,
+                };
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(channel)
     }
-    serde_json::from_str::<Probe<'_>>(payload)
-        .ok()
-        .map(|p| p.channel)
 }
 
 #[cfg(test)]
@@ -138,6 +166,23 @@ mod tests {
         assert_eq!(m.route("pgws", r#"["chat"]"#).unwrap(), "pgws");
         assert_eq!(m.route("pgws", "plain text").unwrap(), "pgws");
         assert_eq!(m.route("pgws", r#"{"channel":"a\"b"}"#).unwrap(), "a\"b");
+        assert_eq!(
+            m.route("pgws", r#"{"channel":"a","channel":"b"}"#).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            m.route("pgws", r#"{"channel":"a","channel":null}"#)
+                .unwrap(),
+            "pgws"
+        );
+        assert_eq!(
+            m.route("pgws", r#"{"channel":"a"} trailing"#).unwrap(),
+            "pgws"
+        );
+        assert_eq!(
+            m.route("pgws", r#"{"x":{"channel":"deep"}}"#).unwrap(),
+            "pgws"
+        );
         assert!(m.route("other", "{}").is_none());
     }
 
