@@ -666,3 +666,104 @@ async fn an_http2_request_is_proxied_over_http1() {
     assert_eq!(echo["query"], "x=1");
     assert_eq!(seen(&echo, "x-forwarded-host"), Some("pgws.example"));
 }
+
+// ---------------------------------------------------------------------------
+// The start-up report
+// ---------------------------------------------------------------------------
+
+fn report_for(builder: pgws::ConfigBuilder, pairs: &'static [(&str, &str)]) -> String {
+    let s = server::settings_from(builder, vars(pairs)).unwrap();
+    server::startup_report(&s, "0.0.0.0:3000".parse().unwrap(), None, None)
+}
+
+#[tokio::test]
+async fn the_start_up_report_says_where_and_how() {
+    let report = report_for(config(), &[("PGWS_HOST", "*")]);
+    // A wildcard address is shown as something a browser can open.
+    assert!(
+        report.contains("listening on http://127.0.0.1:3000 (all addresses, 0.0.0.0:3000)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ws://127.0.0.1:3000/<channel>/<jwt>"),
+        "{report}"
+    );
+    assert!(report.contains("Mapping:       per channel"), "{report}");
+    assert!(report.contains("Origins:       any"), "{report}");
+    // With a secret configured there is no sample token.
+    assert!(!report.contains("WARNING"), "{report}");
+
+    let report = report_for(
+        config()
+            .listen_channel("postgres-websockets-listener")
+            .meta_channel("server-info"),
+        &[
+            (
+                "PGWS_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+            ("PGWS_UPSTREAM", "http://127.0.0.1:3001"),
+        ],
+    );
+    assert!(
+        report.contains("multiplexed: one LISTEN on \"postgres-websockets-listener\""),
+        "{report}"
+    );
+    assert!(report.contains("Meta channel:  server-info"), "{report}");
+    assert!(
+        report.contains("Origins:       https://a.example, https://b.example"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Upstream:      http://127.0.0.1:3001"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
+    let root = TempDir::new(&[("index.html", "<h1>chat</h1>")]);
+    let dir = root.0.display().to_string();
+    let var = move |name: &str| match name {
+        "PGWS_ROOT_PATH" => Some(dir.clone()),
+        "PGWS_PATH_PREFIX" => Some("ws/".to_owned()),
+        _ => None,
+    };
+    let builder = pgws::Config::builder()
+        .database_url(db_uri())
+        .meta_channel("who");
+    let s = server::settings_from(builder, var).unwrap();
+    let jwt = s.dev_token.clone().unwrap();
+    let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, None);
+    assert!(
+        report.contains("WARNING: PGWS_JWT_SECRET is not set"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("ws://127.0.0.1:3000/ws/chat/{jwt}")),
+        "{report}"
+    );
+    // The token in the fragment, which browsers never send.
+    assert!(
+        report.contains(&format!(
+            "Chat page: http://127.0.0.1:3000/#token={jwt}&prefix=%2Fws&meta=who"
+        )),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn the_report_says_whether_the_database_answered() {
+    let srv = server::Server::new(settings(), false);
+    assert!(server::database_reachable(srv.layer(), WAIT).await);
+    let s = settings();
+    let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(true));
+    assert!(report.contains("Database:      reachable"), "{report}");
+
+    let dead = config().database_url("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1");
+    let srv = server::Server::new(server::Settings::new(dead.build().unwrap()), false);
+    assert!(!server::database_reachable(srv.layer(), std::time::Duration::from_millis(300)).await);
+    let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(false));
+    assert!(report.contains("Database:      NOT reachable"), "{report}");
+    assert!(report.contains("PGWS_DB_URI"), "{report}");
+}
