@@ -961,7 +961,8 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(settings.addr);
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    tracing::info!(%addr, admin = ?admin_addr, "listening");
+    let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(%addr, admin = %admin_shown, "listening");
     let server = Server::new(settings.clone(), admin.is_some());
     let layer = server.layer().clone();
     tokio::spawn(async move {
@@ -981,16 +982,20 @@ async fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if let Err(e) = log_subscriber(format, filter, std::io::stderr).try_init() {
+    // Colours only for a person at a terminal, not for a log file or collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let Err(e) = log_subscriber(format, filter, std::io::stderr, ansi).try_init() {
         eprintln!("pgws: cannot set up logging: {e}");
     }
 }
 
-/// A subscriber writing `format` lines to `writer`; tests capture logs with it.
+/// A subscriber writing `format` lines to `writer`, with ANSI colours in text when
+/// `ansi`; tests capture logs with it.
 pub fn log_subscriber<W>(
     format: LogFormat,
     filter: tracing_subscriber::EnvFilter,
     writer: W,
+    ansi: bool,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -999,7 +1004,7 @@ where
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
         LogFormat::Json => Box::new(builder.json().finish()),
     }
 }

@@ -399,6 +399,7 @@ where
         format,
         tracing_subscriber::EnvFilter::new("trace"),
         move || sink.clone(),
+        false,
     );
     // Every task of a current-thread runtime runs on this thread, under this default.
     tracing::subscriber::with_default(subscriber, || {
