@@ -34,10 +34,13 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     let headers = req.headers();
     let protocols: Vec<&str> = header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
     let pgws_protocol = protocols.contains(&PROTOCOL);
+    // Only JWT-shaped tokens make a request ours: an opaque bearer token belongs to
+    // the wrapped service.
     let from_protocol = protocols
         .iter()
-        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL));
-    let from_header = bearer(headers);
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL))
+        .filter(|t| looks_like_jws(t));
+    let from_header = bearer(headers).filter(|t| looks_like_jws(t));
     let elsewhere = from_header.is_some() || from_protocol.is_some();
     let Some((channel, from_path)) = split_path(req.uri().path(), prefix, elsewhere) else {
         return Route::Pass;
@@ -264,6 +267,8 @@ mod tests {
         let mut bare = request(key);
         *bare.uri_mut() = "/chat".parse().unwrap();
         assert_eq!(route(&bare, ""), Route::Pass);
+        let opaque = with(bare.clone(), "authorization", "Bearer not-a-jwt");
+        assert_eq!(route(&opaque, ""), Route::Pass);
 
         let req = with(bare, "authorization", &format!("Bearer {JWT}"));
         assert_eq!(

@@ -128,6 +128,10 @@ impl Socket {
             };
             let msg = match next {
                 Some(Ok(msg)) => msg,
+                // Too long once reassembled: the codec leaves that answer to us.
+                Some(Err(tokio_websockets::Error::PayloadTooLong { .. })) => {
+                    return Outcome::Close(CloseCode::MESSAGE_TOO_BIG, "Message too big");
+                }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "socket stream error");
                     return Outcome::Ended;
@@ -347,10 +351,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
-        if let Outcome::Close(code, reason) = outcome
-            && sink.send(Message::close(Some(code), reason)).await.is_err()
-        {
-            return;
+        if let Outcome::Close(code, reason) = outcome {
+            // Refused when the codec already queued its own close; reading on
+            // flushes that one.
+            let _ = sink.send(Message::close(Some(code), reason)).await;
         }
         while stream.next().await.is_some() {}
     })

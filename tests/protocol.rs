@@ -909,20 +909,18 @@ async fn a_message_at_the_limit_is_notified_and_one_byte_more_is_1009() {
 }
 
 #[tokio::test]
-#[ignore = "bug (README, known): a fragmented message over the limit gets no close frame; \
-            the connection is dropped after 5 s"]
 async fn a_fragmented_message_over_the_limit_is_1009() {
     // Each fragment is within the limit, the message is not. tokio-websockets finds
-    // this while reassembling and returns `PayloadTooLong` without queuing a close;
-    // pgws takes every stream error for one the codec already answered (`Outcome::Ended`
-    // in src/socket.rs) and never sends the 1009 the contract (§6) requires.
+    // this while reassembling and leaves the answer to pgws, which closes with
+    // 1009 `Message too big`.
     let mut case = Case::with(limited()).await;
     let part = "f".repeat(3000);
     let bytes = cat(&[
         masked(TEXT, part.as_bytes()),
         masked(FIN | CONT, part.as_bytes()),
     ]);
-    fails(&mut case, &bytes, &[], 1009).await;
+    let reason = fails_with(&mut case, "rw", &bytes, &[], 1009, By::Pgws).await;
+    assert!(reason.starts_with("Message too big"), "{reason}");
 }
 
 // ---------------------------------------------------------------------------

@@ -33,11 +33,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = req.body(()) else { return };
     if let Some(Ok((channel, token))) = route_request(&req, prefix) {
         assert_eq!(token.split('.').count(), 3, "a taken token has three parts");
-        let _ = auth().authorize(channel.as_deref(), &token);
+        let _ = authorizer().authorize(channel.as_deref(), &token);
     }
 });
 
-fn auth() -> &'static Auth {
+fn authorizer() -> &'static Auth {
     static AUTH: std::sync::OnceLock<Auth> = std::sync::OnceLock::new();
     AUTH.get_or_init(|| {
         let config = pgws::Config::builder()
