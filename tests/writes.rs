@@ -230,6 +230,17 @@ async fn a_peer_that_does_not_answer_pings_is_closed_with_1011() {
     let (code, reason) = recv_close(&mut ws).await;
     assert_eq!(code, 1011);
     assert!(reason.starts_with("Ping timeout"), "{reason}");
+    // Its resources go with it: the socket, its subscription and its channel.
+    drop(ws);
+    for _ in 0..200 {
+        let gone = server.layer.stats().open_sockets == 0
+            && !server.layer.listening_channels().await.unwrap().contains(&chan);
+        if gone {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the socket's resources were not freed");
 }
 
 #[tokio::test]
