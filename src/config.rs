@@ -10,6 +10,20 @@ use crate::{
 /// Everything [`PgWsLayer`](crate::PgWsLayer) needs to know, built with [`Config::builder`]
 /// or read from the environment with [`Config::from_env`].
 ///
+/// | setting | default | environment | on overflow |
+/// |---|---|---|---|
+/// | [`queue_length`](ConfigBuilder::queue_length) | 1024 notifications per socket | `PGWS_QUEUE_LENGTH` | `1008 Slow consumer` |
+/// | [`max_message_bytes`](ConfigBuilder::max_message_bytes) | 65536 | `PGWS_MAX_MESSAGE_BYTES` | `1009` |
+/// | [`max_channels`](ConfigBuilder::max_channels) | 100 per socket | `PGWS_MAX_CHANNELS` | `403 Too many channels` |
+/// | [`max_sockets`](ConfigBuilder::max_sockets) | 100,000 | `PGWS_MAX_SOCKETS` | `503 Too many connections` |
+/// | [`subscribe_timeout`](ConfigBuilder::subscribe_timeout) | 5 s | `PGWS_SUBSCRIBE_TIMEOUT` (ms) | `503 Database unavailable` |
+/// | [`ping_interval`](ConfigBuilder::ping_interval) | 30 s | `PGWS_PING_INTERVAL` (s) | `1011 Ping timeout` |
+/// | [`pool_size`](ConfigBuilder::pool_size) | 10 connections | `PGWS_POOL_SIZE` | writes wait up to 5 s, then `1013` |
+/// | [`check_listener_interval`](ConfigBuilder::check_listener_interval) | 10 s | `PGWS_CHECK_LISTENER_INTERVAL` (ms) | `1012` to readers |
+///
+/// A NOTIFY payload must stay under 8000 bytes (PostgreSQL's limit): a bigger one
+/// closes the socket with `1009 Message too big`.
+///
 /// ```
 /// use std::time::Duration;
 ///
