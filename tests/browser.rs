@@ -133,6 +133,20 @@ fn the_chat_page_works_in_a_real_browser() {
     bob.wait_for_text("#messages", "notification: after the restart");
     alice.screenshot("chat-reconnected.png");
 
+    // Over TLS the page connects with wss: to the same origin, and its messages go
+    // both ways (the browser trusts the test's certificate: acceptInsecureCerts).
+    let secure = rt.block_on(start_tls_server(meta.clone()));
+    alice.goto(&format!(
+        "https://127.0.0.1:{}/#token={alice_token}&channel={chan}",
+        secure.port()
+    ));
+    alice.wait_for_text("#status-text", "Connected to");
+    let protocol = alice.script("return location.protocol", json!([]));
+    assert_eq!(protocol, json!("https:"));
+    alice.type_into("#message", "Hello over wss\u{E007}");
+    alice.wait_for_text("#messages", "you: Hello over wss");
+    bob.wait_for_text("#messages", "alice: Hello over wss");
+
     // A token signed with another secret: the refusal in words, no reconnect loop.
     let forged = token_with(
         &json!({"mode": "rw", "name": "mallory"}),
@@ -165,6 +179,26 @@ fn the_chat_page_works_in_a_real_browser() {
             .expect("the server did not stop")
             .unwrap();
     });
+}
+
+/// The example server with TLS (a certificate made here) on the same database and
+/// meta channel; it runs until the runtime ends.
+async fn start_tls_server(meta: String) -> SocketAddr {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(unique("pgws_browser_tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let mut settings = server::Settings::new(config().meta_channel(meta).build().unwrap());
+    settings.tls = Some(server::tls_config(&cert, &key).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::run(listener, settings, std::future::pending()));
+    addr
 }
 
 // ---------------------------------------------------------------------------
@@ -292,6 +326,8 @@ impl ChromeDriver {
             "capabilities": {
                 "alwaysMatch": {
                     "browserName": "chrome",
+                    // For the test's self-signed certificate only.
+                    "acceptInsecureCerts": true,
                     "goog:chromeOptions": {
                         "binary": self.chromium.display().to_string(),
                         "args": args,
