@@ -59,7 +59,7 @@ pub fn route_multiplexed(listen_channel: &str, pg_channel: &str, payload: &str) 
         .map(|c| c.len())
 }
 
-/// A [`Hub`] with the receiving ends of its subscribers' queues, so a benchmark can
+/// A hub (`Hub`) with the receiving ends of its subscribers' queues, so a benchmark can
 /// dispatch into it and drain the queues outside its measurement.
 #[derive(Default)]
 pub struct BenchHub {

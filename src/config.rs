@@ -86,7 +86,7 @@ impl Config {
     /// Reads the `PGWS_*` variables that concern the layer (see the README's
     /// configuration table). `PGWS_JWT_SECRET` is required here.
     pub fn from_env() -> Result<Config, ConfigError> {
-        ConfigBuilder::from_env()?.build()
+        ConfigBuilder::from_env()?.build_from_env()
     }
 
     /// The multiplexed mapping's listen channel, when that mapping is on.
@@ -356,6 +356,12 @@ impl ConfigBuilder {
         Ok(b)
     }
 
+    /// [`build`](Self::build) for a builder read with [`from_env`](Self::from_env):
+    /// every error names its `PGWS_*` variable.
+    pub fn build_from_env(self) -> Result<Config, ConfigError> {
+        self.build().map_err(ConfigError::in_env)
+    }
+
     /// Whether a secret has been set (the standalone server makes one when not).
     pub fn has_secret(&self) -> bool {
         self.secret.is_some()
@@ -448,6 +454,19 @@ mod tests {
         assert_eq!(normalize_prefix("/"), "");
         assert_eq!(normalize_prefix("ws/"), "/ws");
         assert_eq!(normalize_prefix("/a/b/"), "/a/b");
+    }
+
+    #[test]
+    fn errors_from_the_environment_name_their_variable() {
+        let e = Config::builder()
+            .jwt_secret("s")
+            .pool_size(0)
+            .build_from_env()
+            .unwrap_err();
+        assert_eq!(e.variable(), Some("PGWS_POOL_SIZE"));
+        assert!(e.to_string().starts_with("PGWS_POOL_SIZE: "), "{e}");
+        let e = Config::builder().build_from_env().unwrap_err();
+        assert!(e.to_string().starts_with("PGWS_JWT_SECRET: "), "{e}");
     }
 
     #[test]

@@ -52,3 +52,41 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// The `PGWS_*` variable behind this error, when it came from one.
+    pub fn variable(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::MissingSecret | Self::InvalidSecret(_) => "PGWS_JWT_SECRET",
+            Self::InvalidDatabaseUrl(_) => "PGWS_DB_URI",
+            Self::InvalidChannel { setting, .. } | Self::InvalidValue { setting, .. } => {
+                setting_variable(setting)?
+            }
+            Self::Env { var, .. } => var,
+        })
+    }
+
+    /// The same error, naming its variable (for settings read from the environment).
+    pub(crate) fn in_env(self) -> Self {
+        match (&self, self.variable()) {
+            (Self::Env { .. }, _) | (_, None) => self,
+            (_, Some(var)) => Self::Env {
+                var,
+                reason: self.to_string(),
+            },
+        }
+    }
+}
+
+fn setting_variable(setting: &str) -> Option<&'static str> {
+    Some(match setting {
+        "listen_channel" => "PGWS_LISTEN_CHANNEL",
+        "meta_channel" => "PGWS_META_CHANNEL",
+        "pool_size" => "PGWS_POOL_SIZE",
+        "queue_length" => "PGWS_QUEUE_LENGTH",
+        "max_message_bytes" => "PGWS_MAX_MESSAGE_BYTES",
+        "max_channels" => "PGWS_MAX_CHANNELS",
+        "max_sockets" => "PGWS_MAX_SOCKETS",
+        _ => return None,
+    })
+}

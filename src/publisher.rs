@@ -48,8 +48,17 @@ impl Publisher {
         Self { pool }
     }
 
-    /// Runs the NOTIFYs in one statement: all or nothing.
+    /// Runs the NOTIFYs in one statement: all or nothing. Waiting for a connection
+    /// and running the statement take at most 5 s together, so a stuck database
+    /// is answered like a down one.
     pub(crate) async fn publish(&self, notifies: &[Notify]) -> Result<(), PublishError> {
+        match tokio::time::timeout(POOL_TIMEOUT, self.run(notifies)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError("timed out".into())),
+        }
+    }
+
+    async fn run(&self, notifies: &[Notify]) -> Result<(), PublishError> {
         let client = self
             .pool
             .get()

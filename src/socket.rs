@@ -13,9 +13,11 @@ use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{OwnedSemaphorePermit, watch},
+    task::JoinHandle,
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
 use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
+use tracing::Instrument;
 
 use crate::{
     auth::Grant,
@@ -70,8 +72,12 @@ impl Socket {
         let mode = self.grant.mode;
         self.shared.counters.socket_opened(mode);
         tracing::info!("socket open");
-        self.publish_meta(Event::ConnectionOpen).await;
-        let outcome = self.exchange(&mut sink, &mut stream).await;
+        // Published alongside, so a slow database does not hold up pings and
+        // notifications; the first message waits for it to keep the order.
+        let open = self
+            .meta(Event::ConnectionOpen)
+            .map(|open| tokio::spawn(open.in_current_span()));
+        let outcome = self.exchange(&mut sink, &mut stream, open).await;
         match outcome {
             Outcome::Close(code, reason) => {
                 tracing::info!(code = u16::from(code), reason, "socket closed")
@@ -79,11 +85,18 @@ impl Socket {
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
         finish(&mut sink, &mut stream, outcome).await;
-        self.publish_meta(Event::ConnectionClose).await;
+        if let Some(close) = self.meta(Event::ConnectionClose) {
+            close.await;
+        }
         self.shared.counters.socket_closed(mode);
     }
 
-    async fn exchange<S>(&mut self, sink: &mut Sink<S>, stream: &mut Stream<S>) -> Outcome
+    async fn exchange<S>(
+        &mut self,
+        sink: &mut Sink<S>,
+        stream: &mut Stream<S>,
+        open: Option<JoinHandle<()>>,
+    ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -99,7 +112,7 @@ impl Socket {
             counters: &self.shared.counters,
         }
         .run(expiry, ping, self.shutdown.clone());
-        let reader = self.read(stream, &pong);
+        let reader = self.read(stream, &pong, open);
         tokio::pin!(reader, writer);
         // On shutdown the other half finishes its in-flight work, within the drain timeout.
         tokio::select! {
@@ -115,7 +128,12 @@ impl Socket {
     }
 
     /// Reads messages and NOTIFYs them in order; stops between messages on shutdown.
-    async fn read<S>(&self, stream: &mut Stream<S>, pong: &AtomicBool) -> Outcome
+    async fn read<S>(
+        &self,
+        stream: &mut Stream<S>,
+        pong: &AtomicBool,
+        mut open: Option<JoinHandle<()>>,
+    ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -142,10 +160,13 @@ impl Socket {
                 return Outcome::Ended;
             } else if msg.is_pong() {
                 pong.store(true, Ordering::Release);
-            } else if (msg.is_text() || msg.is_binary())
-                && let Err(outcome) = self.on_message(msg).await
-            {
-                return outcome;
+            } else if msg.is_text() || msg.is_binary() {
+                if let Some(open) = open.take() {
+                    let _ = open.await;
+                }
+                if let Err(outcome) = self.on_message(msg).await {
+                    return outcome;
+                }
             }
         }
     }
@@ -191,11 +212,10 @@ impl Socket {
         }
     }
 
-    /// Best effort: a failure is logged, never a reason to close.
-    async fn publish_meta(&self, event: Event) {
-        let Some(meta) = &self.shared.meta_channel else {
-            return;
-        };
+    /// The meta event, when a meta channel is configured: best effort, a failure is
+    /// logged and counted, never a reason to close.
+    fn meta(&self, event: Event) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let meta = self.shared.meta_channel.as_ref()?;
         let channels = self.grant.channels.join(",");
         let notifies = self.shared.mapping.notifies(
             std::slice::from_ref(meta),
@@ -204,10 +224,13 @@ impl Socket {
             &self.claims,
             SystemTime::now(),
         );
-        if let Err(e) = self.shared.publisher.publish(&notifies).await {
-            self.shared.counters.meta_failed();
-            tracing::warn!(error = %e.0, ?event, "meta event not published");
-        }
+        let shared = self.shared.clone();
+        Some(async move {
+            if let Err(e) = shared.publisher.publish(&notifies).await {
+                shared.counters.meta_failed();
+                tracing::warn!(error = %e.0, ?event, "meta event not published");
+            }
+        })
     }
 }
 

@@ -208,6 +208,25 @@ async fn writes_with_the_database_down_close_with_1013_and_readers_get_503() {
 }
 
 #[tokio::test]
+async fn a_write_stuck_on_a_dead_database_closes_with_1013() {
+    let hole = common::blackhole::Blackhole::start().await;
+    let cfg = config().database_url(format!("postgres://postgres@{}/postgres", hole.addr));
+    let server = TestServer::start(cfg).await;
+    let chan = unique("stuck");
+    let mut listen = Listen::start(&chan).await;
+    let mut ws = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
+    send_text(&mut ws, "before").await;
+    assert!(listen.next().await.1.contains("before"));
+    hole.stall();
+    send_text(&mut ws, "stuck").await;
+    let (code, reason) = recv_close(&mut ws).await;
+    assert_eq!(code, 1013);
+    assert!(reason.starts_with("Database unavailable"), "{reason}");
+}
+
+#[tokio::test]
 async fn an_expiring_token_closes_the_socket_with_3001() {
     let server = TestServer::start(config()).await;
     let chan = unique("exp");
@@ -234,7 +253,12 @@ async fn a_peer_that_does_not_answer_pings_is_closed_with_1011() {
     drop(ws);
     for _ in 0..200 {
         let gone = server.layer.stats().open_sockets == 0
-            && !server.layer.listening_channels().await.unwrap().contains(&chan);
+            && !server
+                .layer
+                .listening_channels()
+                .await
+                .unwrap()
+                .contains(&chan);
         if gone {
             return;
         }

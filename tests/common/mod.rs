@@ -2,6 +2,7 @@
 //! PostgreSQL from `PGWS_TEST_DB_URI`.
 #![allow(dead_code)]
 
+pub mod blackhole;
 pub mod cluster;
 pub mod frames;
 
