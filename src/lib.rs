@@ -103,6 +103,11 @@ pub use layer::PgWsLayer;
 pub use service::PgWsService;
 pub use stats::Stats;
 
+/// The README's Rust example, compiled as a doctest so it stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Internals re-exported for the crate's own benchmarks (`benches/`) and fuzz
 /// targets (`fuzz/`). Not part of the API: hidden from the docs, exempt from
 /// semver, and may change in any release.
