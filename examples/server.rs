@@ -55,7 +55,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use pgws::{Config, ConfigBuilder, ConfigError, PgWsLayer};
+use pgws::{Config, ConfigBuilder, PgWsLayer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -76,6 +76,8 @@ const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request head, the WebSocket handshake included.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the start-up check waits for the listener's first connection.
 pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -105,11 +107,8 @@ pub struct Settings {
     pub admin_addr: Option<SocketAddr>,
     /// `PGWS_LOG_FORMAT`.
     pub log_format: LogFormat,
-    /// `PGWS_PATH_PREFIX`, normalized, for the start-up output only (the layer has
-    /// its own copy in [`Config`]).
-    pub path_prefix: String,
-    /// `PGWS_ALLOWED_ORIGINS` as given, for the start-up output only.
-    pub allowed_origins: Option<String>,
+    /// How long a client has to send its request head (`PGWS_HANDSHAKE_TIMEOUT`, s).
+    pub handshake_timeout: Duration,
 }
 
 /// How `main` writes logs (`PGWS_LOG_FORMAT`).
@@ -146,8 +145,7 @@ impl Settings {
             tls: None,
             admin_addr: None,
             log_format: LogFormat::Text,
-            path_prefix: String::new(),
-            allowed_origins: None,
+            handshake_timeout: HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -213,7 +211,7 @@ impl Upstream {
 
 /// Reads every `PGWS_*` variable; the error names the offending variable.
 pub fn settings_from_env() -> Result<Settings, String> {
-    let builder = ConfigBuilder::from_env().map_err(env_error)?;
+    let builder = ConfigBuilder::from_env().map_err(|e| e.to_string())?;
     settings_from(builder, |name| std::env::var(name).ok())
 }
 
@@ -250,24 +248,23 @@ pub fn settings_from(
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or_default();
-    let path_prefix = var("PGWS_PATH_PREFIX")
-        .map(|p| p.trim_matches('/').to_owned())
-        .filter(|p| !p.is_empty())
-        .map(|p| format!("/{p}"))
-        .unwrap_or_default();
-    let allowed_origins = var("PGWS_ALLOWED_ORIGINS").map(|v| {
-        v.split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
+    let handshake_timeout = match var("PGWS_HANDSHAKE_TIMEOUT") {
+        None => HEADER_READ_TIMEOUT,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => {
+                return Err(format!(
+                    "PGWS_HANDSHAKE_TIMEOUT: {v:?} is not a whole number of seconds above 0"
+                ));
+            }
+        },
+    };
     let root_path = var("PGWS_ROOT_PATH").map(root_dir).transpose()?;
     let upstream = var("PGWS_UPSTREAM")
         .map(|v| v.parse().map_err(|e| format!("PGWS_UPSTREAM: {e}")))
         .transpose()?;
     let (builder, dev_token) = ensure_secret(builder)?;
-    let config = builder.build().map_err(env_error)?;
+    let config = builder.build_from_env().map_err(|e| e.to_string())?;
     Ok(Settings {
         config,
         addr,
@@ -277,8 +274,7 @@ pub fn settings_from(
         tls,
         admin_addr,
         log_format,
-        path_prefix,
-        allowed_origins,
+        handshake_timeout,
     })
 }
 
@@ -411,22 +407,6 @@ fn ensure_secret(builder: ConfigBuilder) -> Result<(ConfigBuilder, Option<String
     Ok((builder, Some(token)))
 }
 
-/// A layer configuration error, prefixed with the variable it comes from.
-fn env_error(e: ConfigError) -> String {
-    match &e {
-        ConfigError::MissingSecret | ConfigError::InvalidSecret(_) => {
-            format!("PGWS_JWT_SECRET: {e}")
-        }
-        ConfigError::InvalidDatabaseUrl(_) => format!("PGWS_DB_URI: {e}"),
-        // Builder settings are named like their variables: `pool_size` → PGWS_POOL_SIZE.
-        ConfigError::InvalidChannel { setting, .. } | ConfigError::InvalidValue { setting, .. } => {
-            format!("PGWS_{}: {e}", setting.to_ascii_uppercase())
-        }
-        // `ConfigError::Env` already names its variable.
-        _ => e.to_string(),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Serving
 // ---------------------------------------------------------------------------
@@ -490,7 +470,7 @@ impl Server {
                 client: upstream_client(),
                 scheme,
             }),
-            http: auto::Builder::new(TokioExecutor::new()),
+            http: http_builder(settings.handshake_timeout),
             tls: settings.tls.map(TlsAcceptor::from),
         };
         Server { app, metrics }
@@ -582,6 +562,16 @@ impl App {
 }
 
 /// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
+/// HTTP/1 and HTTP/2; a client gets `head_timeout` to send its request head (a
+/// handshake included), so idle half-opened connections do not pile up.
+fn http_builder(head_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    http
+}
+
 async fn serve_connection<I, S>(
     http: auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
@@ -1051,8 +1041,8 @@ pub fn startup_report(
         ("http", "ws")
     };
     let shown = browsable(addr);
-    let prefix = &settings.path_prefix;
     let config = &settings.config;
+    let prefix = config.path_prefix();
     let mut out = String::new();
     let mut line = |label: &str, text: &str| {
         let _ = writeln!(out, "  {:<14} {text}", format!("{label}:"));
@@ -1105,10 +1095,12 @@ pub fn startup_report(
             .as_deref()
             .unwrap_or("off (PGWS_UPSTREAM); other requests get 404"),
     );
-    let origins = settings
-        .allowed_origins
-        .as_ref()
-        .map(|o| format!("{o} (PGWS_ALLOWED_ORIGINS; handshakes from other origins get 403)"));
+    let origins = config.allowed_origins().map(|o| {
+        format!(
+            "{} (PGWS_ALLOWED_ORIGINS; handshakes from other origins get 403)",
+            o.join(", ")
+        )
+    });
     line(
         "Origins",
         origins.as_deref().unwrap_or("any (PGWS_ALLOWED_ORIGINS)"),
@@ -1145,14 +1137,12 @@ pub fn startup_report(
 /// The chat page's URL with the token in the fragment (never sent to the server).
 fn chat_url(settings: &Settings, http: &str, shown: SocketAddr, token: &str) -> String {
     let mut url = format!("{http}://{shown}/#token={token}");
-    if !settings.path_prefix.is_empty() {
+    let prefix = settings.config.path_prefix();
+    if !prefix.is_empty() {
         url.push_str("&prefix=");
         url.push_str(
-            &percent_encoding::utf8_percent_encode(
-                &settings.path_prefix,
-                percent_encoding::NON_ALPHANUMERIC,
-            )
-            .to_string(),
+            &percent_encoding::utf8_percent_encode(prefix, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
         );
     }
     if let Some(meta) = settings.config.meta_channel() {

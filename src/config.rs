@@ -98,6 +98,16 @@ impl Config {
     pub fn meta_channel(&self) -> Option<&str> {
         self.meta_channel.as_deref()
     }
+
+    /// The path prefix before `/<jwt>`, normalized (`""` or `/ws`).
+    pub fn path_prefix(&self) -> &str {
+        &self.path_prefix
+    }
+
+    /// The `Origin` allow-list, normalized, when one is configured.
+    pub fn allowed_origins(&self) -> Option<&[String]> {
+        self.allowed_origins.as_deref()
+    }
 }
 
 /// Builds a [`Config`]; each method names one setting and [`build`](Self::build) checks them all.

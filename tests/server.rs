@@ -696,14 +696,9 @@ async fn the_start_up_report_says_where_and_how() {
     let report = report_for(
         config()
             .listen_channel("postgres-websockets-listener")
-            .meta_channel("server-info"),
-        &[
-            (
-                "PGWS_ALLOWED_ORIGINS",
-                "https://a.example, https://b.example",
-            ),
-            ("PGWS_UPSTREAM", "http://127.0.0.1:3001"),
-        ],
+            .meta_channel("server-info")
+            .allowed_origins(["https://a.example", "https://b.example"]),
+        &[("PGWS_UPSTREAM", "http://127.0.0.1:3001")],
     );
     assert!(
         report.contains("multiplexed: one LISTEN on \"postgres-websockets-listener\""),
@@ -726,11 +721,12 @@ async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
     let dir = root.0.display().to_string();
     let var = move |name: &str| match name {
         "PGWS_ROOT_PATH" => Some(dir.clone()),
-        "PGWS_PATH_PREFIX" => Some("ws/".to_owned()),
         _ => None,
     };
+    // The layer's own settings come with the builder (`ConfigBuilder::from_env`).
     let builder = pgws::Config::builder()
         .database_url(db_uri())
+        .path_prefix("ws/")
         .meta_channel("who");
     let s = server::settings_from(builder, var).unwrap();
     let jwt = s.dev_token.clone().unwrap();
@@ -766,4 +762,40 @@ async fn the_report_says_whether_the_database_answered() {
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(false));
     assert!(report.contains("Database:      NOT reachable"), "{report}");
     assert!(report.contains("PGWS_DB_URI"), "{report}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_dropped() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut settings = settings();
+    settings.handshake_timeout = Duration::from_secs(1);
+    let running = start(settings).await;
+    let mut tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    tcp.write_all(b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    // hyper answers 408 or just closes; either way the connection ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the half-sent request was never dropped");
+}
+
+#[test]
+fn the_handshake_timeout_is_read_from_the_environment() {
+    use std::time::Duration;
+    let vars = |name: &str| (name == "PGWS_HANDSHAKE_TIMEOUT").then(|| "3".to_owned());
+    let settings = server::settings_from(config(), vars).unwrap();
+    assert_eq!(settings.handshake_timeout, Duration::from_secs(3));
+    let bad = |name: &str| (name == "PGWS_HANDSHAKE_TIMEOUT").then(|| "soon".to_owned());
+    let err = server::settings_from(config(), bad).unwrap_err();
+    assert!(err.starts_with("PGWS_HANDSHAKE_TIMEOUT"), "{err}");
 }
