@@ -355,13 +355,34 @@ impl Server {
 
     /// CPU seconds used so far (user + system).
     fn cpu_secs(self) -> Option<f64> {
+        self.cpu_split().map(|(user, system)| user + system)
+    }
+
+    /// CPU seconds used so far in user space and in the kernel.
+    fn cpu_split(self) -> Option<(f64, f64)> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
         let after = &stat[stat.rfind(')')? + 2..];
         let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Some(ticks / hz)
+        let user = f.get(11)?.parse::<f64>().ok()? / hz;
+        let system = f.get(12)?.parse::<f64>().ok()? / hz;
+        Some((user, system))
+    }
+
+    /// "x.xx cores (yy% in the kernel)" since `from`, over `secs`.
+    fn cpu_since(self, from: Option<(f64, f64)>, secs: f64) -> String {
+        match (from, self.cpu_split()) {
+            (Some((u0, s0)), Some((u1, s1))) => {
+                let (u, s) = (u1 - u0, s1 - s0);
+                format!(
+                    "{:.2} cores ({:.0}% in the kernel)",
+                    (u + s) / secs,
+                    100.0 * s / (u + s).max(1e-9)
+                )
+            }
+            _ => "?".into(),
+        }
     }
 
     fn threads(self) -> Option<u64> {
@@ -588,7 +609,7 @@ impl Run {
             let received0 = counts.received.load(Ordering::Relaxed);
             counts.step_first_seq.store(seq as i64, Ordering::Relaxed);
             lat.take();
-            let cpu0 = self.server.cpu_secs();
+            let cpu0 = self.server.cpu_split();
             let own0 = own_cpu_secs();
             let started = Instant::now();
             let mut published: u64 = 0;
@@ -638,10 +659,7 @@ impl Run {
             let received = counts.received.load(Ordering::Relaxed) - received0;
             let h = lat.take();
             let missing = expected.saturating_sub(received);
-            let cpu = match (cpu0, self.server.cpu_secs()) {
-                (Some(a), Some(b)) => format!("{:.2} cores", (b - a) / sent_for.as_secs_f64()),
-                _ => "?".into(),
-            };
+            let cpu = self.server.cpu_since(cpu0, sent_for.as_secs_f64());
             println!(
                 "step rate {rate}/s x {open_before} sockets: published {published} in {:.2} s; \
                  deliveries expected {expected} received {received} missing {missing}; \
@@ -802,7 +820,7 @@ impl Run {
         let connected = self.rss("connected");
         let before = seen.load(Ordering::Relaxed);
         lat.take();
-        let cpu0 = self.server.cpu_secs();
+        let cpu0 = self.server.cpu_split();
         let own0 = own_cpu_secs();
         let started = Instant::now();
         let stop = started + o.duration;
@@ -843,10 +861,7 @@ impl Run {
         }
         let counted = seen.load(Ordering::Relaxed) - before;
         let rate = in_window as f64 / sent_for.as_secs_f64();
-        let cpu = match (cpu0, self.server.cpu_secs()) {
-            (Some(a), Some(b)) => format!("{:.2} cores", (b - a) / sent_for.as_secs_f64()),
-            _ => "?".into(),
-        };
+        let cpu = self.server.cpu_since(cpu0, sent_for.as_secs_f64());
         println!(
             "sockets: {n} x window {}: sent {total_sent} in {:.2} s, NOTIFYs counted {counted} \
              (missing {}), {rate:.0}/s; server CPU {cpu}, loadgen CPU {:.2} cores",
@@ -888,7 +903,7 @@ impl Run {
         let failed = Arc::new(AtomicU64::new(0));
         let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         let lat = Arc::new(Latencies::new());
-        let cpu0 = self.server.cpu_secs();
+        let cpu0 = self.server.cpu_split();
         let own0 = own_cpu_secs();
         let started = Instant::now();
         let stop = started + o.duration;
@@ -926,10 +941,7 @@ impl Run {
         while tasks.join_next().await.is_some() {}
         let took = started.elapsed();
         let n = done.load(Ordering::Relaxed);
-        let cpu = match (cpu0, self.server.cpu_secs()) {
-            (Some(a), Some(b)) => format!("{:.2} cores", (b - a) / took.as_secs_f64()),
-            _ => "?".into(),
-        };
+        let cpu = self.server.cpu_since(cpu0, took.as_secs_f64());
         println!(
             "handshakes: {n} in {:.2} s = {:.0}/s with {} workers, {} failed; server CPU {cpu}, loadgen CPU {:.2} cores",
             took.as_secs_f64(),
