@@ -156,6 +156,12 @@ struct Listener {
     counters: Arc<Counters>,
 }
 
+/// What a batch does to its channels.
+enum Verb {
+    Listen,
+    Unlisten,
+}
+
 /// Why a connection's service ended.
 enum End {
     Lost,
@@ -237,7 +243,7 @@ impl Listener {
         let first = self.initial_listens();
         // Joins that waited while offline are acked by this first batch.
         self.hub.retag_pending(self.seq + 1);
-        self.push(&mut queries, &client, "LISTEN", first);
+        self.push(&mut queries, &client, Verb::Listen, first);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
         loop {
@@ -245,7 +251,7 @@ impl Listener {
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         let emptied = self.deliver(n.channel(), n.payload());
-                        self.push(&mut queries, &client, "UNLISTEN", emptied);
+                        self.unlisten(&mut queries, &client, emptied);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
@@ -307,11 +313,12 @@ impl Listener {
         match cmd {
             Command::Join(join) => {
                 let fresh = self.hub.join(join, self.seq + 1);
-                self.push(queries, client, "LISTEN", self.per_channel(fresh));
+                let fresh = self.per_channel(fresh);
+                self.push(queries, client, Verb::Listen, fresh);
             }
             Command::Leave(id) => {
                 let emptied = self.hub.leave(id);
-                self.push(queries, client, "UNLISTEN", emptied);
+                self.unlisten(queries, client, emptied);
             }
             Command::Listening(reply) => {
                 let client = client.clone();
@@ -332,20 +339,29 @@ impl Listener {
         }
     }
 
+    /// UNLISTENs channels that lost their last reader; nothing waits on this, so
+    /// nothing is queued when no channel emptied (the common case on delivery).
+    fn unlisten(
+        &mut self,
+        queries: &mut FuturesOrdered<Query>,
+        client: &Arc<Client>,
+        emptied: Vec<String>,
+    ) {
+        let emptied = self.per_channel(emptied);
+        if !emptied.is_empty() {
+            self.push(queries, client, Verb::Unlisten, emptied);
+        }
+    }
+
     /// Queues one batch, numbered; an empty batch still takes its turn so acks stay
     /// in order.
     fn push(
         &mut self,
         queries: &mut FuturesOrdered<Query>,
         client: &Arc<Client>,
-        verb: &str,
+        verb: Verb,
         channels: Vec<String>,
     ) {
-        let channels = if verb == "UNLISTEN" {
-            self.per_channel(channels)
-        } else {
-            channels
-        };
         self.seq += 1;
         let seq = self.seq;
         let listened = match self.mapping.fixed_listen() {
@@ -357,6 +373,10 @@ impl Listener {
             queries.push_back(Box::pin(std::future::ready(Ok(seq))));
             return;
         }
+        let verb = match verb {
+            Verb::Listen => "LISTEN",
+            Verb::Unlisten => "UNLISTEN",
+        };
         let sql: String = channels
             .iter()
             .map(|c| {

@@ -76,7 +76,7 @@ impl Mapping {
             .map(|channel| match self {
                 Mapping::PerChannel => Notify {
                     channel: channel.clone(),
-                    payload: envelope::per_channel(channel, event, payload, &claims.plain),
+                    payload: envelope::per_channel(channel, event, payload, claims.json()),
                 },
                 Mapping::Multiplexed { listen_channel } => Notify {
                     channel: listen_channel.clone(),
@@ -84,7 +84,7 @@ impl Mapping {
                         channel,
                         event,
                         payload,
-                        &claims.multiplexed,
+                        claims.for_multiplexed(),
                         at,
                     ),
                 },
@@ -96,18 +96,31 @@ impl Mapping {
 /// A socket's claims, encoded once for the envelopes.
 #[derive(Debug, Clone)]
 pub(crate) struct Claims {
+    /// Compact JSON of every claim.
     plain: String,
-    multiplexed: String,
+    /// The same without `message_delivered_at`, which the multiplexed envelope
+    /// sets itself; only made for the rare token that carries one.
+    multiplexed: Option<String>,
 }
 
 impl Claims {
-    pub(crate) fn new(claims_json: &str) -> Self {
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(claims_json).unwrap_or_default();
+    pub(crate) fn new(claims: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let multiplexed = claims
+            .contains_key("message_delivered_at")
+            .then(|| envelope::claims_for_multiplexed(claims));
         Self {
-            plain: claims_json.to_owned(),
-            multiplexed: envelope::claims_for_multiplexed(&map),
+            plain: serde_json::to_string(claims).expect("a JSON map always serializes"),
+            multiplexed,
         }
+    }
+
+    /// The compact JSON of every claim.
+    pub(crate) fn json(&self) -> &str {
+        &self.plain
+    }
+
+    fn for_multiplexed(&self) -> &str {
+        self.multiplexed.as_deref().unwrap_or(&self.plain)
     }
 }
 
@@ -193,7 +206,8 @@ mod tests {
 
     #[test]
     fn notifies_follow_the_mapping() {
-        let claims = Claims::new(r#"{"mode":"w","message_delivered_at":1}"#);
+        let map = serde_json::from_str(r#"{"mode":"w","message_delivered_at":1}"#).unwrap();
+        let claims = Claims::new(&map);
         let chans = vec!["a".to_string(), "b".to_string()];
         let now = SystemTime::now();
         let per = Mapping::PerChannel.notifies(&chans, Event::Message, "hi", &claims, now);
@@ -202,7 +216,7 @@ mod tests {
         assert!(
             per[1]
                 .payload
-                .contains(r#""userClaims":{"mode":"w","message_delivered_at":1}"#)
+                .contains(r#""userClaims":{"message_delivered_at":1,"mode":"w"}"#)
         );
         let mux = Mapping::new(Some("l")).notifies(&chans, Event::Message, "hi", &claims, now);
         assert!(mux.iter().all(|n| n.channel == "l"));

@@ -52,7 +52,9 @@ impl Publisher {
     /// and running the statement take at most 5 s together, so a stuck database
     /// is answered like a down one.
     pub(crate) async fn publish(&self, notifies: &[Notify]) -> Result<(), PublishError> {
-        match tokio::time::timeout(POOL_TIMEOUT, self.run(notifies)).await {
+        // Boxed: this future is large (pool wait, prepare, execute) and would otherwise
+        // be inlined into every socket's task, which is allocated for the socket's life.
+        match Box::pin(tokio::time::timeout(POOL_TIMEOUT, self.run(notifies))).await {
             Ok(result) => result,
             Err(_) => Err(PublishError("timed out".into())),
         }

@@ -19,7 +19,6 @@ use crate::{
     future::ResponseFuture,
     handshake::{self, Route},
     layer::Shared,
-    mapping::Claims,
     socket::Socket,
     stats::RefusalReason,
 };
@@ -147,7 +146,6 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
         None
     };
     let socket = Socket {
-        claims: Claims::new(&grant.claims_json),
         grant,
         subscription,
         shutdown: shared.shutdown.subscribe(),

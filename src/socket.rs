@@ -25,7 +25,6 @@ use crate::{
     hub::{Ending, Signal},
     layer::Shared,
     listener::Subscription,
-    mapping::Claims,
     stats::Counters,
 };
 
@@ -50,7 +49,6 @@ const GOING_AWAY: Outcome = Outcome::Close(CloseCode::GOING_AWAY, "Going away");
 /// One accepted socket.
 pub(crate) struct Socket {
     pub(crate) grant: Grant,
-    pub(crate) claims: Claims,
     pub(crate) subscription: Option<Subscription>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -186,7 +184,7 @@ impl Socket {
             &self.grant.channels,
             Event::Message,
             text,
-            &self.claims,
+            &self.grant.claims,
             SystemTime::now(),
         );
         if notifies.iter().any(|n| n.payload.len() >= NOTIFY_LIMIT) {
@@ -221,7 +219,7 @@ impl Socket {
             std::slice::from_ref(meta),
             event,
             &channels,
-            &self.claims,
+            &self.grant.claims,
             SystemTime::now(),
         );
         let shared = self.shared.clone();

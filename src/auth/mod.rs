@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 pub(crate) use keys::Keys;
 
-use crate::stats::RefusalReason;
+use crate::{mapping::Claims, stats::RefusalReason};
 
 /// What a token lets a socket do with its channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +108,8 @@ impl fmt::Display for Refusal {
 pub(crate) struct Grant {
     pub(crate) mode: Mode,
     pub(crate) channels: Vec<String>,
-    /// The claims as compact JSON, encoded once per socket for every envelope.
-    pub(crate) claims_json: String,
+    /// The claims, encoded once per socket for every envelope.
+    pub(crate) claims: Claims,
     /// When the socket must close with 3001 (`exp` plus the leeway).
     pub(crate) expires_at: Option<SystemTime>,
 }
@@ -142,11 +142,11 @@ impl Authorizer {
         let expires_at = self.check_times(&claims, SystemTime::now())?;
         let mode = mode(&claims)?;
         let channels = grant_channels(path_channel, &claims, self.max_channels)?;
-        let claims_json = Value::Object(claims).to_string();
+        let claims = Claims::new(&claims);
         Ok(Grant {
             mode,
             channels,
-            claims_json,
+            claims,
             expires_at,
         })
     }
