@@ -1094,7 +1094,7 @@ fn claims_json_keeps_every_claim() {
         "neg": -7,
     });
     let grant = accepted(authorizer().authorize(None, &hs(&claims)));
-    let back: Value = serde_json::from_str(&grant.claims.json()).unwrap();
+    let back: Value = serde_json::from_str(grant.claims.json()).unwrap();
     assert_eq!(back, claims);
     // Compact, UTF-8 as is.
     assert!(!grant.claims.json().contains(": "));
