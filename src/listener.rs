@@ -136,7 +136,7 @@ fn listener_config(mut db: tokio_postgres::Config) -> tokio_postgres::Config {
         db.keepalives_retries(3);
     }
     if db.get_connect_timeout().is_none() {
-        db.connect_timeout(Duration::from_secs(5));
+        db.connect_timeout(CONNECT_TIMEOUT);
     }
     if db.get_application_name().is_none() {
         db.application_name("pgws-listener");
@@ -168,6 +168,7 @@ enum End {
     Stopped,
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -200,7 +201,15 @@ impl Listener {
     async fn connect(&mut self, backoff: &mut Duration) -> Option<(Client, Conn)> {
         loop {
             let db = self.db.clone();
-            let attempt = async move { db.connect(NoTls).await };
+            // tokio-postgres bounds only the TCP connect; a server that accepts and
+            // then says nothing must not hold the listener, so bound the whole start-up.
+            let limit = db.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+            let attempt = async move {
+                match timeout(limit, db.connect(NoTls)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
+                }
+            };
             tokio::pin!(attempt);
             let result = loop {
                 tokio::select! {

@@ -104,3 +104,37 @@ async fn the_liveness_probe_notices_a_silently_dead_connection() {
     let (code, _) = recv_close(&mut ws).await;
     assert_eq!(code, 1012);
 }
+
+#[tokio::test]
+async fn readiness_follows_the_listener_through_an_outage() {
+    let hole = common::blackhole::Blackhole::start().await;
+    let uri = format!(
+        "postgres://postgres@{}/postgres?connect_timeout=1",
+        hole.addr
+    );
+    let cfg = config()
+        .database_url(uri)
+        .check_listener_interval(Duration::from_millis(300));
+    let server = TestServer::start(cfg).await;
+    let chan = unique("outage");
+    let path = format!("/{}", token(claims("r", Some(&chan))));
+    let _ws = server.connect(&path).await;
+    assert!(server.layer.is_listening());
+    hole.stall();
+    until(|| !server.layer.is_listening()).await;
+    hole.resume();
+    until(|| server.layer.is_listening()).await;
+    let mut ws = server.connect(&path).await;
+    notify(&chan, "after the outage").await;
+    assert_eq!(recv_text(&mut ws).await, "after the outage");
+}
+
+async fn until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("state never reached");
+}

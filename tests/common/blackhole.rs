@@ -31,6 +31,12 @@ impl Blackhole {
         self.stalled
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    /// Passes bytes again (connections that lost bytes meanwhile stay broken).
+    pub fn resume(&self) {
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 async fn pipe(
