@@ -4,7 +4,7 @@
 //! A test binary of its own: the Prometheus recorder is process-wide.
 
 mod common;
-#[path = "../examples/server.rs"]
+#[path = "../examples/server/main.rs"]
 mod server;
 
 use std::{

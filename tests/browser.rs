@@ -7,7 +7,7 @@
 //! Screenshots are kept under `target/browser/`.
 
 mod common;
-#[path = "../examples/server.rs"]
+#[path = "../examples/server/main.rs"]
 mod server;
 
 use std::{

@@ -1,8 +1,8 @@
-//! The standalone server of `examples/server.rs` (contract §8), and the layer inside
+//! The standalone server of `examples/server/` (contract §8), and the layer inside
 //! an axum router: proxying, static files, 404/502, WebSockets on the same port.
 
 mod common;
-#[path = "../examples/server.rs"]
+#[path = "../examples/server/main.rs"]
 mod server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf};
@@ -641,7 +641,7 @@ async fn axum_routes_and_websockets_share_a_router() {
     assert_eq!(recv_text(&mut ws).await, "via axum");
 }
 
-/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `examples/server.rs`,
+/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `examples/server/`,
 /// as a check that an HTTP/2 request is proxied too.
 #[tokio::test]
 async fn an_http2_request_is_proxied_over_http1() {

@@ -2,7 +2,7 @@
 //! served with rustls; a certificate made here with rcgen, a client that trusts it.
 
 mod common;
-#[path = "../examples/server.rs"]
+#[path = "../examples/server/main.rs"]
 mod server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};

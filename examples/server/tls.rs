@@ -1,0 +1,76 @@
+//! TLS on the public port: the rustls configuration and the handshake.
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rustls configuration for a PEM certificate chain and private key, with the
+/// `ring` crypto provider chosen explicitly. Errors name the variable and the file.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let read = |var: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("{var}: cannot read {}: {e}", path.display()))
+    };
+    let cert_pem = read("PGWS_CERTIFICATE_FILE", cert)?;
+    let key_pem = read("PGWS_KEY_FILE", key)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "PGWS_CERTIFICATE_FILE: {} is not a PEM certificate: {e}",
+                cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(format!(
+            "PGWS_CERTIFICATE_FILE: no PEM certificate (BEGIN CERTIFICATE) in {}",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "PGWS_KEY_FILE: no PEM private key in {}: {e}",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("PGWS_CERTIFICATE_FILE: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            format!(
+                "PGWS_KEY_FILE: {} does not go with the certificate in {}: {e}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    // HTTP/2 for plain requests; browsers open WebSockets over HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client's TLS handshake, given [`TLS_HANDSHAKE_TIMEOUT`]; `None`, logged at
+/// DEBUG, when it fails or times out.
+pub(crate) async fn accept(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
