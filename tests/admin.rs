@@ -247,11 +247,22 @@ async fn metrics_count_sockets_messages_and_refusals() {
     let (status, _, _) = send(srv.addr, handshake(&format!("/{chan}/{forged}"), &[])).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let (status, headers, metrics) = send(
-        srv.admin,
-        Request::get("/metrics").body(Full::default()).unwrap(),
-    )
-    .await;
+    // The echo can reach the client a moment before the writer counts its NOTIFY.
+    let mut scrape = None;
+    for _ in 0..100 {
+        let got = send(
+            srv.admin,
+            Request::get("/metrics").body(Full::default()).unwrap(),
+        )
+        .await;
+        let counted = sample(&got.2, "pgws_messages_notified_total").is_some_and(|n| n >= 1.0);
+        scrape = Some(got);
+        if counted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, headers, metrics) = scrape.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(
         headers[header::CONTENT_TYPE]

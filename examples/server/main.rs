@@ -225,7 +225,6 @@ impl App {
     }
 }
 
-/// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
 /// HTTP/1 and HTTP/2; a client gets `head_timeout` to send its request head (a
 /// handshake included), so idle half-opened connections do not pile up.
 fn http_builder(head_timeout: Duration) -> auto::Builder<TokioExecutor> {
@@ -236,6 +235,7 @@ fn http_builder(head_timeout: Duration) -> auto::Builder<TokioExecutor> {
     http
 }
 
+/// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
 async fn serve_connection<I, S>(
     http: auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
