@@ -87,7 +87,7 @@ async fn a_scripted_scenario_shows_in_stats_and_metrics() {
 
     send_text(&mut writer, "hi").await;
     recv_text(&mut reader).await;
-    until(|| layer.stats().frames_delivered == 1).await;
+    until(|| layer.stats().frames_delivered == 1 && layer.stats().messages_notified == 1).await;
     let s = layer.stats();
     assert_eq!(s.messages_notified, 1);
     assert_eq!(s.notifications_received, 1);
