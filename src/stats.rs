@@ -62,7 +62,8 @@ impl RefusalReason {
     }
 }
 
-/// The live counters of one layer.
+/// The live counters of one layer. Each event reaches the `metrics` facade before
+/// the atomics, so a figure seen in [`Stats`] is already in the exporter too.
 #[derive(Default)]
 pub(crate) struct Counters {
     open: [AtomicI64; 3],
@@ -88,13 +89,13 @@ fn mode_index(mode: Mode) -> usize {
 
 impl Counters {
     pub(crate) fn socket_opened(&self, mode: Mode) {
-        self.open[mode_index(mode)].fetch_add(1, Relaxed);
         gauge!("pgws_sockets_open", "mode" => mode.as_str()).increment(1.0);
+        self.open[mode_index(mode)].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn socket_closed(&self, mode: Mode) {
-        self.open[mode_index(mode)].fetch_sub(1, Relaxed);
         gauge!("pgws_sockets_open", "mode" => mode.as_str()).decrement(1.0);
+        self.open[mode_index(mode)].fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn open_sockets(&self) -> u64 {
@@ -105,38 +106,38 @@ impl Counters {
     }
 
     pub(crate) fn channels_listened(&self, n: usize) {
-        self.channels_listened.store(n as i64, Relaxed);
         gauge!("pgws_channels_listened").set(n as f64);
+        self.channels_listened.store(n as i64, Relaxed);
     }
 
     pub(crate) fn notification_received(&self) {
-        self.notifications_received.fetch_add(1, Relaxed);
         counter!("pgws_notifications_received_total").increment(1);
+        self.notifications_received.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn frames_delivered(&self, n: u64) {
-        self.frames_delivered.fetch_add(n, Relaxed);
         counter!("pgws_frames_delivered_total").increment(n);
+        self.frames_delivered.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn slow_consumer_closed(&self) {
-        self.slow_consumer_closes.fetch_add(1, Relaxed);
         counter!("pgws_slow_consumer_closes_total").increment(1);
+        self.slow_consumer_closes.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn message_notified(&self) {
-        self.messages_notified.fetch_add(1, Relaxed);
         counter!("pgws_messages_notified_total").increment(1);
+        self.messages_notified.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn notify_failed(&self) {
-        self.notify_failures.fetch_add(1, Relaxed);
         counter!("pgws_notify_failures_total").increment(1);
+        self.notify_failures.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn meta_failed(&self) {
-        self.meta_failures.fetch_add(1, Relaxed);
         counter!("pgws_meta_failures_total").increment(1);
+        self.meta_failures.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn refused(&self, reason: RefusalReason) {
@@ -144,18 +145,18 @@ impl Counters {
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(0);
-        self.refusals[i].fetch_add(1, Relaxed);
         counter!("pgws_handshake_refusals_total", "reason" => reason.label()).increment(1);
+        self.refusals[i].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn listener_reconnected(&self) {
-        self.listener_reconnects.fetch_add(1, Relaxed);
         counter!("pgws_listener_reconnects_total").increment(1);
+        self.listener_reconnects.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn queue_usage(&self, usage: f64) {
-        self.queue_usage_bits.store(usage.to_bits(), Relaxed);
         gauge!("pgws_notification_queue_usage").set(usage);
+        self.queue_usage_bits.store(usage.to_bits(), Relaxed);
     }
 
     pub(crate) fn snapshot(&self, listening: bool) -> Stats {
