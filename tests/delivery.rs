@@ -152,16 +152,28 @@ async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
             assert!(text.starts_with(&format!("{i}:")), "out of order at {i}");
         }
     });
-    for i in 0..total {
-        let msg = format!("{i}:{payload}");
-        db.execute("select pg_notify($1, $2)", &[&chan, &msg])
-            .await
-            .unwrap();
+    let flood = tokio::spawn(async move {
+        for i in 0..total {
+            let msg = format!("{i}:{payload}");
+            db.execute("select pg_notify($1, $2)", &[&chan, &msg])
+                .await
+                .unwrap();
+        }
+    });
+    // Once it is let go, the slow client catches up and finds the close frame
+    // (the server waits 5 s for that before it drops the connection).
+    for _ in 0..1200 {
+        if server.layer.stats().slow_consumer_closes == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    reader.await.unwrap();
     let (code, reason) = recv_close(&mut slow).await;
     assert_eq!(code, 1008);
     assert!(reason.starts_with("Slow consumer"), "{reason}");
+    flood.await.unwrap();
+    reader.await.unwrap();
+    assert_eq!(server.layer.stats().slow_consumer_closes, 1);
 }
 
 async fn listening(server: &TestServer) -> Vec<String> {
