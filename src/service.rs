@@ -9,7 +9,6 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 use tower::Service;
 use tracing::Instrument;
@@ -159,13 +158,7 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
         channels = %socket.grant.channels.join(","),
         mode = socket.grant.mode.as_str(),
     );
-    let task = async move {
-        match upgrade.await {
-            Ok(upgraded) => socket.run(TokioIo::new(upgraded)).await,
-            Err(e) => tracing::debug!(error = %e, "connection dropped before the upgrade"),
-        }
-    };
-    tokio::spawn(task.instrument(span));
+    tokio::spawn(socket.serve(upgrade).instrument(span));
     handshake::switching_protocols(&key, pgws_protocol)
 }
 

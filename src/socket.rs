@@ -10,6 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{OwnedSemaphorePermit, watch},
@@ -60,8 +62,22 @@ type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 
 impl Socket {
+    /// Waits for the upgrade, then runs the socket to its end. The returned future
+    /// lives as long as the connection, so its size is memory per socket: it holds the
+    /// socket once (an `async fn` taking `self` would keep a second copy, and a caller
+    /// that awaits the upgrade first a third).
+    pub(crate) fn serve(self, upgrade: OnUpgrade) -> impl Future<Output = ()> + Send + 'static {
+        let mut socket = self;
+        async move {
+            match upgrade.await {
+                Ok(upgraded) => socket.run(TokioIo::new(upgraded)).await,
+                Err(e) => tracing::debug!(error = %e, "connection dropped before the upgrade"),
+            }
+        }
+    }
+
     /// Runs the socket to its end, meta events included.
-    pub(crate) async fn run<S>(mut self, io: S)
+    async fn run<S>(&mut self, io: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
