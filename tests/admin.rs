@@ -414,6 +414,9 @@ where
     );
     // Every task of a current-thread runtime runs on this thread, under this default.
     tracing::subscriber::with_default(subscriber, || {
+        // Other tests of this binary run without a subscriber on other threads:
+        // make sure no callsite keeps an interest cached before this one existed.
+        tracing::callsite::rebuild_interest_cache();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

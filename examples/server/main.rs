@@ -330,7 +330,7 @@ async fn main() -> ExitCode {
         }
     };
     init_tracing(settings.log_format);
-    let listener = match TcpListener::bind(settings.addr).await {
+    let listener = match bind(settings.addr) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!(
@@ -401,6 +401,21 @@ where
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+/// The public listener, with a backlog for bursts of handshakes: the default 128
+/// makes clients beyond it wait out a 1 s SYN retry.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
