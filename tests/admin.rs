@@ -16,55 +16,27 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::*;
+use common::{running::Running, *};
 use futures_util::SinkExt;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_websockets::{ClientBuilder, Message};
 
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
 
-struct Running {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
 async fn start(settings: server::Settings) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, Some(admin), settings, async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        admin: admin_addr,
-        stop: Some(tx),
-        task,
-    }
+    let serve = |listener, admin, stop| server::serve(listener, admin, settings, stop);
+    Running::start(true, serve).await
 }
 
-impl Running {
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(WAIT * 3, self.task)
-            .await
-            .expect("the server did not stop")
-            .unwrap();
-    }
+/// The admin listener's address of a server started by [`start`].
+fn admin(srv: &Running) -> SocketAddr {
+    srv.admin.expect("started with an admin listener")
 }
 
 /// One request on a fresh connection: status, headers and body.
@@ -135,13 +107,13 @@ fn handshake(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn health_answers_while_the_process_is_up() {
     let srv = start(settings(config())).await;
-    let (status, body) = get(srv.admin, "/health").await;
+    let (status, body) = get(admin(&srv), "/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.trim(), "ok");
-    let (status, _) = get(srv.admin, "/nothing").await;
+    let (status, _) = get(admin(&srv), "/nothing").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _, _) = send(
-        srv.admin,
+        admin(&srv),
         Request::post("/health").body(Full::default()).unwrap(),
     )
     .await;
@@ -162,7 +134,7 @@ async fn admin_routes_are_not_on_the_public_port() {
 #[tokio::test]
 async fn ready_when_the_listener_listens() {
     let srv = start(settings(config())).await;
-    let (status, body) = wait_for_status(srv.admin, "/ready", StatusCode::OK).await;
+    let (status, body) = wait_for_status(admin(&srv), "/ready", StatusCode::OK).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     srv.stop().await;
 }
@@ -172,11 +144,11 @@ async fn not_ready_while_the_database_is_unreachable() {
     // Nothing listens on port 1: the listener never connects.
     let dead = config().database_url("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1");
     let srv = start(settings(dead)).await;
-    let (status, body) = get(srv.admin, "/ready").await;
+    let (status, body) = get(admin(&srv), "/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("not ready"), "{body}");
     // The process itself is fine.
-    assert_eq!(get(srv.admin, "/health").await.0, StatusCode::OK);
+    assert_eq!(get(admin(&srv), "/health").await.0, StatusCode::OK);
     srv.stop().await;
 }
 
@@ -191,12 +163,14 @@ async fn ready_again_after_the_listener_backend_is_terminated() {
     let url = format!("{}{sep}application_name={app}", db_uri());
     let srv = start(settings(config().database_url(url))).await;
     assert_eq!(
-        wait_for_status(srv.admin, "/ready", StatusCode::OK).await.0,
+        wait_for_status(admin(&srv), "/ready", StatusCode::OK)
+            .await
+            .0,
         StatusCode::OK
     );
     let reconnects =
         |metrics: &str| sample(metrics, "pgws_listener_reconnects_total").unwrap_or(0.0);
-    let before = reconnects(&get(srv.admin, "/metrics").await.1);
+    let before = reconnects(&get(admin(&srv), "/metrics").await.1);
     let killed: i64 = db()
         .await
         .query_one(
@@ -210,7 +184,7 @@ async fn ready_again_after_the_listener_backend_is_terminated() {
     assert!(killed >= 1);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (_, metrics) = get(srv.admin, "/metrics").await;
+        let (_, metrics) = get(admin(&srv), "/metrics").await;
         if reconnects(&metrics) > before {
             break;
         }
@@ -220,7 +194,7 @@ async fn ready_again_after_the_listener_backend_is_terminated() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, body) = wait_for_status(srv.admin, "/ready", StatusCode::OK).await;
+    let (status, body) = wait_for_status(admin(&srv), "/ready", StatusCode::OK).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     srv.stop().await;
 }
@@ -251,7 +225,7 @@ async fn metrics_count_sockets_messages_and_refusals() {
     let mut scrape = None;
     for _ in 0..100 {
         let got = send(
-            srv.admin,
+            admin(&srv),
             Request::get("/metrics").body(Full::default()).unwrap(),
         )
         .await;

@@ -8,7 +8,7 @@ mod server;
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf};
 
 use bytes::Bytes;
-use common::*;
+use common::{running::Running, *};
 use futures_util::stream;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -18,8 +18,7 @@ use pgws::PgWsLayer;
 use serde_json::{Value, json};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
+    sync::mpsc,
 };
 
 type TestBody = BoxBody<Bytes, Infallible>;
@@ -31,25 +30,11 @@ const BIG: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 
 /// The example server on 127.0.0.1:0.
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
 async fn start(settings: server::Settings) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let shutdown = async {
-        let _ = rx.await;
-    };
-    let task = tokio::spawn(server::run(listener, settings, shutdown));
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
+    Running::start(false, |listener, _, stop| {
+        server::run(listener, settings, stop)
+    })
+    .await
 }
 
 fn settings() -> server::Settings {

@@ -8,18 +8,14 @@ mod server;
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
-use common::*;
+use common::{running::Running, *};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
@@ -113,34 +109,11 @@ fn tls_settings(pki: &Pki, extra: Vec<(&'static str, String)>) -> server::Settin
 // Harness
 // ---------------------------------------------------------------------------
 
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
 async fn start(settings: server::Settings) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, settings, async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(WAIT * 3, self.task)
-            .await
-            .expect("run did not return")
-            .unwrap();
-    }
+    Running::start(false, |listener, _, stop| {
+        server::run(listener, settings, stop)
+    })
+    .await
 }
 
 async fn tls_connect(
