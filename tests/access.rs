@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use http::{HeaderName, HeaderValue, Request};
-use http_body_util::Full;
+use http::{HeaderName, HeaderValue};
 use tokio_websockets::ClientBuilder;
 
 async fn connect_with(
@@ -23,23 +22,6 @@ async fn connect_with(
             .unwrap();
     }
     builder.connect().await
-}
-
-fn handshake_request(
-    server: &TestServer,
-    path: &str,
-    extra: &[(&str, &str)],
-) -> Request<Full<bytes::Bytes>> {
-    let mut req = Request::get(path)
-        .header("host", server.addr.to_string())
-        .header("upgrade", "websocket")
-        .header("connection", "upgrade")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-    for (name, value) in extra {
-        req = req.header(*name, *value);
-    }
-    req.body(Full::default()).unwrap()
 }
 
 #[tokio::test]
@@ -72,7 +54,7 @@ async fn a_header_token_still_goes_through_every_check() {
     let server = TestServer::start(config()).await;
     let expired = token(serde_json::json!({"mode": "r", "exp": now() - 10}));
     let auth = format!("Bearer {expired}");
-    let req = handshake_request(&server, "/chat", &[("authorization", &auth)]);
+    let req = handshake_request("/chat", &[("authorization", &auth)]);
     let (status, body) = server.request(req).await;
     assert_eq!(status, 401);
     assert!(body.starts_with("Token expired"), "{body}");
@@ -85,7 +67,6 @@ async fn tokens_in_two_places_must_agree() {
     let a = token(claims("r", Some(&chan)));
     let b = token(claims("rw", Some(&chan)));
     let req = handshake_request(
-        &server,
         &format!("/{a}"),
         &[("authorization", &format!("Bearer {b}"))],
     );
@@ -93,7 +74,6 @@ async fn tokens_in_two_places_must_agree() {
     assert_eq!(status, 400);
     assert!(body.starts_with("Conflicting tokens"), "{body}");
     let same = handshake_request(
-        &server,
         &format!("/{a}"),
         &[("authorization", &format!("Bearer {a}"))],
     );
@@ -104,7 +84,7 @@ async fn tokens_in_two_places_must_agree() {
 async fn a_bearer_subprotocol_without_pgws_is_refused() {
     let server = TestServer::start(config()).await;
     let offer = format!("pgws.bearer.{}", token(claims("r", Some(&unique("lone")))));
-    let req = handshake_request(&server, "/", &[("sec-websocket-protocol", &offer)]);
+    let req = handshake_request("/", &[("sec-websocket-protocol", &offer)]);
     let (status, body) = server.request(req).await;
     assert_eq!(status, 400);
     assert!(body.starts_with("Invalid subprotocol"), "{body}");
@@ -113,9 +93,7 @@ async fn a_bearer_subprotocol_without_pgws_is_refused() {
 #[tokio::test]
 async fn without_a_token_anywhere_the_request_is_not_ours() {
     let server = TestServer::start(config()).await;
-    let (status, body) = server
-        .request(handshake_request(&server, "/chat", &[]))
-        .await;
+    let (status, body) = server.request(handshake_request("/chat", &[])).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "inner /chat"));
 }
 
@@ -124,20 +102,14 @@ async fn origins_outside_the_allow_list_are_refused() {
     let server = TestServer::start(config().allowed_origins(["https://App.example.com/"])).await;
     let chan = unique("origin");
     let path = format!("/{}", token(claims("r", Some(&chan))));
-    let bad = handshake_request(&server, &path, &[("origin", "https://evil.example.com")]);
+    let bad = handshake_request(&path, &[("origin", "https://evil.example.com")]);
     let (status, body) = server.request(bad).await;
     assert_eq!(status, 403);
     assert!(body.starts_with("Origin not allowed"), "{body}");
-    let good = handshake_request(&server, &path, &[("origin", "https://app.example.com")]);
+    let good = handshake_request(&path, &[("origin", "https://app.example.com")]);
     assert_eq!(server.request(good).await.0, 101);
     // Clients that are not browsers send no Origin.
-    assert_eq!(
-        server
-            .request(handshake_request(&server, &path, &[]))
-            .await
-            .0,
-        101
-    );
+    assert_eq!(server.request(handshake_request(&path, &[])).await.0, 101);
 }
 
 #[tokio::test]

@@ -19,10 +19,10 @@ use bytes::Bytes;
 use common::{running::Running, *};
 use futures_util::SinkExt;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_websockets::{ClientBuilder, Message};
 
 // ---------------------------------------------------------------------------
@@ -42,28 +42,9 @@ fn admin(srv: &Running) -> SocketAddr {
 /// One request on a fresh connection: status, headers and body.
 async fn send(
     addr: SocketAddr,
-    mut req: Request<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
 ) -> (StatusCode, http::HeaderMap, String) {
-    if !req.headers().contains_key(header::HOST) {
-        req.headers_mut()
-            .insert(header::HOST, addr.to_string().parse().unwrap());
-    }
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let res = tokio::time::timeout(WAIT, sender.send_request(req))
-        .await
-        .expect("request timed out")
-        .unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return (status, headers, String::new());
-    }
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+    send_to(addr, req).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
@@ -89,15 +70,7 @@ fn settings(config: pgws::ConfigBuilder) -> server::Settings {
 
 /// A handshake request at `path` with extra headers, for refusals and header tokens.
 fn handshake(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut req = Request::get(path)
-        .header(header::UPGRADE, "websocket")
-        .header(header::CONNECTION, "upgrade")
-        .header(header::SEC_WEBSOCKET_VERSION, "13")
-        .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.body(Full::default()).unwrap()
+    handshake_request(path, headers)
 }
 
 // ---------------------------------------------------------------------------

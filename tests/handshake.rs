@@ -7,8 +7,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
 use http::{HeaderMap, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -33,29 +32,7 @@ fn empty() -> Full<Bytes> {
 
 /// Like `TestServer::request`, with the response headers.
 async fn send(server: &TestServer, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, String) {
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let res = tokio::time::timeout(WAIT, sender.send_request(req))
-        .await
-        .expect("request timed out")
-        .unwrap();
-    let (parts, body) = res.into_parts();
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return (parts.status, parts.headers, String::new());
-    }
-    let body = tokio::time::timeout(WAIT, body.collect())
-        .await
-        .expect("body timed out")
-        .unwrap()
-        .to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    send_to(server.addr, req).await
 }
 
 /// A refusal: this status, a `text/plain` body starting with `prefix`.

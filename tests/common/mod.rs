@@ -138,35 +138,59 @@ impl TestServer {
 
     /// A handshake over plain HTTP/1.1, for refusals: status and body.
     pub async fn handshake(&self, path: &str) -> (StatusCode, String) {
-        let req = Request::get(path)
-            .header("host", self.addr.to_string())
-            .header("upgrade", "websocket")
-            .header("connection", "upgrade")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        self.request(req).await
+        self.request(handshake_request(path, &[])).await
     }
 
     /// Any request; status and body.
     pub async fn request(&self, req: Request<Full<Bytes>>) -> (StatusCode, String) {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn.with_upgrades());
-        let res = tokio::time::timeout(WAIT, sender.send_request(req))
-            .await
-            .expect("request timed out")
-            .unwrap();
-        let status = res.status();
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            return (status, String::new());
-        }
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        let (status, _, body) = send_to(self.addr, req).await;
+        (status, body)
     }
+}
+
+/// A WebSocket handshake request for `path`, with extra headers.
+pub fn handshake_request(path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut req = Request::get(path)
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::default()).unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection (upgrades allowed): status,
+/// headers and body. A missing `Host` is set to `addr`.
+pub async fn send_to(
+    addr: SocketAddr,
+    mut req: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String) {
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = addr.to_string().parse().unwrap();
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let res = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return (parts.status, parts.headers, String::new());
+    }
+    let body = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("body timed out")
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    (parts.status, parts.headers, text)
 }
 
 async fn inner(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
