@@ -237,15 +237,6 @@ async fn metrics_count_sockets_messages_and_refusals() {
 // Settings
 // ---------------------------------------------------------------------------
 
-fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-    move |name| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
-}
-
 #[tokio::test]
 async fn admin_address_and_log_format_variables() {
     let s = server::settings_from(config(), vars(&[])).unwrap();

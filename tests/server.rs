@@ -525,15 +525,6 @@ async fn shutdown_lets_an_in_flight_request_finish() {
 // Settings from variables (no process environment: tests run in parallel)
 // ---------------------------------------------------------------------------
 
-fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-    move |name| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
-}
-
 #[tokio::test]
 async fn settings_defaults_and_host_forms() {
     let s = server::settings_from(config(), vars(&[])).unwrap();

@@ -9,7 +9,7 @@ use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
 use common::{running::Running, *};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
@@ -153,23 +153,6 @@ async fn wss(
     (ws, res.headers().clone())
 }
 
-async fn next_text<S>(ws: &mut WebSocketStream<S>) -> String
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no message in time")
-            .expect("socket ended")
-            .expect("socket failed");
-        if let Some(text) = msg.as_text() {
-            return text.to_owned();
-        }
-        assert!(!msg.is_close(), "closed: {:?}", msg.as_close());
-    }
-}
-
 /// One HTTP/1.1 request over TLS.
 async fn https(pki: &Pki, addr: SocketAddr, path: &str) -> Response<hyper::body::Incoming> {
     let tls = tls_connect(pki, addr, &[b"http/1.1"]).await.unwrap();
@@ -201,7 +184,7 @@ async fn wss_handshake_and_a_message_both_ways() {
 
     // Server to client: a NOTIFY from SQL.
     notify(&chan, "over TLS").await;
-    assert_eq!(next_text(&mut ws).await, "over TLS");
+    assert_eq!(recv_text(&mut ws).await, "over TLS");
 
     // Client to server: the message is NOTIFYed, seen by SQL and by the socket itself.
     let mut listen = Listen::start(&chan).await;
@@ -209,7 +192,7 @@ async fn wss_handshake_and_a_message_both_ways() {
     let (_, payload) = listen.next().await;
     let envelope: Value = serde_json::from_str(&payload).unwrap();
     assert_eq!(envelope["payload"], "Hi over wss");
-    let echoed: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    let echoed: Value = serde_json::from_str(&recv_text(&mut ws).await).unwrap();
     assert_eq!(echoed["payload"], "Hi over wss");
 
     drop(ws);
@@ -232,7 +215,7 @@ async fn the_subprotocol_token_works_over_tls() {
     .await;
     assert_eq!(headers["sec-websocket-protocol"], "pgws");
     notify(&chan, "hello").await;
-    assert_eq!(next_text(&mut ws).await, "hello");
+    assert_eq!(recv_text(&mut ws).await, "hello");
 }
 
 #[tokio::test]

@@ -198,6 +198,17 @@ async fn inner(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     Ok(Response::new(Full::new(Bytes::from(body))))
 }
 
+/// Environment variables for the server's `settings_from`, without touching the
+/// process environment (tests run in parallel).
+pub fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 /// A claims object with a mode and optional channel claim, expiring in an hour.
 pub fn claims(mode: &str, channel: Option<&str>) -> Value {
     let mut c = json!({"mode": mode, "exp": now() + 3600});
@@ -270,8 +281,11 @@ pub fn postgres_quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// The next text message.
-pub async fn recv_text(ws: &mut Ws) -> String {
+/// The next text message, over any transport (plain or TLS).
+pub async fn recv_text<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
             .await
