@@ -144,16 +144,7 @@ async fn ready_again_after_the_listener_backend_is_terminated() {
     let reconnects =
         |metrics: &str| sample(metrics, "pgws_listener_reconnects_total").unwrap_or(0.0);
     let before = reconnects(&get(admin(&srv), "/metrics").await.1);
-    let killed: i64 = db()
-        .await
-        .query_one(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-             where application_name = $1",
-            &[&app],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = terminate_backends(&app).await;
     assert!(killed >= 1);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

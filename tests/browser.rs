@@ -112,17 +112,7 @@ fn the_chat_page_works_in_a_real_browser() {
 
     // The listener loses its connection: both pages are closed with 1012, say so,
     // reconnect by themselves and warn that messages may have been missed.
-    let killed = rt.block_on(async {
-        db().await
-            .query_one(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
-                 where application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    });
+    let killed = rt.block_on(terminate_backends(&app));
     assert!(killed >= 1, "no backend to terminate");
     for page in [&alice, &bob] {
         page.wait_for_text("#messages", "may have been missed");

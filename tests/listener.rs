@@ -15,18 +15,6 @@ fn tagged() -> (pgws::ConfigBuilder, String) {
     (config().database_url(uri), app)
 }
 
-async fn terminate(app: &str) -> i64 {
-    let db = db().await;
-    let row = db
-        .query_one(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = $1",
-            &[&app],
-        )
-        .await
-        .unwrap();
-    row.get(0)
-}
-
 #[tokio::test]
 async fn losing_the_listener_closes_readers_with_1012_and_it_comes_back() {
     let (cfg, app) = tagged();
@@ -37,7 +25,7 @@ async fn losing_the_listener_closes_readers_with_1012_and_it_comes_back() {
     let mut writer = server
         .connect(&format!("/{}", token(claims("w", Some(&chan)))))
         .await;
-    assert!(terminate(&app).await >= 1);
+    assert!(terminate_backends(&app).await >= 1);
     let (code, reason) = recv_close(&mut reader).await;
     assert_eq!(code, 1012);
     assert!(reason.starts_with("Listener restarted"), "{reason}");
@@ -70,7 +58,7 @@ async fn channels_are_listened_again_after_a_reconnect() {
     let _a = server
         .connect(&format!("/{}", token(claims("r", Some(&a)))))
         .await;
-    terminate(&app).await;
+    terminate_backends(&app).await;
     let mut b_ws = server
         .connect(&format!("/{}", token(claims("r", Some(&b)))))
         .await;

@@ -105,13 +105,7 @@ async fn a_scripted_scenario_shows_in_stats_and_metrics() {
     let reason = Some(("reason", "invalid_mode"));
     assert_eq!(d.get("pgws_handshake_refusals_total", reason), 1.0);
 
-    let db = db().await;
-    db.execute(
-        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1",
-        &[&app],
-    )
-    .await
-    .unwrap();
+    assert!(terminate_backends(&app).await >= 1);
     assert_eq!(recv_close(&mut reader).await.0, 1012);
     until(|| layer.stats().listener_reconnects == 1 && layer.stats().listening).await;
     let d = Deltas::take(&snapshotter);

@@ -236,6 +236,20 @@ pub async fn db() -> tokio_postgres::Client {
     client
 }
 
+/// Ends every backend whose `application_name` is `app` (a test's own pgws
+/// connections); how many there were.
+pub async fn terminate_backends(app: &str) -> i64 {
+    db().await
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+             where application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A LISTEN connection that collects notifications of `channel`.
 pub struct Listen {
     _client: tokio_postgres::Client,
