@@ -73,7 +73,7 @@ impl Run {
                 let mut seq = 0u64;
                 let mut ws_open = true;
                 while Instant::now() < stop && ws_open {
-                    if seq - acks[s].load(Ordering::Acquire) >= window {
+                    if seq.saturating_sub(acks[s].load(Ordering::Acquire)) >= window {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                         continue;
                     }
@@ -143,10 +143,12 @@ impl Run {
             m.extend(std::iter::repeat_n('x', o.payload.saturating_sub(m.len())));
             m
         };
+        // Numbered past the last socket, so `count_notifies` counts these NOTIFYs but
+        // takes none of them for a socket's acknowledgement.
         let envelope = format!(
             "{{\"channel\":\"{}\",\"event\":\"WebsocketMessage\",\"payload\":\"{}\",\"userClaims\":{{\"mode\":\"w\",\"role\":\"bench\",\"exp\":1700000000}}}}",
             o.channel,
-            message(0, 0)
+            message(o.sockets, 0)
         );
         let script = std::env::temp_dir().join(format!("pgws-loadgen-{}.sql", std::process::id()));
         std::fs::write(
