@@ -54,8 +54,8 @@
 //!
 //! # Wire contract
 //!
-//! The README states the contract users rely on: URL forms, token rules, status
-//! and close codes, envelopes and guarantees. In short:
+//! `PROTOCOL.md`, next to the README, states the contract users rely on: URL forms,
+//! token rules, status and close codes, envelopes and guarantees. In short:
 //!
 //! | refusal before the upgrade | status |
 //! |---|---|
