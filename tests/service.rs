@@ -27,6 +27,7 @@ use http::{
 };
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use jsonwebtoken::Algorithm;
 use pgws::{ConfigBuilder, PgWsLayer};
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt, service_fn};
@@ -269,10 +270,11 @@ fn split_token(token: &str) -> [&str; 3] {
     [(); 3].map(|()| p.next().unwrap())
 }
 
-/// An HS256 token with a `kid` in its header.
-fn token_with_kid(kid: &str, claims: &Value) -> String {
+/// A token signed with the tests' secret, with this algorithm and `kid`.
+fn token_with_header(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
     let header = jsonwebtoken::Header {
-        kid: Some(kid.to_owned()),
+        alg,
+        kid: kid.map(str::to_owned),
         ..Default::default()
     };
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
@@ -721,24 +723,77 @@ async fn bad_tokens_are_401() {
 }
 
 #[tokio::test]
-async fn an_unknown_kid_is_401() {
+async fn the_leeway_widens_every_time_check() {
+    let at = |claim: &str, value: u64| {
+        let t = token(json!({"mode": "w", "channel": "chat", claim: value}));
+        ws(&format!("/{t}"))
+    };
+    let rows: Vec<Row> = vec![
+        ("exp passed within the leeway", at("exp", now() - 30), OK),
+        (
+            "exp passed beyond it",
+            at("exp", now() - 600),
+            Refuse(401, "Token expired", "token_expired"),
+        ),
+        ("nbf ahead within the leeway", at("nbf", now() + 30), OK),
+        ("iat ahead within the leeway", at("iat", now() + 30), OK),
+        (
+            "iat ahead beyond it",
+            at("iat", now() + 600),
+            Refuse(401, "Token not yet valid", "token_not_yet_valid"),
+        ),
+    ];
+    run(config().leeway(Duration::from_secs(120)), rows).await;
+}
+
+#[tokio::test]
+async fn tokens_the_keys_do_not_accept_are_401() {
     let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
-    let jwks = json!({"keys": [{"kty": "oct", "k": k, "kid": "one"}]}).to_string();
+    let jwks = json!({"keys": [{"kty": "oct", "k": k, "kid": "one", "alg": "HS384"}]});
     let claims = json!({"mode": "w", "channel": "chat"});
+    let path = |alg, kid| ws(&format!("/{}", token_with_header(alg, kid, &claims)));
+    let invalid = Refuse(401, "Invalid token", "invalid_token");
     let rows: Vec<Row> = vec![
         (
             "a kid no key has",
-            ws(&format!("/{}", token_with_kid("two", &claims))),
-            Refuse(401, "Invalid token", "invalid_token"),
+            path(Algorithm::HS384, Some("two")),
+            invalid,
         ),
         (
-            "the key's kid",
-            ws(&format!("/{}", token_with_kid("one", &claims))),
+            "an algorithm the key does not allow",
+            path(Algorithm::HS256, Some("one")),
+            invalid,
+        ),
+        (
+            "the key's kid and algorithm",
+            path(Algorithm::HS384, Some("one")),
             OK,
         ),
-        ("no kid", ws(&format!("/{}", token(claims.clone()))), OK),
+        ("no kid", path(Algorithm::HS384, None), OK),
     ];
-    run(config().jwt_secret(jwks), rows).await;
+    run(config().jwt_secret(jwks.to_string()), rows).await;
+}
+
+#[tokio::test]
+async fn an_audience_mismatch_is_401() {
+    let with_aud = |aud: Value| {
+        let t = token(json!({"mode": "w", "channel": "chat", "aud": aud}));
+        ws(&format!("/{t}"))
+    };
+    let invalid = Refuse(401, "Invalid token", "invalid_token");
+    let rows: Vec<Row> = vec![
+        ("another audience", with_aud(json!("postgrest")), invalid),
+        ("a list without ours", with_aud(json!(["a", "b"])), invalid),
+        ("aud not a string", with_aud(json!(5)), invalid),
+        ("ours", with_aud(json!("pgws")), OK),
+        ("a list with ours", with_aud(json!(["x", "pgws"])), OK),
+        (
+            "no aud (PostgREST's rule)",
+            ws(&format!("/{}", writer("chat"))),
+            OK,
+        ),
+    ];
+    run(config().audience("pgws"), rows).await;
 }
 
 #[tokio::test]
