@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,9 +72,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// RFC 6455 §4.1: an HTTP/1.1 `GET` (hyper upgrades no other version, so a `101`
+/// for HTTP/1.0 or HTTP/2 would never become a socket).
 fn is_handshake<B>(req: &Request<B>) -> bool {
     let h = req.headers();
     req.method() == Method::GET
+        && req.version() == Version::HTTP_11
         && has_token(h, header::UPGRADE, "websocket")
         && has_token(h, header::CONNECTION, "upgrade")
         && h.get(header::SEC_WEBSOCKET_VERSION)
