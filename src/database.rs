@@ -28,7 +28,7 @@ use rustls::{
 use tokio_postgres::{Socket, config::SslMode, tls::MakeTlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, error_chain};
 
 /// The TLS in force on pgws's connections to PostgreSQL: the URI's `sslmode`, as
 /// libpq (and so `psql`) reads it. Returned by [`Config::database_tls`](crate::Config::database_tls).
@@ -127,7 +127,7 @@ impl Database {
         let (rest, params) = split_tls_params(uri).map_err(invalid)?;
         let mut config = rest
             .parse::<tokio_postgres::Config>()
-            .map_err(|e| invalid(e.to_string()))?;
+            .map_err(|e| invalid(error_chain(&e)))?;
         let settings = params.resolve(&config, dir).map_err(invalid)?;
         let tls = settings.mode;
         config.ssl_mode(match tls {

@@ -20,6 +20,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
 use crate::{
     database::{Database, TlsStream},
+    error::error_chain,
     hub::{Hub, Join, Signal},
     mapping::Mapping,
     socket::sleep_until_opt,
@@ -208,7 +209,7 @@ impl Listener {
             let limit = db.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
             let attempt = async move {
                 match timeout(limit, db.connect(tls)).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Ok(result) => result.map_err(|e| error_chain(&e)),
                     Err(_) => Err(format!("no answer within {limit:?}")),
                 }
             };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-use crate::{database::Database, mapping::Notify};
+use crate::{database::Database, error::error_chain, mapping::Notify};
 
 /// Runs NOTIFYs through a `deadpool-postgres` pool.
 #[derive(Clone)]
@@ -65,7 +65,7 @@ impl Publisher {
             .pool
             .get()
             .await
-            .map_err(|e| PublishError(e.to_string()))?;
+            .map_err(|e| PublishError(error_chain(&e)))?;
         let result = match notifies {
             [] => return Ok(()),
             [one] => {
@@ -84,6 +84,6 @@ impl Publisher {
                 }
             }
         };
-        result.map(drop).map_err(|e| PublishError(e.to_string()))
+        result.map(drop).map_err(|e| PublishError(error_chain(&e)))
     }
 }
