@@ -803,6 +803,9 @@ mod tests {
     fn bad_values_name_their_parameter() {
         let e = parse("postgres://h/db?sslmode=verify").unwrap_err();
         assert!(e.contains("sslmode \"verify\" is not one of"), "{e}");
+        // tokio-postgres's own refusals keep their cause.
+        let e = parse("host=h sslpassword=x").unwrap_err();
+        assert!(e.ends_with("unknown option `sslpassword`"), "{e}");
         let e = parse("host=h sslmode=allow").unwrap_err();
         assert!(e.contains("sslmode \"allow\" is not supported"), "{e}");
         let e = parse("postgres://h/db?sslrootcert=%FF&sslmode=require").unwrap_err();
