@@ -368,16 +368,23 @@ impl TlsParams {
 }
 
 impl TlsSettings {
-    fn client_config(self) -> Result<ClientConfig, String> {
+    fn client_config(mut self) -> Result<ClientConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match (self.mode, self.roots) {
-            (DatabaseTls::VerifyFull, Some(roots)) => {
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        // A verifying mode without roots is refused here too, never run unverified.
+        let mut roots = || {
+            self.roots
+                .take()
+                .map(Arc::new)
+                .ok_or_else(|| format!("sslmode \"{}\" needs a root certificate", self.mode))
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
+            DatabaseTls::VerifyFull => {
+                WebPkiServerVerifier::builder_with_provider(roots()?, provider.clone())
                     .build()
                     .map_err(|e| format!("sslrootcert: {e}"))?
             }
-            (DatabaseTls::VerifyCa, Some(roots)) => Arc::new(ChainOnly {
-                roots: Arc::new(roots),
+            DatabaseTls::VerifyCa => Arc::new(ChainOnly {
+                roots: roots()?,
                 provider: provider.clone(),
             }),
             _ => Arc::new(AnyCertificate(provider.clone())),
