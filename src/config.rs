@@ -4,6 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     auth::{Keys, check_channel_name},
+    database::{Database, DatabaseTls},
     error::ConfigError,
 };
 
@@ -37,7 +38,7 @@ use crate::{
 /// ```
 #[derive(Clone)]
 pub struct Config {
-    pub(crate) db: tokio_postgres::Config,
+    pub(crate) db: Database,
     pub(crate) keys: Arc<Keys>,
     pub(crate) listen_channel: Option<String>,
     pub(crate) meta_channel: Option<String>,
@@ -59,6 +60,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret or the database password.
         f.debug_struct("Config")
+            .field("database_tls", &self.db.tls)
             .field("listen_channel", &self.listen_channel)
             .field("meta_channel", &self.meta_channel)
             .field("path_prefix", &self.path_prefix)
@@ -97,6 +99,12 @@ impl Config {
     /// The meta channel, when one is configured.
     pub fn meta_channel(&self) -> Option<&str> {
         self.meta_channel.as_deref()
+    }
+
+    /// The TLS in force on the database connections (the URI's `sslmode`, with
+    /// `require` plus a root certificate counting as `verify-ca`, as in libpq).
+    pub fn database_tls(&self) -> DatabaseTls {
+        self.db.tls
     }
 
     /// The path prefix before `/<jwt>`, normalized (`""` or `/ws`).
@@ -160,7 +168,9 @@ impl Default for ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// The PostgreSQL URI (or key=value string) for both the listener and the write pool.
+    /// The PostgreSQL URI (or key=value string) for both the listener and the write
+    /// pool. Its TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`) mean
+    /// what they mean to `psql`; files they name are read by [`build`](Self::build).
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = url.into();
         self
@@ -278,10 +288,7 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         let secret = self.secret.as_deref().ok_or(ConfigError::MissingSecret)?;
         let keys = Keys::from_secret(secret, self.secret_is_base64)?;
-        let db = self
-            .database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::InvalidDatabaseUrl(e.to_string()))?;
+        let db = Database::parse(&self.database_url)?;
         for (setting, name) in [
             ("listen_channel", &self.listen_channel),
             ("meta_channel", &self.meta_channel),

@@ -90,3 +90,21 @@ fn setting_variable(setting: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// An error and its causes, `a: b: c`. tokio-postgres's own text leaves the cause
+/// out ("error performing TLS handshake", "db error"), and the cause is what says
+/// what to fix. A cause already ending the text (as deadpool repeats it) is not
+/// added twice.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}

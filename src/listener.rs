@@ -16,16 +16,18 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     time::{Instant, timeout},
 };
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, tls::NoTlsStream};
+use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
 use crate::{
+    database::{Database, TlsStream},
+    error::error_chain,
     hub::{Hub, Join, Signal},
     mapping::Mapping,
     socket::sleep_until_opt,
     stats::Counters,
 };
 
-type Conn = Connection<Socket, NoTlsStream>;
+type Conn = Connection<Socket, TlsStream>;
 type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
 /// What sockets ask of the listener.
@@ -102,15 +104,16 @@ impl ListenerHandle {
 
 /// Starts the listener task; it ends when every handle and subscription is gone.
 pub(crate) fn spawn(
-    db: tokio_postgres::Config,
+    mut db: Database,
     mapping: Mapping,
     probe: Option<Duration>,
     counters: Arc<Counters>,
 ) -> ListenerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
+    db.config = listener_config(db.config);
     let listener = Listener {
-        db: listener_config(db),
+        db,
         mapping,
         commands: rx,
         hub: Hub::default(),
@@ -145,7 +148,7 @@ fn listener_config(mut db: tokio_postgres::Config) -> tokio_postgres::Config {
 }
 
 struct Listener {
-    db: tokio_postgres::Config,
+    db: Database,
     mapping: Mapping,
     commands: mpsc::UnboundedReceiver<Command>,
     hub: Hub,
@@ -200,13 +203,13 @@ impl Listener {
     /// taking commands. `None` once every handle is gone.
     async fn connect(&mut self, backoff: &mut Duration) -> Option<(Client, Conn)> {
         loop {
-            let db = self.db.clone();
+            let (db, tls) = (self.db.config.clone(), self.db.connector.clone());
             // tokio-postgres bounds only the TCP connect; a server that accepts and
             // then says nothing must not hold the listener, so bound the whole start-up.
             let limit = db.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
             let attempt = async move {
-                match timeout(limit, db.connect(NoTls)).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
+                match timeout(limit, db.connect(tls)).await {
+                    Ok(result) => result.map_err(|e| error_chain(&e)),
                     Err(_) => Err(format!("no answer within {limit:?}")),
                 }
             };

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
-use crate::mapping::Notify;
+use crate::{database::Database, error::error_chain, mapping::Notify};
 
 /// Runs NOTIFYs through a `deadpool-postgres` pool.
 #[derive(Clone)]
@@ -23,7 +22,8 @@ const MANY: &str = "select pg_notify(c, p) from unnest($1::text[], $2::text[]) a
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Publisher {
-    pub(crate) fn new(mut db: tokio_postgres::Config, size: usize) -> Self {
+    pub(crate) fn new(database: Database, size: usize) -> Self {
+        let mut db = database.config;
         if db.get_connect_timeout().is_none() {
             db.connect_timeout(POOL_TIMEOUT);
         }
@@ -32,7 +32,7 @@ impl Publisher {
         }
         let manager = Manager::from_config(
             db,
-            NoTls,
+            database.connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -65,7 +65,7 @@ impl Publisher {
             .pool
             .get()
             .await
-            .map_err(|e| PublishError(e.to_string()))?;
+            .map_err(|e| PublishError(error_chain(&e)))?;
         let result = match notifies {
             [] => return Ok(()),
             [one] => {
@@ -84,6 +84,6 @@ impl Publisher {
                 }
             }
         };
-        result.map(drop).map_err(|e| PublishError(e.to_string()))
+        result.map(drop).map_err(|e| PublishError(error_chain(&e)))
     }
 }

@@ -692,6 +692,22 @@ async fn the_start_up_report_says_where_and_how() {
 }
 
 #[tokio::test]
+async fn the_report_names_the_database_sslmode_and_never_the_password() {
+    let uri = "postgres://postgres:hunter2@127.0.0.1:5432/postgres";
+    let report = report_for(config().database_url(uri), &[]);
+    assert!(
+        report.contains("Database TLS:  sslmode=prefer: TLS when the server offers it"),
+        "{report}"
+    );
+    let report = report_for(config().database_url(format!("{uri}?sslmode=require")), &[]);
+    assert!(
+        report.contains("Database TLS:  sslmode=require: TLS, certificate not verified"),
+        "{report}"
+    );
+    assert!(!report.contains("hunter2"), "{report}");
+}
+
+#[tokio::test]
 async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
     let root = TempDir::new(&[("index.html", "<h1>chat</h1>")]);
     let dir = root.0.display().to_string();

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use pgws::PgWsLayer;
+use pgws::{DatabaseTls, PgWsLayer};
 
 use super::Settings;
 
@@ -39,6 +39,20 @@ fn database_text(reachable: bool) -> String {
             DATABASE_CHECK_TIMEOUT.as_secs()
         )
     }
+}
+
+/// The `sslmode` in force and what it means (the URI itself, with its password,
+/// is never shown).
+fn database_tls_text(tls: DatabaseTls) -> String {
+    let meaning = match tls {
+        DatabaseTls::Disable => "plain TCP",
+        DatabaseTls::Prefer => "TLS when the server offers it, unverified",
+        DatabaseTls::Require => "TLS, certificate not verified",
+        DatabaseTls::VerifyCa => "TLS, chain verified against sslrootcert",
+        DatabaseTls::VerifyFull => "TLS, chain and host name verified",
+        _ => "TLS",
+    };
+    format!("sslmode={tls}: {meaning} (PGWS_DB_URI)")
 }
 
 /// What the server prints at start-up: where it listens, how it maps channels,
@@ -90,6 +104,7 @@ pub fn startup_report(
     if let Some(reachable) = database {
         line("Database", &database_text(reachable));
     }
+    line("Database TLS", &database_tls_text(config.database_tls()));
     line("Mapping", &mapping);
     line(
         "Meta channel",

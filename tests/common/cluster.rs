@@ -1,5 +1,5 @@
 //! A throwaway PostgreSQL cluster on a free port, for tests that stop and start
-//! the database (the shared one is never touched).
+//! the database or need other settings, such as TLS (the shared one is never touched).
 
 use std::{
     net::TcpListener,
@@ -11,6 +11,8 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     pub port: u16,
+    /// Extra `-c` settings for `postgres`.
+    settings: Vec<String>,
 }
 
 impl Cluster {
@@ -25,7 +27,12 @@ impl Cluster {
                 .arg(&dir));
         }
         let port = free_port();
-        let cluster = Cluster { dir, bin, port };
+        let cluster = Cluster {
+            dir,
+            bin,
+            port,
+            settings: Vec::new(),
+        };
         let data = cluster.data();
         cluster.pg(
             "initdb",
@@ -43,6 +50,35 @@ impl Cluster {
         cluster
     }
 
+    /// Serves TLS (`ssl = on`) from the next start with this certificate and key,
+    /// and trusts client certificates signed by `ca_pem`. The files are the cluster
+    /// user's and the key is 0600, as PostgreSQL insists.
+    pub fn with_tls(mut self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Cluster {
+        for (name, pem, setting) in [
+            ("server.crt", cert_pem, "ssl_cert_file"),
+            ("server.key", key_pem, "ssl_key_file"),
+            ("root.crt", ca_pem, "ssl_ca_file"),
+        ] {
+            let path = self.dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            set_mode_0600(&path);
+            if is_root() {
+                run(Command::new("chown").arg("postgres:postgres").arg(&path));
+            }
+            self.settings
+                .push(format!("-c {setting}={}", path.display()));
+        }
+        self.settings.push("-c ssl=on".into());
+        self
+    }
+
+    /// Puts these lines before the others in `pg_hba.conf` (read at start).
+    pub fn hba_first(&self, lines: &[&str]) {
+        let path = self.dir.join("data").join("pg_hba.conf");
+        let old = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{}\n{old}", lines.join("\n"))).unwrap();
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }
@@ -56,9 +92,10 @@ impl Cluster {
 
     pub fn start(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings.join(" ")
         );
         let log = self.dir.join("log").display().to_string();
         self.pg(
@@ -110,6 +147,15 @@ fn run(cmd: &mut Command) -> Output {
     );
     out
 }
+
+#[cfg(unix)]
+fn set_mode_0600(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[cfg(not(unix))]
+fn set_mode_0600(_: &std::path::Path) {}
 
 fn is_root() -> bool {
     Command::new("id")
