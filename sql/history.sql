@@ -7,6 +7,9 @@
 --     PGOPTIONS='-c pgws.history_schema=chat_history' \
 --         psql -v ON_ERROR_STOP=1 -f sql/history.sql              # another schema
 --
+-- A schema name has 1 to 55 bytes (the announcing channel "<schema>.history" must
+-- fit PostgreSQL's 63) and no "$".
+--
 -- It is idempotent and versioned: it creates the schema when missing, records each
 -- migration in <schema>.migrations, and applies only the ones not recorded yet. It
 -- runs in one transaction under an advisory lock, so any number of pgws instances
@@ -78,10 +81,11 @@ declare
     found_version integer := 0;
     has_schema boolean;
 begin
-    -- The announcing channel, "<schema>.history", must be a valid channel name.
-    if octet_length(s) > 55 then
+    -- The announcing channel, "<schema>.history", must be a valid channel name,
+    -- and the name goes into dollar-quoted function bodies below.
+    if octet_length(s) > 55 or strpos(s, '$') > 0 then
         raise exception using errcode = 'invalid_name',
-            message = format('pgws history store: schema name %I is longer than 55 bytes', s);
+            message = format('pgws history store: schema name %I is not 1 to 55 bytes without $', s);
     end if;
 
     -- One migration at a time per schema, across every connection and instance.

@@ -174,6 +174,31 @@ async fn migrating_inside_a_transaction_rolls_back_with_it() {
 }
 
 #[tokio::test]
+async fn the_sql_file_applied_by_hand_is_what_migrate_expects() {
+    const FILE: &str = include_str!("../sql/history.sql");
+    let f = Fixture::unmigrated(&unique("hist")).await;
+    // As `PGOPTIONS='-c pgws.history_schema=…' psql -f sql/history.sql` would.
+    let set = "select set_config('pgws.history_schema', $1, false)";
+    f.db.execute(set, &[&f.store.schema()]).await.unwrap();
+    f.db.batch_execute(FILE).await.unwrap();
+    f.db.batch_execute(FILE).await.unwrap();
+    assert_eq!(f.store.migrate(&f.db).await.unwrap(), SCHEMA_VERSION);
+    assert_eq!(f.publish("chat", "by hand").await.offset, 1);
+
+    // Names the file cannot hold are refused before anything is created.
+    for bad in ["a$fn$b", &"x".repeat(56)] {
+        f.db.execute(set, &[&bad]).await.unwrap();
+        let err = f.db.batch_execute(FILE).await.unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code(), &tokio_postgres::error::SqlState::INVALID_NAME);
+        assert!(db.message().contains("1 to 55 bytes without $"), "{db:?}");
+        let sql = "select count(*) from pg_namespace where nspname = $1";
+        let n: i64 = f.db.query_one(sql, &[&bad]).await.unwrap().get(0);
+        assert_eq!(n, 0);
+    }
+}
+
+#[tokio::test]
 async fn hostile_schema_names_are_quoted() {
     let name = format!("{} \"q\" 'é' x.y", unique("Hist"));
     let f = Fixture::named(&name).await;

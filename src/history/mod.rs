@@ -4,7 +4,7 @@
 //!
 //! # Schema
 //!
-//! The store lives in one schema (`pgws` by default, any name of 1 to 55 bytes),
+//! The store lives in one schema (`pgws` by default; 1 to 55 bytes, no `$`),
 //! created and migrated by [`Store::migrate`] from `sql/history.sql`, the same
 //! file a DBA may apply with `psql`. The file runs in one transaction under
 //! `pg_advisory_xact_lock`, records each migration in `<schema>.migrations`, and

@@ -78,7 +78,8 @@ pub struct Read {
     /// the reader gets, the first of `messages` if any.
     pub gap: Option<i64>,
     /// Kept messages in offset order, consecutive from the asked position (or
-    /// from `gap`). Fewer than `last_offset` says when the limit cut the read.
+    /// from `gap`). When the last one is below `last_offset`, the limit cut the
+    /// read: read on after it.
     pub messages: Vec<Message>,
 }
 
@@ -86,7 +87,7 @@ pub struct Read {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum HistoryError {
-    /// The schema name is empty, longer than 55 bytes or holds NUL.
+    /// The schema name is empty, longer than 55 bytes, or holds NUL or `$`.
     InvalidSchema(String),
     /// A channel name is empty, longer than 63 bytes or holds NUL.
     InvalidChannel(String),
@@ -104,7 +105,7 @@ impl fmt::Display for HistoryError {
         match self {
             Self::InvalidSchema(s) => write!(
                 f,
-                "invalid history schema name {s:?}: 1 to {MAX_SCHEMA_LEN} bytes without NUL"
+                "invalid history schema name {s:?}: 1 to {MAX_SCHEMA_LEN} bytes without NUL or $"
             ),
             Self::InvalidChannel(c) => write!(
                 f,
@@ -166,7 +167,8 @@ struct Statements {
 impl Store {
     /// The store in `schema` (see [`DEFAULT_SCHEMA`]); nothing is sent yet.
     pub fn new(schema: &str) -> Result<Self, HistoryError> {
-        if schema.is_empty() || schema.len() > MAX_SCHEMA_LEN || schema.contains('\0') {
+        // `$` would end the dollar quotes of the SQL file's function bodies.
+        if schema.is_empty() || schema.len() > MAX_SCHEMA_LEN || schema.contains(['\0', '$']) {
             return Err(HistoryError::InvalidSchema(schema.to_owned()));
         }
         let s = escape_identifier(schema);
@@ -562,7 +564,7 @@ mod tests {
 
     #[test]
     fn schema_names_are_checked_and_quoted() {
-        for bad in ["", "a\0b", &"s".repeat(56)] {
+        for bad in ["", "a\0b", "a$fn$b", &"s".repeat(56)] {
             assert!(matches!(
                 Store::new(bad),
                 Err(HistoryError::InvalidSchema(_))
