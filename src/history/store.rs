@@ -139,9 +139,11 @@ impl From<tokio_postgres::Error> for HistoryError {
 /// The store in one schema: its SQL, written once with the schema quoted.
 ///
 /// Every method takes a [`tokio_postgres::Client`] or [`Transaction`]
-/// (`&**pooled` for a `deadpool-postgres` object) and, but for `migrate` and
-/// `prune`, sends one statement (`query_typed`: parse, bind and execute in one
-/// round trip).
+/// (`&**pooled` for a `deadpool-postgres` object) and, but for `prune`, sends
+/// one statement in one round trip: `query_typed` parses, binds and executes an
+/// unnamed statement with its parameter types given, so no per-connection
+/// statement cache is needed; the plans are index lookups, and `publish`'s own
+/// statements are cached by PL/pgSQL.
 ///
 /// [`Transaction`]: tokio_postgres::Transaction
 #[derive(Debug, Clone)]
