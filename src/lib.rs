@@ -86,6 +86,7 @@ mod envelope;
 mod error;
 mod future;
 mod handshake;
+mod history;
 mod hub;
 mod layer;
 mod listener;
@@ -110,10 +111,15 @@ pub use stats::Stats;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// Internals re-exported for the crate's own benchmarks (`benches/`) and fuzz
-/// targets (`fuzz/`). Not part of the API: hidden from the docs, exempt from
-/// semver, and may change in any release.
+/// Internals re-exported for the crate's own benchmarks (`benches/`), fuzz
+/// targets (`fuzz/`) and tests (`tests/`). Not part of the API: hidden from the
+/// docs, exempt from semver, and may change in any release.
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::bench_api::*;
+
+    /// The history store (not wired into the layer yet).
+    pub mod history {
+        pub use crate::history::*;
+    }
 }
