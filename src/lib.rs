@@ -94,6 +94,10 @@ mod service;
 mod socket;
 mod stats;
 
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
+
 pub use auth::Mode;
 pub use body::PgWsBody;
 pub use config::{Config, ConfigBuilder, DEFAULT_DATABASE_URL};

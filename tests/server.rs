@@ -1,9 +1,9 @@
-//! The standalone server of `examples/server/` (contract §8), and the layer inside
+//! The standalone server, `pgws::server` (contract §8), and the layer inside
 //! an axum router: proxying, static files, 404/502, WebSockets on the same port.
 
 mod common;
-#[path = "../examples/server/main.rs"]
-mod server;
+
+use pgws::server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf};
 
@@ -29,7 +29,7 @@ const BIG: usize = 1 << 20;
 // Harness
 // ---------------------------------------------------------------------------
 
-/// The example server on 127.0.0.1:0.
+/// The standalone server on 127.0.0.1:0.
 async fn start(settings: server::Settings) -> Running {
     Running::start(false, |listener, _, stop| {
         server::run(listener, settings, stop)
@@ -527,7 +527,7 @@ async fn shutdown_lets_an_in_flight_request_finish() {
 
 #[tokio::test]
 async fn settings_defaults_and_host_forms() {
-    let s = server::settings_from(config(), vars(&[])).unwrap();
+    let s = server::Settings::from_vars(config(), vars(&[])).unwrap();
     assert_eq!(s.addr, "127.0.0.1:3000".parse().unwrap());
     assert!(s.dev_token.is_none() && s.root_path.is_none() && s.upstream.is_none());
 
@@ -541,10 +541,12 @@ async fn settings_defaults_and_host_forms() {
         ("[::1]", "[::1]:3000"),
         ("10.1.2.3", "10.1.2.3:3000"),
     ] {
-        let got = server::listen_addr(Some(host), None).unwrap();
+        let var = |name: &str| (name == "PGWS_HOST").then(|| host.to_owned());
+        let got = server::Settings::from_vars(config(), var).unwrap().addr;
         assert_eq!(got, want.parse::<SocketAddr>().unwrap(), "{host}");
     }
-    let s = server::settings_from(config(), vars(&[("PGWS_HOST", ""), ("PGWS_PORT", "8080")]));
+    let s =
+        server::Settings::from_vars(config(), vars(&[("PGWS_HOST", ""), ("PGWS_PORT", "8080")]));
     assert_eq!(s.unwrap().addr, "127.0.0.1:8080".parse().unwrap());
 }
 
@@ -566,20 +568,20 @@ async fn bad_values_name_their_variable() {
         ),
         (&[("PGWS_KEY_FILE", "key.pem")][..], "PGWS_KEY_FILE"),
     ] {
-        let err = server::settings_from(config(), vars(pairs)).unwrap_err();
+        let err = server::Settings::from_vars(config(), vars(pairs)).unwrap_err();
         assert!(err.starts_with(var), "{err}");
     }
-    let err = server::settings_from(config().pool_size(0), vars(&[])).unwrap_err();
+    let err = server::Settings::from_vars(config().pool_size(0), vars(&[])).unwrap_err();
     assert!(err.starts_with("PGWS_POOL_SIZE"), "{err}");
     // Empty counts as unset; PGWS_RETRIES is accepted and ignored.
     let ok = vars(&[("PGWS_CERTIFICATE_FILE", ""), ("PGWS_RETRIES", "5")]);
-    assert!(server::settings_from(config(), ok).is_ok());
+    assert!(server::Settings::from_vars(config(), ok).is_ok());
 }
 
 #[tokio::test]
 async fn without_a_secret_a_dev_token_is_made_and_accepted() {
     let builder = pgws::Config::builder().database_url(db_uri());
-    let s = server::settings_from(builder, vars(&[])).unwrap();
+    let s = server::Settings::from_vars(builder, vars(&[])).unwrap();
     let jwt = s.dev_token.clone().expect("no sample token");
     let srv = start(s).await;
     let chan = unique("srv_dev");
@@ -617,7 +619,7 @@ async fn axum_routes_and_websockets_share_a_router() {
     assert_eq!(recv_text(&mut ws).await, "via axum");
 }
 
-/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `examples/server/`,
+/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `pgws::server`,
 /// as a check that an HTTP/2 request is proxied too.
 #[tokio::test]
 async fn an_http2_request_is_proxied_over_http1() {
@@ -648,7 +650,7 @@ async fn an_http2_request_is_proxied_over_http1() {
 // ---------------------------------------------------------------------------
 
 fn report_for(builder: pgws::ConfigBuilder, pairs: &'static [(&str, &str)]) -> String {
-    let s = server::settings_from(builder, vars(pairs)).unwrap();
+    let s = server::Settings::from_vars(builder, vars(pairs)).unwrap();
     server::startup_report(&s, "0.0.0.0:3000".parse().unwrap(), None, None)
 }
 
@@ -704,7 +706,7 @@ async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
         .database_url(db_uri())
         .path_prefix("ws/")
         .meta_channel("who");
-    let s = server::settings_from(builder, var).unwrap();
+    let s = server::Settings::from_vars(builder, var).unwrap();
     let jwt = s.dev_token.clone().unwrap();
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, None);
     assert!(
@@ -726,15 +728,15 @@ async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
 
 #[tokio::test]
 async fn the_report_says_whether_the_database_answered() {
-    let srv = server::Server::new(settings(), false);
-    assert!(server::database_reachable(srv.layer(), WAIT).await);
+    let layer = PgWsLayer::new(config().build().unwrap());
+    assert!(server::database_reachable(&layer, WAIT).await);
     let s = settings();
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(true));
     assert!(report.contains("Database:      reachable"), "{report}");
 
     let dead = config().database_url("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1");
-    let srv = server::Server::new(server::Settings::new(dead.build().unwrap()), false);
-    assert!(!server::database_reachable(srv.layer(), std::time::Duration::from_millis(300)).await);
+    let layer = PgWsLayer::new(dead.build().unwrap());
+    assert!(!server::database_reachable(&layer, std::time::Duration::from_millis(300)).await);
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(false));
     assert!(report.contains("Database:      NOT reachable"), "{report}");
     assert!(report.contains("PGWS_DB_URI"), "{report}");
@@ -769,9 +771,9 @@ async fn a_client_that_never_finishes_its_request_head_is_dropped() {
 fn the_handshake_timeout_is_read_from_the_environment() {
     use std::time::Duration;
     let vars = |name: &str| (name == "PGWS_HANDSHAKE_TIMEOUT").then(|| "3".to_owned());
-    let settings = server::settings_from(config(), vars).unwrap();
+    let settings = server::Settings::from_vars(config(), vars).unwrap();
     assert_eq!(settings.handshake_timeout, Duration::from_secs(3));
     let bad = |name: &str| (name == "PGWS_HANDSHAKE_TIMEOUT").then(|| "soon".to_owned());
-    let err = server::settings_from(config(), bad).unwrap_err();
+    let err = server::Settings::from_vars(config(), bad).unwrap_err();
     assert!(err.starts_with("PGWS_HANDSHAKE_TIMEOUT"), "{err}");
 }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use pgws::PgWsLayer;
+use crate::PgWsLayer;
 
 use super::Settings;
 
