@@ -777,3 +777,40 @@ fn the_handshake_timeout_is_read_from_the_environment() {
     let err = server::Settings::from_vars(config(), bad).unwrap_err();
     assert!(err.starts_with("PGWS_HANDSHAKE_TIMEOUT"), "{err}");
 }
+
+#[test]
+fn the_development_database_is_planned_only_without_pgws_db_uri() {
+    let plan = |pairs: &'static [(&'static str, &'static str)]| {
+        server::Settings::from_vars(config(), vars(pairs)).map(|s| s.dev_db)
+    };
+    let dev_db = plan(&[("HOME", "/home/ada")]).unwrap().unwrap();
+    assert_eq!(dev_db.mode, server::DevDbMode::Auto);
+    assert_eq!(dev_db.default_addr, "127.0.0.1:5432".parse().unwrap());
+    let home_default = std::path::Path::new("/home/ada/.local/share/pgws/devdb");
+    let xdg = plan(&[("HOME", "/home/ada"), ("XDG_DATA_HOME", "/data")]).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // User postgres, who runs the cluster for root, cannot reach root's home.
+        let root_default = std::path::Path::new("/var/lib/pgws/devdb");
+        assert_eq!(dev_db.dir.as_deref(), Some(root_default));
+        assert_eq!(xdg.unwrap().dir.as_deref(), Some(root_default));
+    } else {
+        assert_eq!(dev_db.dir.as_deref(), Some(home_default));
+        let xdg_default = std::path::Path::new("/data/pgws/devdb");
+        assert_eq!(xdg.unwrap().dir.as_deref(), Some(xdg_default));
+    }
+    let on = plan(&[("PGWS_DEV_DB", "ON"), ("PGWS_DEV_DB_DIR", "/srv/db")]);
+    let on = on.unwrap().unwrap();
+    assert_eq!(on.mode, server::DevDbMode::On);
+    assert_eq!(on.dir.as_deref(), Some(std::path::Path::new("/srv/db")));
+
+    // A set PGWS_DB_URI always wins; off is off.
+    let uri_set = &[
+        ("PGWS_DB_URI", "postgres://app@db.example/app"),
+        ("PGWS_DEV_DB", "on"),
+    ];
+    assert_eq!(plan(uri_set).unwrap(), None);
+    assert_eq!(plan(&[("PGWS_DEV_DB", "off")]).unwrap(), None);
+    let err = plan(&[("PGWS_DEV_DB", "yes")]).unwrap_err();
+    assert!(err.starts_with("PGWS_DEV_DB"), "{err}");
+}
