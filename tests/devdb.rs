@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use common::{program::Program, *};
+use common::{cluster::Cluster, program::Program, *};
 use pgws::server;
 use tokio::sync::oneshot;
 use tokio_websockets::ClientBuilder;
@@ -174,7 +174,28 @@ async fn with_nothing_at_the_default_address_pgws_runs_its_own_database() {
 }
 
 #[tokio::test]
-async fn a_default_address_that_answers_is_used_as_before() {
+async fn a_default_database_that_wants_a_password_gets_a_dev_db_instead() {
+    // As after `apt install postgresql`: a server on the default address that asks
+    // user postgres for a password over TCP.
+    let asks = Cluster::init_with(&["--auth-host=scram-sha-256"]);
+    asks.start();
+    let addr: SocketAddr = format!("127.0.0.1:{}", asks.port).parse().unwrap();
+    let dir = DevDir::new();
+    let (report, stop, task) = launch(&dir.0, addr).await;
+    assert!(
+        report.contains(&format!(
+            "development database: PGWS_DB_URI is not set and the database at {addr} \
+             does not let user postgres in without a password"
+        )),
+        "{report}"
+    );
+    assert!(report.contains("Database:      reachable"), "{report}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_default_address_that_answers_is_left_alone() {
     // Something answers there, even if it is not PostgreSQL: no cluster is made.
     let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = DevDir::new();

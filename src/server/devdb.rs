@@ -1,5 +1,5 @@
 //! The private development database (`PGWS_DEV_DB`): when `PGWS_DB_URI` is not set
-//! and nothing answers at the default address, a PostgreSQL cluster of pgws's own,
+//! and the default database cannot work, a PostgreSQL cluster of pgws's own,
 //! made with the server programs of this machine, started for the run and stopped
 //! with it. Its data folder survives restarts.
 //!
@@ -7,7 +7,7 @@
 
 use std::{
     fs::{self, File},
-    io,
+    io::{self, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -16,7 +16,8 @@ use std::{
 
 use super::{DevDbMode, DevDbSettings};
 
-/// How long the probe of the default address and of a left-over cluster waits.
+/// How long each step of a probe (of the default address, of a left-over cluster)
+/// waits.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `pg_ctl` waits for the cluster to start or stop, in seconds.
 const PG_CTL_WAIT_SECS: &str = "60";
@@ -39,22 +40,20 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// Starts the development database when `settings` call for one: `Ok(None)` when
-/// `auto` finds something answering at the default address (or anything other than
-/// a refusal there). An error says what to install or set instead.
+/// `auto` finds the default database usable, or something there that is not
+/// plainly unusable (see [`probe`]). An error says what to install or set instead.
 pub(crate) fn prepare(settings: &DevDbSettings) -> Result<Option<DevDb>, String> {
-    let reason = match settings.mode {
-        DevDbMode::On => "PGWS_DEV_DB is on".to_owned(),
-        DevDbMode::Auto => {
-            match TcpStream::connect_timeout(&settings.default_addr, PROBE_TIMEOUT) {
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => format!(
-                    "PGWS_DB_URI is not set and nothing answers at {}",
-                    settings.default_addr
-                ),
-                // Something is there, or the address is unreachable rather than
-                // refused: the default database as before.
-                _ => return Ok(None),
-            }
+    let addr = settings.default_addr;
+    let reason = match (settings.mode, probe(addr)) {
+        (DevDbMode::On, _) => "PGWS_DEV_DB is on".to_owned(),
+        (DevDbMode::Auto, Probe::Refused) => {
+            format!("PGWS_DB_URI is not set and nothing answers at {addr}")
         }
+        (DevDbMode::Auto, Probe::NoEntry) => format!(
+            "PGWS_DB_URI is not set and the database at {addr} does not let user \
+             {SUPERUSER} in without a password"
+        ),
+        (DevDbMode::Auto, Probe::Usable) => return Ok(None),
     };
     let Some(dir) = &settings.dir else {
         return Err(format!(
@@ -79,6 +78,69 @@ pub(crate) fn prepare(settings: &DevDbSettings) -> Result<Option<DevDb>, String>
         "development database started; it stops with pgws"
     );
     Ok(Some(db))
+}
+
+/// What answers at the default database's address, for `auto`.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// The connection is refused: nothing listens there.
+    Refused,
+    /// A PostgreSQL that asks user `postgres` for a password or turns it away, as a
+    /// fresh Debian or Ubuntu install does: the default URL cannot work there.
+    NoEntry,
+    /// It lets user `postgres` in, or it is something else (a timeout, another
+    /// error, not PostgreSQL at all): left to the layer, which reports and retries.
+    Usable,
+}
+
+/// Sends a startup message as user `postgres` to `addr` and reads the first
+/// answer; no password is ever sent.
+fn probe(addr: SocketAddr) -> Probe {
+    let mut stream = match TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Probe::Refused,
+        Err(_) => return Probe::Usable,
+    };
+    let mut startup = bytes::BytesMut::new();
+    let params = [("user", SUPERUSER), ("database", "postgres")];
+    let answer = postgres_protocol::message::frontend::startup_message(params, &mut startup)
+        .and_then(|()| stream.set_read_timeout(Some(PROBE_TIMEOUT)))
+        .and_then(|()| stream.write_all(&startup))
+        .and_then(|()| read_message(&mut stream));
+    match answer {
+        // AuthenticationOk: trust.
+        Ok((b'R', body)) if body.starts_with(&[0, 0, 0, 0]) => Probe::Usable,
+        // Any other authentication request wants a password.
+        Ok((b'R', _)) => Probe::NoEntry,
+        Ok((b'E', body)) => match error_code(&body).as_deref() {
+            // invalid_authorization_specification (no pg_hba.conf entry, peer),
+            // invalid_password.
+            Some("28000" | "28P01") => Probe::NoEntry,
+            _ => Probe::Usable,
+        },
+        _ => Probe::Usable,
+    }
+}
+
+/// One backend message: its tag and body.
+fn read_message(stream: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    // An error response is short; anything longer is not the answer we look for.
+    let len = usize::try_from(len).unwrap_or(usize::MAX).clamp(4, 4096) - 4;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    Ok((head[0], body))
+}
+
+/// The SQLSTATE (field `C`) of an error response's body.
+fn error_code(body: &[u8]) -> Option<String> {
+    let mut fields = body.split(|&b| b == 0);
+    fields.find_map(|field| match field.split_first() {
+        Some((b'C', code)) => Some(String::from_utf8_lossy(code).into_owned()),
+        _ => None,
+    })
 }
 
 /// A running development database; stopped by [`stop`](Self::stop) or on drop.
@@ -490,6 +552,13 @@ mod tests {
         let err = prepare(&settings(DevDbMode::Auto, addr)).unwrap_err();
         assert!(err.contains(&format!("nothing answers at {addr}")), "{err}");
         assert!(err.contains("PGWS_DEV_DB_DIR"), "{err}");
+    }
+
+    #[test]
+    fn an_error_response_gives_its_sqlstate() {
+        let body = b"SFATAL\0VFATAL\0C28000\0Mno pg_hba.conf entry\0\0";
+        assert_eq!(error_code(body).as_deref(), Some("28000"));
+        assert_eq!(error_code(b"SFATAL\0\0"), None);
     }
 
     #[test]

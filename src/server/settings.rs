@@ -70,8 +70,10 @@ impl LayerBuilder {
 /// database. It never does when `PGWS_DB_URI` is set, nor with `PGWS_DEV_DB=off`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DevDbMode {
-    /// `auto` (the default): only when nothing answers at the default database's
-    /// address ([`DevDbSettings::default_addr`]): the connection is refused.
+    /// `auto` (the default): only when the default database
+    /// ([`DevDbSettings::default_addr`]) plainly cannot work: nothing answers there
+    /// (the connection is refused), or the PostgreSQL there asks user `postgres`
+    /// for a password or turns it away, as a fresh Debian or Ubuntu install does.
     #[default]
     Auto,
     /// `on`: even when something answers there, for instance a system PostgreSQL
@@ -96,8 +98,8 @@ pub struct DevDbSettings {
     /// `/var/lib/pgws/devdb` for root; `None` when there is no home folder to put
     /// it in.
     pub dir: Option<PathBuf>,
-    /// The address of the default database (`127.0.0.1:5432`), where `auto` looks
-    /// for an answer first.
+    /// The address of the default database (`127.0.0.1:5432`), which `auto` tries
+    /// first.
     pub default_addr: SocketAddr,
 }
 

@@ -19,6 +19,11 @@ pub struct Cluster {
 impl Cluster {
     /// `initdb` in a fresh temp dir; not started yet.
     pub fn init() -> Cluster {
+        Cluster::init_with(&[])
+    }
+
+    /// [`init`](Self::init) with more `initdb` arguments.
+    pub fn init_with(extra: &[&str]) -> Cluster {
         let bin = bindir();
         let dir = std::env::temp_dir().join(super::unique("pgws_cluster"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -41,7 +46,11 @@ impl Cluster {
                 "-E",
                 "UTF8",
                 "--no-sync",
-            ],
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<_>>(),
         );
         cluster
     }
