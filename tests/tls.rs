@@ -86,7 +86,7 @@ impl Drop for Pki {
     }
 }
 
-/// Server variables from pairs, as `settings_from` reads them.
+/// Server variables from pairs, as `Settings::from_vars` reads them.
 fn vars(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
     move |name| {
         pairs

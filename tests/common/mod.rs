@@ -235,7 +235,7 @@ async fn inner(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     Ok(Response::new(Full::new(Bytes::from(body))))
 }
 
-/// Environment variables for the server's `settings_from`, without touching the
+/// Environment variables for `server::Settings::from_vars`, without touching the
 /// process environment (tests run in parallel).
 pub fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
     move |name| {
