@@ -44,16 +44,16 @@ pub(crate) fn is_root() -> bool {
 /// plainly unusable (see [`probe`]). An error says what to install or set instead.
 pub(crate) fn prepare(settings: &DevDbSettings) -> Result<Option<DevDb>, String> {
     let addr = settings.default_addr;
-    let reason = match (settings.mode, probe(addr)) {
-        (DevDbMode::On, _) => "PGWS_DEV_DB is on".to_owned(),
-        (DevDbMode::Auto, Probe::Refused) => {
-            format!("PGWS_DB_URI is not set and nothing answers at {addr}")
-        }
-        (DevDbMode::Auto, Probe::NoEntry) => format!(
-            "PGWS_DB_URI is not set and the database at {addr} does not let user \
-             {SUPERUSER} in without a password"
-        ),
-        (DevDbMode::Auto, Probe::Usable) => return Ok(None),
+    let reason = match settings.mode {
+        DevDbMode::On => "PGWS_DEV_DB is on".to_owned(),
+        DevDbMode::Auto => match probe(addr) {
+            Probe::Refused => format!("PGWS_DB_URI is not set and nothing answers at {addr}"),
+            Probe::NoEntry => format!(
+                "PGWS_DB_URI is not set and the database at {addr} does not let user \
+                 {SUPERUSER} in without a password"
+            ),
+            Probe::Usable => return Ok(None),
+        },
     };
     let Some(dir) = &settings.dir else {
         return Err(format!(
@@ -108,9 +108,13 @@ fn probe(addr: SocketAddr) -> Probe {
         .and_then(|()| stream.write_all(&startup))
         .and_then(|()| read_message(&mut stream));
     match answer {
-        // AuthenticationOk: trust.
-        Ok((b'R', body)) if body.starts_with(&[0, 0, 0, 0]) => Probe::Usable,
-        // Any other authentication request wants a password.
+        // AuthenticationOk: trust. Terminate, for a clean goodbye.
+        Ok((b'R', body)) if body.starts_with(&[0, 0, 0, 0]) => {
+            let _ = stream.write_all(&[b'X', 0, 0, 0, 4]);
+            Probe::Usable
+        }
+        // Any other authentication request wants a password; closing without one
+        // is what a client that has none does.
         Ok((b'R', _)) => Probe::NoEntry,
         Ok((b'E', body)) => match error_code(&body).as_deref() {
             // invalid_authorization_specification (no pg_hba.conf entry, peer),

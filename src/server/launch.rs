@@ -95,8 +95,15 @@ pub async fn launch(
 /// The development database, when the settings call for one and it is needed;
 /// the layer's configuration then points at it.
 async fn start_dev_db(settings: &mut Settings) -> Result<Option<DevDb>, String> {
-    let (Some(plan), Some(builder)) = (settings.dev_db.clone(), settings.builder.clone()) else {
+    let Some(plan) = settings.dev_db.clone() else {
         return Ok(None);
+    };
+    let Some(builder) = settings.builder.clone() else {
+        return Err(
+            "a development database needs settings read by Settings::from_env \
+                    or Settings::from_vars"
+                .into(),
+        );
     };
     let db = tokio::task::spawn_blocking(move || devdb::prepare(&plan))
         .await

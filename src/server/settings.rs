@@ -43,7 +43,9 @@ pub struct Settings {
     /// How long a client has to send its request head (`PGWS_HANDSHAKE_TIMEOUT`, s).
     pub handshake_timeout: Duration,
     /// The private development database that [`launch`](super::launch) may start:
-    /// `None` when `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`.
+    /// `None` when `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`. Only settings
+    /// read by [`from_env`](Self::from_env) or [`from_vars`](Self::from_vars) can
+    /// start one (they keep what it takes to point the layer at it).
     pub dev_db: Option<DevDbSettings>,
     /// The layer's builder, to point it at the development database once started.
     pub(crate) builder: Option<LayerBuilder>,
