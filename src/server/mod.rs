@@ -28,8 +28,22 @@
 //! PGWS_ROOT_PATH=examples/chat pgws
 //! ```
 //!
-//! The program is [`main`]. To embed the server instead, build [`Settings`] and
-//! call [`run`] (or [`serve`], with the admin listener) on a bound listener.
+//! The program is [`main`]; [`launch`] is the same with the shutdown signal and the
+//! start-up report's destination given. To embed the server instead, build
+//! [`Settings`] and call [`run`] (or [`serve`], with the admin listener) on a bound
+//! listener:
+//!
+//! ```no_run
+//! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = pgws::server::Settings::from_env()?;
+//! let listener = tokio::net::TcpListener::bind(settings.addr).await?;
+//! pgws::server::run(listener, settings, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod admin;
 mod devdb;
