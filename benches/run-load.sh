@@ -17,7 +17,7 @@
 #   write        socket messages -> NOTIFY vs pgbench `select pg_notify(...)`, same number
 #                of database connections (target 7)
 #
-# Each loadgen run starts its own server (target/release/examples/server, configured by
+# Each loadgen run starts its own server (target/release/pgws, configured by
 # PGWS_* variables) and stops it; every run is bounded by loadgen's --duration and
 # --deadline, every wrk run by -d. Logs go to $OUT (default target/load/<time>).
 # Needs PostgreSQL (PGWS_DB_URI, default postgres://postgres@127.0.0.1:5432/postgres);
@@ -46,9 +46,9 @@ export PGWS_MAX_SOCKETS=${PGWS_MAX_SOCKETS:-100000}
 export PGWS_POOL_SIZE=${PGWS_POOL_SIZE:-10}
 mkdir -p "$OUT"
 
-cargo build --release --example server --example loadgen --example passthrough
+cargo build --release --features server --bin pgws --example loadgen --example passthrough
 LOADGEN=(nice -n "$NICE" target/release/examples/loadgen)
-SERVER=${SERVER:-target/release/examples/server}
+SERVER=${SERVER:-target/release/pgws}
 # Handshakes in flight while connecting; over 128 the server's listen backlog (mio's
 # default) overflows and some connects wait for a 1 s SYN retransmission.
 CONCURRENCY=${CONCURRENCY:-256}

@@ -52,6 +52,13 @@
 //! A client then connects to `ws://127.0.0.1:3000/chat/<jwt>` with a token such as
 //! `{"mode": "rw"}` signed by the secret, and `NOTIFY chat, 'hi'` reaches it.
 //!
+//! # The standalone server
+//!
+//! With the `server` feature, `pgws::server` is a complete server around the layer
+//! (static files, a reverse proxy, TLS, metrics), configured by `PGWS_*`
+//! variables, and the `pgws` program runs it: `cargo install pgws --features
+//! server`. Without the feature, none of its dependencies are built.
+//!
 //! # Wire contract
 //!
 //! `PROTOCOL.md`, next to the README, states the contract users rely on: URL forms,
@@ -95,6 +102,10 @@ mod publisher;
 mod service;
 mod socket;
 mod stats;
+
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 
 pub use auth::Mode;
 pub use body::PgWsBody;

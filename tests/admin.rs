@@ -1,11 +1,11 @@
-//! Operations in the example server: the admin listener (`PGWS_ADMIN_ADDR`:
+//! Operations in the standalone server: the admin listener (`PGWS_ADMIN_ADDR`:
 //! `/metrics`, `/health`, `/ready`), and logs that never hold a token.
 //!
 //! A test binary of its own: the Prometheus recorder is process-wide.
 
 mod common;
-#[path = "../examples/server/main.rs"]
-mod server;
+
+use pgws::server;
 
 use std::{
     convert::Infallible,
@@ -230,11 +230,11 @@ async fn metrics_count_sockets_messages_and_refusals() {
 
 #[tokio::test]
 async fn admin_address_and_log_format_variables() {
-    let s = server::settings_from(config(), vars(&[])).unwrap();
+    let s = server::Settings::from_vars(config(), vars(&[])).unwrap();
     assert_eq!(s.admin_addr, None);
     assert_eq!(s.log_format, server::LogFormat::Text);
 
-    let s = server::settings_from(
+    let s = server::Settings::from_vars(
         config(),
         vars(&[
             ("PGWS_ADMIN_ADDR", "127.0.0.1:9090"),
@@ -244,7 +244,7 @@ async fn admin_address_and_log_format_variables() {
     .unwrap();
     assert_eq!(s.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
     assert_eq!(s.log_format, server::LogFormat::Json);
-    let s = server::settings_from(config(), vars(&[("PGWS_ADMIN_ADDR", "[::1]:9090")]));
+    let s = server::Settings::from_vars(config(), vars(&[("PGWS_ADMIN_ADDR", "[::1]:9090")]));
     assert_eq!(s.unwrap().admin_addr, Some("[::1]:9090".parse().unwrap()));
 
     for (pairs, var) in [
@@ -255,14 +255,14 @@ async fn admin_address_and_log_format_variables() {
         ),
         (&[("PGWS_LOG_FORMAT", "xml")][..], "PGWS_LOG_FORMAT"),
     ] {
-        let err = server::settings_from(config(), vars(pairs)).unwrap_err();
+        let err = server::Settings::from_vars(config(), vars(pairs)).unwrap_err();
         assert!(err.starts_with(var), "{err}");
     }
 }
 
 #[tokio::test]
 async fn the_start_up_report_names_the_admin_routes() {
-    let s = server::settings_from(config(), vars(&[])).unwrap();
+    let s = server::Settings::from_vars(config(), vars(&[])).unwrap();
     let addr = "127.0.0.1:3000".parse().unwrap();
     let report = server::startup_report(&s, addr, Some("0.0.0.0:9090".parse().unwrap()), None);
     assert!(
@@ -279,31 +279,6 @@ async fn the_start_up_report_names_the_admin_routes() {
 // ---------------------------------------------------------------------------
 // No token in the logs
 // ---------------------------------------------------------------------------
-
-#[test]
-fn paths_are_redacted_for_logs() {
-    let jwt = token(claims("rw", None));
-    assert_eq!(server::redacted_path(&format!("/{jwt}")), "/<redacted>");
-    assert_eq!(
-        server::redacted_path(&format!("/ws/chat/{jwt}")),
-        "/ws/chat/<redacted>"
-    );
-    // Even a mangled or percent-encoded one.
-    let encoded = jwt.replace('.', "%2E");
-    assert_eq!(
-        server::redacted_path(&format!("/chat/{encoded}/x")),
-        "/chat/<redacted>/x"
-    );
-    let unsigned = jwt.rsplit_once('.').unwrap().0.to_owned() + ".";
-    assert_eq!(
-        server::redacted_path(&format!("/{unsigned}")),
-        "/<redacted>"
-    );
-    // Ordinary paths stay readable.
-    for path in ["/", "/chat", "/app.min.js", "/rpc/get_items", "/a/b.c.d/e"] {
-        assert_eq!(server::redacted_path(path), path);
-    }
-}
 
 /// A log sink shared with the test.
 #[derive(Clone, Default)]

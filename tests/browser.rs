@@ -1,5 +1,5 @@
 //! The chat page of `examples/chat/` in a real browser: headless Chromium driven
-//! over WebDriver (`chromedriver`), against the example server and the real
+//! over WebDriver (`chromedriver`), against the standalone server and the real
 //! PostgreSQL.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without
@@ -7,8 +7,8 @@
 //! Screenshots are kept under `target/browser/`.
 
 mod common;
-#[path = "../examples/server/main.rs"]
-mod server;
+
+use pgws::server;
 
 use std::{
     io::{Read, Write},
@@ -171,7 +171,7 @@ fn the_chat_page_works_in_a_real_browser() {
     });
 }
 
-/// The example server with TLS (a certificate made here) on the same database and
+/// The standalone server with TLS (a certificate made here) on the same database and
 /// meta channel; it runs until the runtime ends.
 async fn start_tls_server(meta: String) -> SocketAddr {
     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();

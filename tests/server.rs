@@ -1,9 +1,9 @@
-//! The standalone server of `examples/server/` (contract §8), and the layer inside
+//! The standalone server, `pgws::server` (contract §8), and the layer inside
 //! an axum router: proxying, static files, 404/502, WebSockets on the same port.
 
 mod common;
-#[path = "../examples/server/main.rs"]
-mod server;
+
+use pgws::server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf};
 
@@ -29,7 +29,7 @@ const BIG: usize = 1 << 20;
 // Harness
 // ---------------------------------------------------------------------------
 
-/// The example server on 127.0.0.1:0.
+/// The standalone server on 127.0.0.1:0.
 async fn start(settings: server::Settings) -> Running {
     Running::start(false, |listener, _, stop| {
         server::run(listener, settings, stop)
@@ -527,7 +527,7 @@ async fn shutdown_lets_an_in_flight_request_finish() {
 
 #[tokio::test]
 async fn settings_defaults_and_host_forms() {
-    let s = server::settings_from(config(), vars(&[])).unwrap();
+    let s = server::Settings::from_vars(config(), vars(&[])).unwrap();
     assert_eq!(s.addr, "127.0.0.1:3000".parse().unwrap());
     assert!(s.dev_token.is_none() && s.root_path.is_none() && s.upstream.is_none());
 
@@ -541,10 +541,12 @@ async fn settings_defaults_and_host_forms() {
         ("[::1]", "[::1]:3000"),
         ("10.1.2.3", "10.1.2.3:3000"),
     ] {
-        let got = server::listen_addr(Some(host), None).unwrap();
+        let var = |name: &str| (name == "PGWS_HOST").then(|| host.to_owned());
+        let got = server::Settings::from_vars(config(), var).unwrap().addr;
         assert_eq!(got, want.parse::<SocketAddr>().unwrap(), "{host}");
     }
-    let s = server::settings_from(config(), vars(&[("PGWS_HOST", ""), ("PGWS_PORT", "8080")]));
+    let s =
+        server::Settings::from_vars(config(), vars(&[("PGWS_HOST", ""), ("PGWS_PORT", "8080")]));
     assert_eq!(s.unwrap().addr, "127.0.0.1:8080".parse().unwrap());
 }
 
@@ -566,20 +568,20 @@ async fn bad_values_name_their_variable() {
         ),
         (&[("PGWS_KEY_FILE", "key.pem")][..], "PGWS_KEY_FILE"),
     ] {
-        let err = server::settings_from(config(), vars(pairs)).unwrap_err();
+        let err = server::Settings::from_vars(config(), vars(pairs)).unwrap_err();
         assert!(err.starts_with(var), "{err}");
     }
-    let err = server::settings_from(config().pool_size(0), vars(&[])).unwrap_err();
+    let err = server::Settings::from_vars(config().pool_size(0), vars(&[])).unwrap_err();
     assert!(err.starts_with("PGWS_POOL_SIZE"), "{err}");
     // Empty counts as unset; PGWS_RETRIES is accepted and ignored.
     let ok = vars(&[("PGWS_CERTIFICATE_FILE", ""), ("PGWS_RETRIES", "5")]);
-    assert!(server::settings_from(config(), ok).is_ok());
+    assert!(server::Settings::from_vars(config(), ok).is_ok());
 }
 
 #[tokio::test]
 async fn without_a_secret_a_dev_token_is_made_and_accepted() {
     let builder = pgws::Config::builder().database_url(db_uri());
-    let s = server::settings_from(builder, vars(&[])).unwrap();
+    let s = server::Settings::from_vars(builder, vars(&[])).unwrap();
     let jwt = s.dev_token.clone().expect("no sample token");
     let srv = start(s).await;
     let chan = unique("srv_dev");
@@ -617,7 +619,7 @@ async fn axum_routes_and_websockets_share_a_router() {
     assert_eq!(recv_text(&mut ws).await, "via axum");
 }
 
-/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `examples/server/`,
+/// The same over hyper-util's HTTP/1 + HTTP/2 server, like `pgws::server`,
 /// as a check that an HTTP/2 request is proxied too.
 #[tokio::test]
 async fn an_http2_request_is_proxied_over_http1() {
@@ -648,7 +650,7 @@ async fn an_http2_request_is_proxied_over_http1() {
 // ---------------------------------------------------------------------------
 
 fn report_for(builder: pgws::ConfigBuilder, pairs: &'static [(&str, &str)]) -> String {
-    let s = server::settings_from(builder, vars(pairs)).unwrap();
+    let s = server::Settings::from_vars(builder, vars(pairs)).unwrap();
     server::startup_report(&s, "0.0.0.0:3000".parse().unwrap(), None, None)
 }
 
@@ -720,7 +722,7 @@ async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
         .database_url(db_uri())
         .path_prefix("ws/")
         .meta_channel("who");
-    let s = server::settings_from(builder, var).unwrap();
+    let s = server::Settings::from_vars(builder, var).unwrap();
     let jwt = s.dev_token.clone().unwrap();
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, None);
     assert!(
@@ -742,15 +744,15 @@ async fn in_dev_mode_the_report_has_a_token_and_the_chat_url() {
 
 #[tokio::test]
 async fn the_report_says_whether_the_database_answered() {
-    let srv = server::Server::new(settings(), false);
-    assert!(server::database_reachable(srv.layer(), WAIT).await);
+    let layer = PgWsLayer::new(config().build().unwrap());
+    assert!(server::database_reachable(&layer, WAIT).await);
     let s = settings();
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(true));
     assert!(report.contains("Database:      reachable"), "{report}");
 
     let dead = config().database_url("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=1");
-    let srv = server::Server::new(server::Settings::new(dead.build().unwrap()), false);
-    assert!(!server::database_reachable(srv.layer(), std::time::Duration::from_millis(300)).await);
+    let layer = PgWsLayer::new(dead.build().unwrap());
+    assert!(!server::database_reachable(&layer, std::time::Duration::from_millis(300)).await);
     let report = server::startup_report(&s, "127.0.0.1:3000".parse().unwrap(), None, Some(false));
     assert!(report.contains("Database:      NOT reachable"), "{report}");
     assert!(report.contains("PGWS_DB_URI"), "{report}");
@@ -785,9 +787,46 @@ async fn a_client_that_never_finishes_its_request_head_is_dropped() {
 fn the_handshake_timeout_is_read_from_the_environment() {
     use std::time::Duration;
     let vars = |name: &str| (name == "PGWS_HANDSHAKE_TIMEOUT").then(|| "3".to_owned());
-    let settings = server::settings_from(config(), vars).unwrap();
+    let settings = server::Settings::from_vars(config(), vars).unwrap();
     assert_eq!(settings.handshake_timeout, Duration::from_secs(3));
     let bad = |name: &str| (name == "PGWS_HANDSHAKE_TIMEOUT").then(|| "soon".to_owned());
-    let err = server::settings_from(config(), bad).unwrap_err();
+    let err = server::Settings::from_vars(config(), bad).unwrap_err();
     assert!(err.starts_with("PGWS_HANDSHAKE_TIMEOUT"), "{err}");
+}
+
+#[test]
+fn the_development_database_is_planned_only_without_pgws_db_uri() {
+    let plan = |pairs: &'static [(&'static str, &'static str)]| {
+        server::Settings::from_vars(config(), vars(pairs)).map(|s| s.dev_db)
+    };
+    let dev_db = plan(&[("HOME", "/home/ada")]).unwrap().unwrap();
+    assert_eq!(dev_db.mode, server::DevDbMode::Auto);
+    assert_eq!(dev_db.default_addr, "127.0.0.1:5432".parse().unwrap());
+    let home_default = std::path::Path::new("/home/ada/.local/share/pgws/devdb");
+    let xdg = plan(&[("HOME", "/home/ada"), ("XDG_DATA_HOME", "/data")]).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // User postgres, who runs the cluster for root, cannot reach root's home.
+        let root_default = std::path::Path::new("/var/lib/pgws/devdb");
+        assert_eq!(dev_db.dir.as_deref(), Some(root_default));
+        assert_eq!(xdg.unwrap().dir.as_deref(), Some(root_default));
+    } else {
+        assert_eq!(dev_db.dir.as_deref(), Some(home_default));
+        let xdg_default = std::path::Path::new("/data/pgws/devdb");
+        assert_eq!(xdg.unwrap().dir.as_deref(), Some(xdg_default));
+    }
+    let on = plan(&[("PGWS_DEV_DB", "ON"), ("PGWS_DEV_DB_DIR", "/srv/db")]);
+    let on = on.unwrap().unwrap();
+    assert_eq!(on.mode, server::DevDbMode::On);
+    assert_eq!(on.dir.as_deref(), Some(std::path::Path::new("/srv/db")));
+
+    // A set PGWS_DB_URI always wins; off is off.
+    let uri_set = &[
+        ("PGWS_DB_URI", "postgres://app@db.example/app"),
+        ("PGWS_DEV_DB", "on"),
+    ];
+    assert_eq!(plan(uri_set).unwrap(), None);
+    assert_eq!(plan(&[("PGWS_DEV_DB", "off")]).unwrap(), None);
+    let err = plan(&[("PGWS_DEV_DB", "yes")]).unwrap_err();
+    assert!(err.starts_with("PGWS_DEV_DB"), "{err}");
 }

@@ -1,9 +1,9 @@
-//! TLS in the example server: `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM),
+//! TLS in the standalone server: `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM),
 //! served with rustls; a certificate made here with rcgen, a client that trusts it.
 
 mod common;
-#[path = "../examples/server/main.rs"]
-mod server;
+
+use pgws::server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -86,7 +86,7 @@ impl Drop for Pki {
     }
 }
 
-/// Server variables from pairs, as `settings_from` reads them.
+/// Server variables from pairs, as `Settings::from_vars` reads them.
 fn vars(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
     move |name| {
         pairs
@@ -102,7 +102,7 @@ fn tls_settings(pki: &Pki, extra: Vec<(&'static str, String)>) -> server::Settin
         ("PGWS_KEY_FILE", pki.key()),
     ];
     pairs.extend(extra);
-    server::settings_from(config(), vars(pairs)).unwrap()
+    server::Settings::from_vars(config(), vars(pairs)).unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -291,7 +291,7 @@ async fn the_start_up_report_shows_wss_and_https() {
     let pki = Pki::new();
     let root = pki.www("<h1>chat</h1>");
     let builder = pgws::Config::builder().database_url(db_uri());
-    let settings = server::settings_from(
+    let settings = server::Settings::from_vars(
         builder,
         vars(vec![
             ("PGWS_CERTIFICATE_FILE", pki.cert()),
@@ -319,7 +319,7 @@ async fn the_start_up_report_shows_wss_and_https() {
 // ---------------------------------------------------------------------------
 
 fn refusal(pairs: Vec<(&'static str, String)>) -> String {
-    server::settings_from(config(), vars(pairs)).expect_err("start-up went on")
+    server::Settings::from_vars(config(), vars(pairs)).expect_err("start-up went on")
 }
 
 #[tokio::test]
@@ -388,7 +388,7 @@ async fn both_files_or_neither() {
     assert!(err.starts_with("PGWS_KEY_FILE"), "{err}");
     assert!(err.contains("PGWS_CERTIFICATE_FILE"), "{err}");
     // Empty counts as unset: plain HTTP.
-    let s = server::settings_from(
+    let s = server::Settings::from_vars(
         config(),
         vars(vec![
             ("PGWS_CERTIFICATE_FILE", String::new()),

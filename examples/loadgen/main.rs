@@ -1,9 +1,9 @@
 //! Load generator: drives a running pgws server from another process over loopback.
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --features server --bin pgws --example loadgen
 //! target/release/examples/loadgen fanout --sockets 10000 --rates 20,50 \
-//!     --spawn-server target/release/examples/server
+//!     --spawn-server target/release/pgws
 //! ```
 //!
 //! Modes (see BENCHMARKS.md for the figures and `benches/run-load.sh` for the runs):

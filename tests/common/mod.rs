@@ -1,16 +1,21 @@
 //! Shared helpers: a real server on loopback, a real WebSocket client, the real
-//! PostgreSQL from `PGWS_TEST_DB_URI`.
+//! PostgreSQL of [`db_uri`].
 #![allow(dead_code)]
 
 pub mod blackhole;
 pub mod cluster;
 pub mod frames;
+#[cfg(feature = "server")]
+pub mod program;
 pub mod running;
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,11 +40,43 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const SECRET: &str = "reallyreallyreallyreallyverysafe";
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The tests' database: `PGWS_TEST_DB_URI`, else the default database when user
+/// `postgres` gets in there without a password, else the tests' own cluster
+/// ([`cluster::shared_uri`], also chosen by `PGWS_TEST_DB_URI=cluster`). Decided
+/// once per test binary.
 pub fn db_uri() -> String {
-    std::env::var("PGWS_TEST_DB_URI")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    static URI: OnceLock<String> = OnceLock::new();
+    URI.get_or_init(|| {
+        let configured = std::env::var("PGWS_TEST_DB_URI").ok();
+        match configured.as_deref() {
+            None | Some("") => {}
+            Some("cluster") => return cluster::shared_uri(),
+            Some(uri) => return uri.to_owned(),
+        }
+        if default_database_lets_us_in() {
+            return pgws::DEFAULT_DATABASE_URL.to_owned();
+        }
+        cluster::shared_uri()
+    })
+    .clone()
+}
+
+/// Whether [`pgws::DEFAULT_DATABASE_URL`] connects, tried on a thread of its own:
+/// `db_uri` may be called inside or outside a runtime.
+fn default_database_lets_us_in() -> bool {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let connect =
+                tokio_postgres::connect(pgws::DEFAULT_DATABASE_URL, tokio_postgres::NoTls);
+            matches!(tokio::time::timeout(WAIT, connect).await, Ok(Ok(_)))
+        })
+    })
+    .join()
+    .unwrap()
 }
 
 /// A channel name no other test uses.
@@ -198,7 +235,7 @@ async fn inner(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
     Ok(Response::new(Full::new(Bytes::from(body))))
 }
 
-/// Environment variables for the server's `settings_from`, without touching the
+/// Environment variables for `server::Settings::from_vars`, without touching the
 /// process environment (tests run in parallel).
 pub fn vars(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
     move |name| {

@@ -1,4 +1,4 @@
-//! The example server on loopback, for the tests that include it: started with a
+//! The standalone server on loopback, for the tests that use it: started with a
 //! stop switch, stopped within a bound.
 
 use std::{future::Future, net::SocketAddr, pin::Pin};

@@ -1,6 +1,7 @@
 //! [`Settings`]: what the server is told by its `PGWS_*` variables.
 
 use std::{
+    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
     str::FromStr,
@@ -9,20 +10,22 @@ use std::{
 };
 
 use http::{HeaderValue, Uri};
-use pgws::{Config, ConfigBuilder};
+
+use crate::{Config, ConfigBuilder, ConfigError};
 
 use super::tls::tls_config;
 
 /// How long a client has to send a request head, the WebSocket handshake included.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything [`run`](super::run) needs, read from the environment by [`settings_from_env`] or
-/// built by hand with [`Settings::new`].
+/// Everything [`run`](super::run) needs, read from the environment by
+/// [`Settings::from_env`] or built by hand with [`Settings::new`].
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The layer's configuration.
     pub config: Config,
-    /// Where `main` listens (`PGWS_HOST`, `PGWS_PORT`); [`run`](super::run) takes a bound listener.
+    /// Where [`launch`](super::launch) listens (`PGWS_HOST`, `PGWS_PORT`);
+    /// [`run`](super::run) takes a bound listener.
     pub addr: SocketAddr,
     /// Static files (`PGWS_ROOT_PATH`).
     pub root_path: Option<PathBuf>,
@@ -32,16 +35,133 @@ pub struct Settings {
     pub dev_token: Option<String>,
     /// TLS on the public port (`PGWS_CERTIFICATE_FILE`, `PGWS_KEY_FILE`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Where `main` serves `/metrics`, `/health` and `/ready` (`PGWS_ADMIN_ADDR`);
-    /// [`serve`](super::serve) takes a bound listener.
+    /// Where [`launch`](super::launch) serves `/metrics`, `/health` and `/ready`
+    /// (`PGWS_ADMIN_ADDR`); [`serve`](super::serve) takes a bound listener.
     pub admin_addr: Option<SocketAddr>,
     /// `PGWS_LOG_FORMAT`.
     pub log_format: LogFormat,
     /// How long a client has to send its request head (`PGWS_HANDSHAKE_TIMEOUT`, s).
     pub handshake_timeout: Duration,
+    /// The private development database that [`launch`](super::launch) may start:
+    /// `None` when `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`. Only settings
+    /// read by [`from_env`](Self::from_env) or [`from_vars`](Self::from_vars) can
+    /// start one (they keep what it takes to point the layer at it).
+    pub dev_db: Option<DevDbSettings>,
+    /// The layer's builder, to point it at the development database once started.
+    pub(crate) builder: Option<LayerBuilder>,
 }
 
-/// How `main` writes logs (`PGWS_LOG_FORMAT`).
+/// A [`ConfigBuilder`] kept for later; its `Debug` shows no secret.
+#[derive(Clone)]
+pub(crate) struct LayerBuilder(pub(crate) ConfigBuilder);
+
+impl fmt::Debug for LayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigBuilder { .. }")
+    }
+}
+
+impl LayerBuilder {
+    /// The layer's configuration with another database.
+    pub(crate) fn with_database(&self, url: String) -> Result<Config, ConfigError> {
+        self.0.clone().database_url(url).build_from_env()
+    }
+}
+
+/// `PGWS_DEV_DB`: when [`launch`](super::launch) starts a private development
+/// database. It never does when `PGWS_DB_URI` is set, nor with `PGWS_DEV_DB=off`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DevDbMode {
+    /// `auto` (the default): only when the default database
+    /// ([`DevDbSettings::default_addr`]) plainly cannot work: nothing answers there
+    /// (the connection is refused), or the PostgreSQL there asks user `postgres`
+    /// for a password or turns it away, as a fresh Debian or Ubuntu install does.
+    #[default]
+    Auto,
+    /// `on`: even when something answers there, for instance a system PostgreSQL
+    /// that asks for a password.
+    On,
+}
+
+/// The private development database: a PostgreSQL cluster of pgws's own, made
+/// with the server programs found on this machine (`initdb`, `pg_ctl`), kept in
+/// [`dir`](Self::dir) across restarts, listening on 127.0.0.1 only with `trust`
+/// for user `postgres`, started by [`launch`](super::launch) and stopped with it.
+///
+/// For development only: any user of this machine may connect to it. The start-up
+/// report and a WARN log line say when it runs, with the `psql` command that
+/// reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevDbSettings {
+    /// `PGWS_DEV_DB`.
+    pub mode: DevDbMode,
+    /// Where the cluster lives (`PGWS_DEV_DB_DIR`). By default
+    /// `$XDG_DATA_HOME/pgws/devdb` or `~/.local/share/pgws/devdb`, and
+    /// `/var/lib/pgws/devdb` for root; `None` when there is no home folder to put
+    /// it in.
+    pub dir: Option<PathBuf>,
+    /// The address of the default database (`127.0.0.1:5432`), which `auto` tries
+    /// first.
+    pub default_addr: SocketAddr,
+}
+
+impl DevDbSettings {
+    /// `PGWS_DEV_DB` and `PGWS_DEV_DB_DIR` as looked up with `var`; `None` when
+    /// `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
+        if var("PGWS_DB_URI").is_some() {
+            return Ok(None);
+        }
+        let mode = match var("PGWS_DEV_DB").map(|v| v.trim().to_ascii_lowercase()) {
+            None => DevDbMode::Auto,
+            Some(v) if v == "auto" => DevDbMode::Auto,
+            Some(v) if v == "on" => DevDbMode::On,
+            Some(v) if v == "off" => return Ok(None),
+            Some(v) => return Err(format!("PGWS_DEV_DB: {v:?} is not auto, on or off")),
+        };
+        let dir = match var("PGWS_DEV_DB_DIR") {
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => default_dev_db_dir(&var),
+        };
+        Ok(Some(DevDbSettings {
+            mode,
+            dir,
+            default_addr: default_db_addr(),
+        }))
+    }
+}
+
+/// Where the development database lives unless `PGWS_DEV_DB_DIR` says otherwise.
+fn default_dev_db_dir(var: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    // Root's home is closed to user `postgres`, who runs the cluster for root.
+    if super::devdb::is_root() {
+        return Some(PathBuf::from("/var/lib/pgws/devdb"));
+    }
+    let data_home = var("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| var("HOME").map(|home| Path::new(&home).join(".local/share")))?;
+    Some(data_home.join("pgws/devdb"))
+}
+
+/// The host and port of [`crate::DEFAULT_DATABASE_URL`].
+fn default_db_addr() -> SocketAddr {
+    let fallback = SocketAddr::from((Ipv4Addr::LOCALHOST, 5432));
+    let Ok(config) = crate::DEFAULT_DATABASE_URL.parse::<tokio_postgres::Config>() else {
+        return fallback;
+    };
+    let ip = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.parse().ok(),
+        _ => None,
+    };
+    let port = config.get_ports().first().copied();
+    match (ip, port) {
+        (Some(ip), Some(port)) => SocketAddr::new(ip, port),
+        _ => fallback,
+    }
+}
+
+/// How [`launch`](super::launch) writes logs (`PGWS_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines (the default).
@@ -76,7 +196,25 @@ impl Settings {
             admin_addr: None,
             log_format: LogFormat::Text,
             handshake_timeout: HEADER_READ_TIMEOUT,
+            dev_db: None,
+            builder: None,
         }
+    }
+
+    /// Reads every `PGWS_*` variable; the error names the offending variable.
+    pub fn from_env() -> Result<Settings, String> {
+        let builder = ConfigBuilder::from_env().map_err(|e| e.to_string())?;
+        Settings::from_vars(builder, |name| std::env::var(name).ok())
+    }
+
+    /// The server's own variables, looked up with `var`, over a layer `builder`
+    /// (`PGWS_DB_URI` is looked up too, to know whether one was given). Split from
+    /// [`from_env`](Self::from_env) so tests need not touch the process environment.
+    pub fn from_vars(
+        builder: ConfigBuilder,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, String> {
+        settings_from(builder, var)
     }
 }
 
@@ -139,15 +277,7 @@ impl Upstream {
 // Settings from the environment
 // ---------------------------------------------------------------------------
 
-/// Reads every `PGWS_*` variable; the error names the offending variable.
-pub fn settings_from_env() -> Result<Settings, String> {
-    let builder = ConfigBuilder::from_env().map_err(|e| e.to_string())?;
-    settings_from(builder, |name| std::env::var(name).ok())
-}
-
-/// The server's own variables, looked up with `var`, over a layer `builder`.
-/// Split from [`settings_from_env`] so tests need not touch the process environment.
-pub fn settings_from(
+fn settings_from(
     builder: ConfigBuilder,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Settings, String> {
@@ -193,8 +323,12 @@ pub fn settings_from(
     let upstream = var("PGWS_UPSTREAM")
         .map(|v| v.parse().map_err(|e| format!("PGWS_UPSTREAM: {e}")))
         .transpose()?;
+    let dev_db = DevDbSettings::from_vars(var)?;
     let (builder, dev_token) = ensure_secret(builder)?;
-    let config = builder.build_from_env().map_err(|e| e.to_string())?;
+    let config = builder
+        .clone()
+        .build_from_env()
+        .map_err(|e| e.to_string())?;
     Ok(Settings {
         config,
         addr,
@@ -205,6 +339,8 @@ pub fn settings_from(
         admin_addr,
         log_format,
         handshake_timeout,
+        builder: dev_db.is_some().then_some(LayerBuilder(builder)),
+        dev_db,
     })
 }
 
@@ -226,7 +362,7 @@ fn admin_addr(value: String) -> Result<SocketAddr, String> {
 }
 
 /// `PGWS_HOST` and `PGWS_PORT` as a socket address.
-pub fn listen_addr(host: Option<&str>, port: Option<&str>) -> Result<SocketAddr, String> {
+fn listen_addr(host: Option<&str>, port: Option<&str>) -> Result<SocketAddr, String> {
     let port = match port {
         None => 3000,
         Some(p) => p

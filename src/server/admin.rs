@@ -6,12 +6,12 @@ use std::{
     time::Duration,
 };
 
+use crate::PgWsLayer;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use pgws::PgWsLayer;
 use tokio::{net::TcpListener, sync::watch};
 
 use super::HTTP_DRAIN_TIMEOUT;

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use pgws::{DatabaseTls, PgWsLayer};
+use crate::{DatabaseTls, PgWsLayer};
 
 use super::Settings;
 

@@ -1,0 +1,276 @@
+//! The standalone pgws server (wire contract §8), configured by `PGWS_*` variables:
+//! the `pgws` program, behind the `server` feature.
+//!
+//! ```text
+//! cargo install pgws --features server
+//! PGWS_JWT_SECRET=reallyreallyreallyreallyverysafe pgws
+//! ```
+//!
+//! WebSocket handshakes with a token (in the path, `Authorization: Bearer` or the
+//! `pgws.bearer.<jwt>` subprotocol) go to [`PgWsLayer`]; every other request goes to
+//! static files (`PGWS_ROOT_PATH`), then to a reverse proxy (`PGWS_UPSTREAM`,
+//! typically PostgREST).
+//!
+//! Besides the variables of the wire contract (§8):
+//! - `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM) serve `https:`/`wss:` with
+//!   rustls;
+//! - `PGWS_ADMIN_ADDR` (e.g. `127.0.0.1:9090`) serves `/metrics` (Prometheus text),
+//!   `/health` and `/ready` on a separate address, never on the public port;
+//! - `PGWS_LOG_FORMAT` is `text` (default) or `json`; `RUST_LOG` filters as usual.
+//!   Logged request paths have every JWT-shaped segment replaced by `<redacted>` and
+//!   no query string; header values are never logged;
+//! - `PGWS_DEV_DB` (`auto`, `on`, `off`) and `PGWS_DEV_DB_DIR`: a private
+//!   development database when `PGWS_DB_URI` is not set (see [`DevDbSettings`]).
+//!
+//! Try the browser chat:
+//!
+//! ```text
+//! PGWS_ROOT_PATH=examples/chat pgws
+//! ```
+//!
+//! The program is [`main`]; [`launch`] is the same with the shutdown signal and the
+//! start-up report's destination given. To embed the server instead, build
+//! [`Settings`] and call [`run`] (or [`serve`], with the admin listener) on a bound
+//! listener:
+//!
+//! ```no_run
+//! # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = pgws::server::Settings::from_env()?;
+//! let listener = tokio::net::TcpListener::bind(settings.addr).await?;
+//! pgws::server::run(listener, settings, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod admin;
+mod devdb;
+mod launch;
+mod logging;
+mod proxy;
+mod report;
+mod routes;
+mod settings;
+mod tls;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
+    service::TowerToHyperService,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_rustls::TlsAcceptor;
+use tower::{Layer, service_fn};
+use tower_http::services::ServeDir;
+
+use crate::PgWsLayer;
+
+pub use self::{
+    launch::{launch, main},
+    logging::log_subscriber,
+    report::{DATABASE_CHECK_TIMEOUT, database_reachable, startup_report},
+    settings::{DevDbMode, DevDbSettings, LogFormat, Settings, Upstream},
+    tls::tls_config,
+};
+
+use admin::{Admin, prometheus, serve_admin};
+use logging::{LoggedBody, request_log};
+use proxy::upstream_client;
+use routes::{Routes, fallback};
+
+/// How long in-flight HTTP requests may take to finish once shutdown starts.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every answer that is not the layer's own.
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+// ---------------------------------------------------------------------------
+// Serving
+// ---------------------------------------------------------------------------
+
+/// What every connection shares.
+struct App {
+    layer: PgWsLayer,
+    routes: Arc<Routes>,
+    http: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Serves `listener` until `shutdown` resolves, then closes the sockets (1001) and
+/// lets in-flight HTTP requests finish, for a bounded time. No admin listener.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()>) {
+    serve(listener, None, settings, shutdown).await;
+}
+
+/// [`run`], with `/metrics`, `/health` and `/ready` on `admin` when given.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) {
+    Server::new(settings, admin.is_some())
+        .serve(listener, admin, shutdown)
+        .await;
+}
+
+/// The server before it serves: [`launch`] reaches its layer for the start-up check.
+pub(crate) struct Server {
+    app: App,
+    metrics: Option<Result<PrometheusHandle, String>>,
+}
+
+impl Server {
+    /// Builds the layer (the listener starts connecting now). With `admin_metrics`,
+    /// the Prometheus recorder is installed first, so every figure is counted.
+    pub(crate) fn new(settings: Settings, admin_metrics: bool) -> Server {
+        let metrics = admin_metrics.then(prometheus);
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let app = App {
+            layer: PgWsLayer::new(settings.config),
+            routes: Arc::new(Routes {
+                static_files: settings.root_path.map(ServeDir::new),
+                upstream: settings.upstream,
+                client: upstream_client(),
+                scheme,
+            }),
+            http: http_builder(settings.handshake_timeout),
+            tls: settings.tls.map(TlsAcceptor::from),
+        };
+        Server { app, metrics }
+    }
+
+    /// The layer, for [`database_reachable`] and health checks.
+    pub(crate) fn layer(&self) -> &PgWsLayer {
+        &self.app.layer
+    }
+
+    /// Serves until `shutdown` resolves; see [`run`].
+    pub(crate) async fn serve(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let app = self.app;
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let admin_task = admin.map(|admin| {
+            let state = Admin {
+                layer: app.layer.clone(),
+                metrics: self.metrics.clone().unwrap_or_else(prometheus),
+            };
+            tokio::spawn(serve_admin(admin, Arc::new(state), admin_stopped))
+        });
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => app.spawn_connection(stream, peer, graceful.watcher()),
+                    Err(e) => {
+                        // Usually out of file descriptors: wait rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down");
+        stop_admin.send_replace(true);
+        let drain_http = async {
+            if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some HTTP connections did not finish in time");
+            }
+        };
+        tokio::join!(app.layer.shutdown(), drain_http);
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+impl App {
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        // Small WebSocket frames should leave at once.
+        let _ = stream.set_nodelay(true);
+        let routes = self.routes.clone();
+        let fallback = service_fn(move |req| fallback(routes.clone(), req, peer));
+        let svc = request_log(peer).layer(self.layer.layer(fallback));
+        let http = self.http.clone();
+        let Some(tls) = self.tls.clone() else {
+            tokio::spawn(serve_connection(
+                http,
+                TokioIo::new(stream),
+                svc,
+                peer,
+                watcher,
+            ));
+            return;
+        };
+        tokio::spawn(async move {
+            if let Some(stream) = tls::accept(&tls, stream, peer).await {
+                serve_connection(http, TokioIo::new(stream), svc, peer, watcher).await;
+            }
+        });
+    }
+}
+
+/// HTTP/1 and HTTP/2; a client gets `head_timeout` to send its request head (a
+/// handshake included), so idle half-opened connections do not pile up.
+fn http_builder(head_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    http
+}
+
+/// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
+async fn serve_connection<I, S>(
+    http: auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    svc: S,
+    peer: SocketAddr,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<LoggedBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = http
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
