@@ -50,7 +50,6 @@ fn database_tls_text(tls: DatabaseTls) -> String {
         DatabaseTls::Require => "TLS, certificate not verified",
         DatabaseTls::VerifyCa => "TLS, chain verified against sslrootcert",
         DatabaseTls::VerifyFull => "TLS, chain and host name verified",
-        _ => "TLS",
     };
     format!("sslmode={tls}: {meaning} (PGWS_DB_URI)")
 }
