@@ -19,7 +19,10 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use pgws::{
-    __bench::{Auth, BenchHub, envelope_multiplexed, envelope_per_channel, route_multiplexed},
+    __bench::{
+        Auth, BenchHub, EnvelopeClaims, envelope_multiplexed, envelope_per_channel,
+        route_multiplexed,
+    },
     Config,
 };
 use serde_json::json;
@@ -93,7 +96,7 @@ fn token_check(c: &mut Criterion) {
 
 fn envelopes(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
-    let claims = claims().to_string();
+    let claims = EnvelopeClaims::new(&claims().to_string()).expect("an object");
     for len in [16usize, 256, 4096] {
         let payload: String = "Hi! \"quoted\" é ".chars().cycle().take(len).collect();
         g.throughput(Throughput::Bytes(len as u64));

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Config,
     auth::Authorizer,
-    envelope::{self, Event},
+    envelope::{self, Claims, Event},
     hub::{Hub, Join, Signal},
     mapping::Mapping,
 };
@@ -36,19 +36,36 @@ impl Auth {
     }
 }
 
+/// A socket's claims encoded once, in the form of each mapping (`envelope::Claims`).
+pub struct EnvelopeClaims {
+    per_channel: Claims,
+    multiplexed: Claims,
+}
+
+impl EnvelopeClaims {
+    /// Encodes the claims of a JSON object; `None` when `claims_json` is not one.
+    pub fn new(claims_json: &str) -> Option<Self> {
+        let claims = serde_json::from_str(claims_json).ok()?;
+        Some(Self {
+            per_channel: Mapping::PerChannel.claims(&claims),
+            multiplexed: Mapping::new(Some("pgws")).claims(&claims),
+        })
+    }
+}
+
 /// The per-channel envelope of a socket's message (`envelope::per_channel`).
-pub fn envelope_per_channel(channel: &str, payload: &str, claims_json: &str) -> String {
-    envelope::per_channel(channel, Event::Message, payload, claims_json)
+pub fn envelope_per_channel(channel: &str, payload: &str, claims: &EnvelopeClaims) -> String {
+    envelope::per_channel(channel, Event::Message, payload, &claims.per_channel)
 }
 
 /// The multiplexed envelope of a socket's message (`envelope::multiplexed`).
 pub fn envelope_multiplexed(
     channel: &str,
     payload: &str,
-    claims_json: &str,
+    claims: &EnvelopeClaims,
     at: SystemTime,
 ) -> String {
-    envelope::multiplexed(channel, Event::Message, payload, claims_json, at)
+    envelope::multiplexed(channel, Event::Message, payload, &claims.multiplexed, at)
 }
 
 /// Routes a notification as the multiplexed mapping does (`Mapping::route`); returns
