@@ -1,7 +1,7 @@
 //! Micro-benchmarks of pgws internals, in process, no sockets and no database:
 //! the token check and channel grant (HS256, RS256), envelope encoding, the hub's
-//! dispatch of one notification to N subscribers, and the per-channel `LISTEN`
-//! bookkeeping (join/leave).
+//! dispatch of one notification to N subscribers, the per-channel `LISTEN`
+//! bookkeeping (join/leave), and N readers of one channel leaving at once.
 //!
 //! ```text
 //! cargo bench --bench internals                 # everything, about two minutes
@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use pgws::{
     __bench::{
@@ -207,6 +207,33 @@ fn bookkeeping(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every reader of one channel leaving at once, as after a lost listener connection
+/// (`drop_live`): each leave must cost O(1), not a scan of the channel's readers.
+fn mass_leave(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mass_leave");
+    g.sample_size(10);
+    for n in [5_000usize, 50_000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("drop_live_one_channel", n), |b| {
+            b.iter_batched(
+                || {
+                    let mut hub = BenchHub::new();
+                    for _ in 0..n {
+                        hub.join(&["chat"], 4);
+                    }
+                    hub
+                },
+                |mut hub| {
+                    assert_eq!(hub.drop_live(), 0);
+                    hub
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -218,6 +245,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = token_check, envelopes, dispatch, bookkeeping
+    targets = token_check, envelopes, dispatch, bookkeeping, mass_leave
 }
 criterion_main!(benches);

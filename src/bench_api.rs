@@ -121,6 +121,14 @@ impl BenchHub {
         self.hub.leave(id).len()
     }
 
+    /// What the listener does after losing its connection (`Hub::drop_live`): lets
+    /// go of every acknowledged socket; returns how many channels still have readers.
+    pub fn drop_live(&mut self) -> usize {
+        self.hub.drop_live();
+        self.receivers.clear();
+        self.hub.channel_count()
+    }
+
     /// Queues one shared frame for every reader of `channel` (`Hub::dispatch`);
     /// returns how many channels emptied because of slow consumers.
     pub fn dispatch(&mut self, channel: &str, frame: &Bytes) -> usize {

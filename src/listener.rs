@@ -118,6 +118,7 @@ pub(crate) fn spawn(
         probe,
         connected: connected_tx,
         counters,
+        pending_reported: 0,
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -154,6 +155,8 @@ struct Listener {
     probe: Option<Duration>,
     connected: watch::Sender<bool>,
     counters: Arc<Counters>,
+    /// The last `pending_joins` figure reported.
+    pending_reported: usize,
 }
 
 /// What a batch does to its channels.
@@ -244,6 +247,16 @@ impl Listener {
             }
             Command::Listening(reply) => drop(reply),
         }
+        self.report_pending();
+    }
+
+    /// Reports how many joins wait for their ack, when that changed.
+    fn report_pending(&mut self) {
+        let n = self.hub.pending_count();
+        if n != self.pending_reported {
+            self.pending_reported = n;
+            self.counters.pending_joins(n);
+        }
     }
 
     async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
@@ -271,7 +284,10 @@ impl Listener {
                 },
                 cmd = self.commands.recv() => match cmd {
                     None => return End::Stopped,
-                    Some(cmd) => self.apply(cmd, &mut queries, &client),
+                    Some(cmd) => {
+                        self.apply(cmd, &mut queries, &client);
+                        self.report_pending();
+                    }
                 },
                 Some(done) = queries.next(), if !queries.is_empty() => match done {
                     Ok(seq) => {
@@ -280,6 +296,7 @@ impl Listener {
                             self.connected.send_replace(true);
                         }
                         self.hub.ack_through(seq);
+                        self.report_pending();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN/UNLISTEN failed");
