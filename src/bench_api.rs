@@ -123,9 +123,9 @@ impl BenchHub {
 
     /// What the listener does after losing its connection (`Hub::drop_live`): lets
     /// go of every acknowledged socket; returns how many channels still have readers.
+    /// The sockets' queue ends stay with this hub, as a socket drops its own later.
     pub fn drop_live(&mut self) -> usize {
         self.hub.drop_live();
-        self.receivers.clear();
         self.hub.channel_count()
     }
 
