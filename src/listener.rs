@@ -58,6 +58,19 @@ impl Drop for Subscription {
     }
 }
 
+#[cfg(test)]
+impl Subscription {
+    /// A subscription that a test feeds instead of the hub.
+    pub(crate) fn detached(queue: mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            id: 0,
+            queue,
+            signal: Arc::default(),
+            commands: mpsc::unbounded_channel().0,
+        }
+    }
+}
+
 impl ListenerHandle {
     /// Subscribes to `channels` and waits until they are listened to. Cancelling
     /// the wait (for a timeout) leaves the hub again.
