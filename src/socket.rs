@@ -14,12 +14,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, watch},
-    task::JoinHandle,
+    sync::{OwnedSemaphorePermit, oneshot, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
 use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
-use tracing::Instrument;
 
 use crate::{
     auth::Grant,
@@ -27,6 +25,7 @@ use crate::{
     hub::{Ending, Signal},
     layer::Shared,
     listener::Subscription,
+    meta,
     stats::Counters,
 };
 
@@ -86,11 +85,10 @@ impl Socket {
         let mode = self.grant.mode;
         self.shared.counters.socket_opened(mode);
         tracing::info!("socket open");
-        // Published alongside, so a slow database does not hold up pings and
+        // Published by the meta task, so a slow database does not hold up pings and
         // notifications; the first message waits for it to keep the order.
-        let open = self
-            .meta(Event::ConnectionOpen)
-            .map(|open| tokio::spawn(open.in_current_span()));
+        let open = self.meta(Event::ConnectionOpen);
+        let announced = open.is_some();
         let outcome = self.exchange(&mut sink, &mut stream, open).await;
         match outcome {
             Outcome::Close(code, reason) => {
@@ -99,8 +97,9 @@ impl Socket {
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
         finish(&mut sink, &mut stream, outcome).await;
-        if let Some(close) = self.meta(Event::ConnectionClose) {
-            close.await;
+        // A Close only follows an Open, queued (and so published) after it.
+        if announced && let Some(close) = self.meta(Event::ConnectionClose) {
+            let _ = timeout(meta::WAIT, close).await;
         }
         self.shared.counters.socket_closed(mode);
     }
@@ -109,7 +108,7 @@ impl Socket {
         &mut self,
         sink: &mut Sink<S>,
         stream: &mut Stream<S>,
-        open: Option<JoinHandle<()>>,
+        open: Option<oneshot::Receiver<()>>,
     ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -146,7 +145,7 @@ impl Socket {
         &self,
         stream: &mut Stream<S>,
         pong: &AtomicBool,
-        mut open: Option<JoinHandle<()>>,
+        mut open: Option<oneshot::Receiver<()>>,
     ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -176,7 +175,7 @@ impl Socket {
                 pong.store(true, Ordering::Release);
             } else if msg.is_text() || msg.is_binary() {
                 if let Some(open) = open.take() {
-                    let _ = open.await;
+                    let _ = timeout(meta::WAIT, open).await;
                 }
                 if let Err(outcome) = self.on_message(msg).await {
                     return outcome;
@@ -226,25 +225,23 @@ impl Socket {
         }
     }
 
-    /// The meta event, when a meta channel is configured: best effort, a failure is
-    /// logged and counted, never a reason to close.
-    fn meta(&self, event: Event) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let meta = self.shared.meta_channel.as_ref()?;
+    /// Queues the meta event, when a meta channel is configured; the receiver
+    /// resolves once it is published (or lost). `None` when not queued.
+    fn meta(&self, event: Event) -> Option<oneshot::Receiver<()>> {
+        let meta = self.shared.meta.as_ref()?;
         let channels = self.grant.channels.join(",");
-        let notifies = self.shared.mapping.notifies(
-            std::slice::from_ref(meta),
-            event,
-            &channels,
-            &self.grant.claims,
-            SystemTime::now(),
-        );
-        let shared = self.shared.clone();
-        Some(async move {
-            if let Err(e) = shared.publisher.publish(&notifies).await {
-                shared.counters.meta_failed();
-                tracing::warn!(error = %e.0, ?event, "meta event not published");
-            }
-        })
+        let notify = self
+            .shared
+            .mapping
+            .notifies(
+                std::slice::from_ref(&meta.channel),
+                event,
+                &channels,
+                &self.grant.claims,
+                SystemTime::now(),
+            )
+            .pop()?;
+        meta.send(notify)
     }
 }
 
@@ -470,6 +467,7 @@ mod tests {
     use tokio::{
         io::{DuplexStream, duplex},
         sync::mpsc,
+        task::JoinHandle,
         time::sleep_until,
     };
     use tokio_websockets::ClientBuilder;
