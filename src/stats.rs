@@ -226,7 +226,8 @@ pub struct Stats {
     pub messages_notified: u64,
     /// Client messages that could not be NOTIFYed (the socket closed with 1013).
     pub notify_failures: u64,
-    /// Meta events that could not be published.
+    /// Meta events that could not be published: dropped because the meta queue was
+    /// full, or refused by the database.
     pub meta_failures: u64,
     /// Handshake refusals by reason label (only reasons seen so far).
     pub handshake_refusals: Vec<(&'static str, u64)>,

@@ -92,3 +92,24 @@ async fn a_burst_of_sockets_does_not_starve_client_writes() {
         (MESSAGES as u64, 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn like_sockets_each_get_their_own_event() {
+    // Same token, same channels: identical payloads, which PostgreSQL would fold
+    // into one if they shared a transaction.
+    const SOCKETS: usize = 40;
+    let meta = unique("meta_like");
+    let mut l = Listen::start(&meta).await;
+    let server = Arc::new(TestServer::start(config().meta_channel(&meta)).await);
+    let path = format!("/{}", token(json!({"mode": "w", "channel": unique("ml")})));
+    let sockets = join_all((0..SOCKETS).map(|_| {
+        let (server, path) = (server.clone(), path.clone());
+        tokio::spawn(async move { server.connect(&path).await })
+    }))
+    .await;
+    assert!(sockets.iter().all(|s| s.is_ok()));
+    for _ in 0..SOCKETS {
+        assert_eq!(parse(&l.next().await.1)["event"], "ConnectionOpen");
+    }
+    assert_eq!(server.layer.stats().meta_failures, 0);
+}
