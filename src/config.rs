@@ -57,8 +57,9 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secret or the database password.
+        // Never print the secret or the database password (tokio-postgres hides it).
         f.debug_struct("Config")
+            .field("database", &self.db)
             .field("listen_channel", &self.listen_channel)
             .field("meta_channel", &self.meta_channel)
             .field("path_prefix", &self.path_prefix)
@@ -111,7 +112,9 @@ impl Config {
 }
 
 /// Builds a [`Config`]; each method names one setting and [`build`](Self::build) checks them all.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` output hides the JWT secret and the database password.
+#[derive(Clone)]
 pub struct ConfigBuilder {
     database_url: String,
     secret: Option<String>,
@@ -130,6 +133,52 @@ pub struct ConfigBuilder {
     pool_size: usize,
     max_sockets: usize,
     allowed_origins: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("database", &RedactedDatabase(&self.database_url))
+            .field("secret", &self.secret.as_ref().map(|_| Redacted))
+            .field("secret_is_base64", &self.secret_is_base64)
+            .field("listen_channel", &self.listen_channel)
+            .field("meta_channel", &self.meta_channel)
+            .field("path_prefix", &self.path_prefix)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("max_channels", &self.max_channels)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("queue_length", &self.queue_length)
+            .field("subscribe_timeout", &self.subscribe_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("check_listener_interval", &self.check_listener_interval)
+            .field("pool_size", &self.pool_size)
+            .field("max_sockets", &self.max_sockets)
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
+}
+
+/// Stands for a secret in `Debug` output.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A database URL in `Debug` output: parsed, which hides its password (a URL
+/// that does not parse is not shown at all).
+struct RedactedDatabase<'a>(&'a str);
+
+impl std::fmt::Debug for RedactedDatabase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.parse::<tokio_postgres::Config>() {
+            Ok(db) => db.fmt(f),
+            Err(_) => f.write_str("<a URL that does not parse>"),
+        }
+    }
 }
 
 /// The database used when none is configured.
@@ -499,5 +548,31 @@ mod tests {
             Err(ConfigError::InvalidValue { .. })
         ));
         assert!(b().build().is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret_and_the_database_password() {
+        let secret = "s3cret-that-must-not-show-up-anywhere";
+        for url in [
+            "postgres://app:hunter2pw@db.example:5433/chat",
+            "postgres://app@db.example:5433/chat?password=hunter2pw",
+            "host=db.example port=5433 user=app password=hunter2pw dbname=chat",
+            "postgres://app:hunter2pw@db.example:notaport/chat",
+        ] {
+            let builder = Config::builder().database_url(url).jwt_secret(secret);
+            let shown = format!("{builder:?} {builder:#?}");
+            assert!(
+                !shown.contains("hunter2pw") && !shown.contains(secret),
+                "{shown}"
+            );
+            if let Ok(config) = builder.build() {
+                let shown = format!("{config:?} {config:#?}");
+                assert!(
+                    !shown.contains("hunter2pw") && !shown.contains(secret),
+                    "{shown}"
+                );
+                assert!(shown.contains("db.example"), "{shown}");
+            }
+        }
     }
 }

@@ -17,8 +17,9 @@ use super::tls::tls_config;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything [`run`](super::run) needs, read from the environment by [`settings_from_env`] or
-/// built by hand with [`Settings::new`].
-#[derive(Debug, Clone)]
+/// built by hand with [`Settings::new`]. Its `Debug` output shows no secret, password
+/// or token.
+#[derive(Clone)]
 pub struct Settings {
     /// The layer's configuration.
     pub config: Config,
@@ -39,6 +40,23 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// How long a client has to send its request head (`PGWS_HANDSHAKE_TIMEOUT`, s).
     pub handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("config", &self.config)
+            .field("addr", &self.addr)
+            .field("root_path", &self.root_path)
+            .field("upstream", &self.upstream)
+            // The sample token opens any channel: a credential.
+            .field("dev_token", &self.dev_token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .field("admin_addr", &self.admin_addr)
+            .field("log_format", &self.log_format)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
 }
 
 /// How `main` writes logs (`PGWS_LOG_FORMAT`).
