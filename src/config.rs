@@ -24,6 +24,9 @@ use crate::{
 /// A NOTIFY payload must stay under 8000 bytes (PostgreSQL's limit): a bigger one
 /// closes the socket with `1009 Message too big`.
 ///
+/// [`build`](ConfigBuilder::build) refuses a setting that makes no sense, naming it:
+/// a count of zero, a subscribe timeout of zero, or a duration over 365 days.
+///
 /// ```
 /// use std::time::Duration;
 ///
@@ -253,7 +256,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// Clock leeway for `exp`, `nbf` and `iat` (whole seconds count).
+    /// Clock leeway for `exp`, `nbf` and `iat` (whole seconds count); at most 365 days.
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
@@ -277,20 +280,22 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long a handshake waits for its channels to be listened to (default 5 s).
+    /// How long a handshake waits for its channels to be listened to (default 5 s);
+    /// above zero and at most 365 days.
     pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
         self.subscribe_timeout = timeout;
         self
     }
 
-    /// How often sockets are pinged (default 30 s); zero turns pings off.
+    /// How often sockets are pinged (default 30 s); zero turns pings off. At most
+    /// 365 days.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
         self
     }
 
     /// How often the listener probes its connection (default 10 s); zero turns the probe
-    /// off (TCP keepalives stay on).
+    /// off (TCP keepalives stay on). At most 365 days.
     pub fn check_listener_interval(mut self, interval: Duration) -> Self {
         self.check_listener_interval = interval;
         self
@@ -347,6 +352,20 @@ impl ConfigBuilder {
         positive("max_message_bytes", self.max_message_bytes)?;
         positive("max_channels", self.max_channels)?;
         positive("max_sockets", self.max_sockets)?;
+        if self.subscribe_timeout.is_zero() {
+            return Err(ConfigError::InvalidValue {
+                setting: "subscribe_timeout",
+                reason: "must be above 0".into(),
+            });
+        }
+        for (setting, d) in [
+            ("leeway", self.leeway),
+            ("subscribe_timeout", self.subscribe_timeout),
+            ("ping_interval", self.ping_interval),
+            ("check_listener_interval", self.check_listener_interval),
+        ] {
+            at_most_max(setting, d)?;
+        }
         Ok(Config {
             db,
             keys: Arc::new(keys),
@@ -432,6 +451,19 @@ fn positive(setting: &'static str, n: usize) -> Result<(), ConfigError> {
         return Err(ConfigError::InvalidValue {
             setting,
             reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The longest duration a setting takes: 365 days, far from overflowing a clock.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+fn at_most_max(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d > MAX_DURATION {
+        return Err(ConfigError::InvalidValue {
+            setting,
+            reason: format!("must be at most {} s (365 days)", MAX_DURATION.as_secs()),
         });
     }
     Ok(())
@@ -574,5 +606,52 @@ mod tests {
                 assert!(shown.contains("db.example"), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn build_refuses_a_zero_subscribe_timeout_and_durations_past_the_bound() {
+        let b = || Config::builder().jwt_secret("s");
+        let huge = Duration::from_secs(u64::MAX);
+        let cases: [(ConfigBuilder, &str, &str); 5] = [
+            (
+                b().subscribe_timeout(Duration::ZERO),
+                "subscribe_timeout",
+                "PGWS_SUBSCRIBE_TIMEOUT",
+            ),
+            (
+                b().subscribe_timeout(huge),
+                "subscribe_timeout",
+                "PGWS_SUBSCRIBE_TIMEOUT",
+            ),
+            (
+                b().ping_interval(huge),
+                "ping_interval",
+                "PGWS_PING_INTERVAL",
+            ),
+            (
+                b().check_listener_interval(huge),
+                "check_listener_interval",
+                "PGWS_CHECK_LISTENER_INTERVAL",
+            ),
+            (b().leeway(huge), "leeway", "PGWS_JWT_LEEWAY"),
+        ];
+        for (builder, setting, var) in cases {
+            let e = builder.clone().build().unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::InvalidValue { setting: s, .. } if *s == setting),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(setting), "{e}");
+            let e = builder.build_from_env().unwrap_err();
+            assert_eq!(e.variable(), Some(var), "{e}");
+            assert!(e.to_string().starts_with(&format!("{var}: ")), "{e}");
+        }
+        let longest = b()
+            .subscribe_timeout(MAX_DURATION)
+            .ping_interval(MAX_DURATION)
+            .check_listener_interval(MAX_DURATION)
+            .leeway(MAX_DURATION);
+        assert!(longest.build().is_ok());
+        assert!(b().ping_interval(Duration::ZERO).build().is_ok());
     }
 }

@@ -147,7 +147,7 @@ impl PgWsLayer {
     }
 
     /// `pg_listening_channels()` of the listener's own session, or `None` while it is
-    /// disconnected. Meant for health checks and tests.
+    /// disconnected or when the answer takes over 5 s. Meant for health checks and tests.
     pub async fn listening_channels(&self) -> Option<Vec<String>> {
         self.shared.listener.listening().await
     }

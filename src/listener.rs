@@ -105,11 +105,12 @@ impl ListenerHandle {
         *self.connected.borrow()
     }
 
-    /// The channels the listener's session is listening to, or `None` while disconnected.
+    /// The channels the listener's session is listening to, or `None` while
+    /// disconnected or when it does not answer within [`LISTENING_TIMEOUT`].
     pub(crate) async fn listening(&self) -> Option<Vec<String>> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Listening(tx)).ok()?;
-        rx.await.ok()
+        timeout(LISTENING_TIMEOUT, rx).await.ok()?.ok()
     }
 }
 
@@ -185,6 +186,8 @@ enum End {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `pg_listening_channels()` may take before the answer is `None`.
+pub(crate) const LISTENING_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -362,9 +365,11 @@ impl Listener {
             Command::Listening(reply) => {
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let rows = client.query("select pg_listening_channels()", &[]).await;
-                    let names = rows.map(|rows| rows.iter().map(|r| r.get(0)).collect());
-                    let _ = reply.send(names.unwrap_or_default());
+                    let query = client.query("select pg_listening_channels()", &[]);
+                    // A stuck connection gets no answer: no reply, and no task left behind.
+                    if let Ok(Ok(rows)) = timeout(LISTENING_TIMEOUT, query).await {
+                        let _ = reply.send(rows.iter().map(|r| r.get(0)).collect());
+                    }
                 });
             }
         }

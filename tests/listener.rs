@@ -149,6 +149,23 @@ async fn handshakes_that_time_out_during_an_outage_leave_nothing_behind() {
     assert!(!server.layer.is_listening());
 }
 
+#[tokio::test]
+async fn listening_channels_gives_up_on_a_listener_that_does_not_answer() {
+    let hole = common::blackhole::Blackhole::start().await;
+    // No probe: the listener keeps believing in its connection.
+    let cfg = config()
+        .database_url(format!("postgres://postgres@{}/postgres", hole.addr))
+        .check_listener_interval(Duration::ZERO);
+    let server = TestServer::start(cfg).await;
+    until(|| server.layer.is_listening()).await;
+    hole.stall();
+    let answer = tokio::time::timeout(Duration::from_secs(30), server.layer.listening_channels())
+        .await
+        .expect("listening_channels() never returned");
+    assert_eq!(answer, None);
+    assert!(server.layer.is_listening());
+}
+
 async fn until(mut cond: impl FnMut() -> bool) {
     for _ in 0..400 {
         if cond() {
