@@ -53,6 +53,19 @@ impl Claims {
     }
 }
 
+impl Claims {
+    /// About how many bytes the claims take in an envelope.
+    fn encoded_len(&self) -> usize {
+        match self {
+            Claims::Object(raw) => raw.get().len(),
+            Claims::Entries(entries) => entries
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum(),
+        }
+    }
+}
+
 fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).expect("JSON values always serialize")
 }
@@ -124,12 +137,16 @@ struct Multiplexed<'a> {
 
 /// The per-channel envelope.
 pub(crate) fn per_channel(channel: &str, event: Event, payload: &str, claims: &Claims) -> String {
-    write(&PerChannel {
-        channel,
-        event: event.as_str(),
-        payload,
-        user_claims: claims,
-    })
+    let len = estimate(channel, payload, claims);
+    write(
+        &PerChannel {
+            channel,
+            event: event.as_str(),
+            payload,
+            user_claims: claims,
+        },
+        len,
+    )
 }
 
 /// The multiplexed envelope, delivered at `delivered_at`.
@@ -140,20 +157,32 @@ pub(crate) fn multiplexed(
     claims: &Claims,
     delivered_at: SystemTime,
 ) -> String {
-    write(&Multiplexed {
-        channel,
-        event: event.as_str(),
-        payload,
-        claims: Stamped {
-            claims,
-            at: unix_seconds(delivered_at),
+    let len = estimate(channel, payload, claims) + DELIVERED_AT.len() + 24;
+    write(
+        &Multiplexed {
+            channel,
+            event: event.as_str(),
+            payload,
+            claims: Stamped {
+                claims,
+                at: unix_seconds(delivered_at),
+            },
         },
-    })
+        len,
+    )
 }
 
-fn write<T: Serialize>(envelope: &T) -> String {
+/// Room for an envelope, so that writing it rarely grows the buffer.
+fn estimate(channel: &str, payload: &str, claims: &Claims) -> usize {
+    // Field names and quotes, plus some room for escapes.
+    80 + channel.len() + payload.len() + payload.len() / 8 + claims.encoded_len()
+}
+
+fn write<T: Serialize>(envelope: &T, len: usize) -> String {
+    let mut out = Vec::with_capacity(len);
     // Every part is a string, a float or JSON that serde_json wrote itself.
-    serde_json::to_string(envelope).expect("an envelope always serializes")
+    serde_json::to_writer(&mut out, envelope).expect("an envelope always serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
