@@ -1,7 +1,7 @@
 //! Micro-benchmarks of pgws internals, in process, no sockets and no database:
 //! the token check and channel grant (HS256, RS256), envelope encoding, the hub's
-//! dispatch of one notification to N subscribers, and the per-channel `LISTEN`
-//! bookkeeping (join/leave).
+//! dispatch of one notification to N subscribers, the per-channel `LISTEN`
+//! bookkeeping (join/leave), and N readers of one channel leaving at once.
 //!
 //! ```text
 //! cargo bench --bench internals                 # everything, about two minutes
@@ -16,10 +16,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use pgws::{
-    __bench::{Auth, BenchHub, envelope_multiplexed, envelope_per_channel, route_multiplexed},
+    __bench::{
+        Auth, BenchHub, EnvelopeClaims, envelope_multiplexed, envelope_per_channel,
+        route_multiplexed,
+    },
     Config,
 };
 use serde_json::json;
@@ -93,7 +96,7 @@ fn token_check(c: &mut Criterion) {
 
 fn envelopes(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
-    let claims = claims().to_string();
+    let claims = EnvelopeClaims::new(&claims().to_string()).expect("an object");
     for len in [16usize, 256, 4096] {
         let payload: String = "Hi! \"quoted\" é ".chars().cycle().take(len).collect();
         g.throughput(Throughput::Bytes(len as u64));
@@ -204,6 +207,33 @@ fn bookkeeping(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every reader of one channel leaving at once, as after a lost listener connection
+/// (`drop_live`): each leave must cost O(1), not a scan of the channel's readers.
+fn mass_leave(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mass_leave");
+    g.sample_size(10);
+    for n in [5_000usize, 50_000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("drop_live_one_channel", n), |b| {
+            b.iter_batched(
+                || {
+                    let mut hub = BenchHub::new();
+                    for _ in 0..n {
+                        hub.join(&["chat"], 4);
+                    }
+                    hub
+                },
+                |mut hub| {
+                    assert_eq!(hub.drop_live(), 0);
+                    hub
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -215,6 +245,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = token_check, envelopes, dispatch, bookkeeping
+    targets = token_check, envelopes, dispatch, bookkeeping, mass_leave
 }
 criterion_main!(benches);

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Config,
     auth::Authorizer,
-    envelope::{self, Event},
+    envelope::{self, Claims, Event},
     hub::{Hub, Join, Signal},
     mapping::Mapping,
 };
@@ -36,19 +36,36 @@ impl Auth {
     }
 }
 
+/// A socket's claims encoded once, in the form of each mapping (`envelope::Claims`).
+pub struct EnvelopeClaims {
+    per_channel: Claims,
+    multiplexed: Claims,
+}
+
+impl EnvelopeClaims {
+    /// Encodes the claims of a JSON object; `None` when `claims_json` is not one.
+    pub fn new(claims_json: &str) -> Option<Self> {
+        let claims = serde_json::from_str(claims_json).ok()?;
+        Some(Self {
+            per_channel: Mapping::PerChannel.claims(&claims),
+            multiplexed: Mapping::new(Some("pgws")).claims(&claims),
+        })
+    }
+}
+
 /// The per-channel envelope of a socket's message (`envelope::per_channel`).
-pub fn envelope_per_channel(channel: &str, payload: &str, claims_json: &str) -> String {
-    envelope::per_channel(channel, Event::Message, payload, claims_json)
+pub fn envelope_per_channel(channel: &str, payload: &str, claims: &EnvelopeClaims) -> String {
+    envelope::per_channel(channel, Event::Message, payload, &claims.per_channel)
 }
 
 /// The multiplexed envelope of a socket's message (`envelope::multiplexed`).
 pub fn envelope_multiplexed(
     channel: &str,
     payload: &str,
-    claims_json: &str,
+    claims: &EnvelopeClaims,
     at: SystemTime,
 ) -> String {
-    envelope::multiplexed(channel, Event::Message, payload, claims_json, at)
+    envelope::multiplexed(channel, Event::Message, payload, &claims.multiplexed, at)
 }
 
 /// Routes a notification as the multiplexed mapping does (`Mapping::route`); returns
@@ -102,6 +119,14 @@ impl BenchHub {
     pub fn leave(&mut self, id: u64) -> usize {
         self.receivers.remove(&id);
         self.hub.leave(id).len()
+    }
+
+    /// What the listener does after losing its connection (`Hub::drop_live`): lets
+    /// go of every acknowledged socket; returns how many channels still have readers.
+    /// The sockets' queue ends stay with this hub, as a socket drops its own later.
+    pub fn drop_live(&mut self) -> usize {
+        self.hub.drop_live();
+        self.hub.channel_count()
     }
 
     /// Queues one shared frame for every reader of `channel` (`Hub::dispatch`);

@@ -25,6 +25,9 @@ use crate::{
 /// A NOTIFY payload must stay under 8000 bytes (PostgreSQL's limit): a bigger one
 /// closes the socket with `1009 Message too big`.
 ///
+/// [`build`](ConfigBuilder::build) refuses a setting that makes no sense, naming it:
+/// a count of zero, a subscribe timeout of zero, or a duration over 365 days.
+///
 /// ```
 /// use std::time::Duration;
 ///
@@ -58,9 +61,9 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the secret or the database password.
+        // Never print the secret or the database password (tokio-postgres hides it).
         f.debug_struct("Config")
-            .field("database_tls", &self.db.tls)
+            .field("database", &self.db)
             .field("listen_channel", &self.listen_channel)
             .field("meta_channel", &self.meta_channel)
             .field("path_prefix", &self.path_prefix)
@@ -119,7 +122,9 @@ impl Config {
 }
 
 /// Builds a [`Config`]; each method names one setting and [`build`](Self::build) checks them all.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` output hides the JWT secret and the database password.
+#[derive(Clone)]
 pub struct ConfigBuilder {
     database_url: String,
     secret: Option<String>,
@@ -138,6 +143,52 @@ pub struct ConfigBuilder {
     pool_size: usize,
     max_sockets: usize,
     allowed_origins: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("database", &RedactedDatabase(&self.database_url))
+            .field("secret", &self.secret.as_ref().map(|_| Redacted))
+            .field("secret_is_base64", &self.secret_is_base64)
+            .field("listen_channel", &self.listen_channel)
+            .field("meta_channel", &self.meta_channel)
+            .field("path_prefix", &self.path_prefix)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("max_channels", &self.max_channels)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("queue_length", &self.queue_length)
+            .field("subscribe_timeout", &self.subscribe_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("check_listener_interval", &self.check_listener_interval)
+            .field("pool_size", &self.pool_size)
+            .field("max_sockets", &self.max_sockets)
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
+}
+
+/// Stands for a secret in `Debug` output.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A database URL in `Debug` output: parsed, which hides its password (a URL
+/// that does not parse is not shown at all).
+struct RedactedDatabase<'a>(&'a str);
+
+impl std::fmt::Debug for RedactedDatabase<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.parse::<tokio_postgres::Config>() {
+            Ok(db) => db.fmt(f),
+            Err(_) => f.write_str("<a URL that does not parse>"),
+        }
+    }
 }
 
 /// The database used when none is configured.
@@ -214,7 +265,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// Clock leeway for `exp`, `nbf` and `iat` (whole seconds count).
+    /// Clock leeway for `exp`, `nbf` and `iat` (whole seconds count); at most 365 days.
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
         self
@@ -238,20 +289,22 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long a handshake waits for its channels to be listened to (default 5 s).
+    /// How long a handshake waits for its channels to be listened to (default 5 s);
+    /// above zero and at most 365 days.
     pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
         self.subscribe_timeout = timeout;
         self
     }
 
-    /// How often sockets are pinged (default 30 s); zero turns pings off.
+    /// How often sockets are pinged (default 30 s); zero turns pings off. At most
+    /// 365 days.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
         self
     }
 
     /// How often the listener probes its connection (default 10 s); zero turns the probe
-    /// off (TCP keepalives stay on).
+    /// off (TCP keepalives stay on). At most 365 days.
     pub fn check_listener_interval(mut self, interval: Duration) -> Self {
         self.check_listener_interval = interval;
         self
@@ -305,6 +358,20 @@ impl ConfigBuilder {
         positive("max_message_bytes", self.max_message_bytes)?;
         positive("max_channels", self.max_channels)?;
         positive("max_sockets", self.max_sockets)?;
+        if self.subscribe_timeout.is_zero() {
+            return Err(ConfigError::InvalidValue {
+                setting: "subscribe_timeout",
+                reason: "must be above 0".into(),
+            });
+        }
+        for (setting, d) in [
+            ("leeway", self.leeway),
+            ("subscribe_timeout", self.subscribe_timeout),
+            ("ping_interval", self.ping_interval),
+            ("check_listener_interval", self.check_listener_interval),
+        ] {
+            at_most_max(setting, d)?;
+        }
         Ok(Config {
             db,
             keys: Arc::new(keys),
@@ -390,6 +457,19 @@ fn positive(setting: &'static str, n: usize) -> Result<(), ConfigError> {
         return Err(ConfigError::InvalidValue {
             setting,
             reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The longest duration a setting takes: 365 days, far from overflowing a clock.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+fn at_most_max(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d > MAX_DURATION {
+        return Err(ConfigError::InvalidValue {
+            setting,
+            reason: format!("must be at most {} s (365 days)", MAX_DURATION.as_secs()),
         });
     }
     Ok(())
@@ -506,5 +586,78 @@ mod tests {
             Err(ConfigError::InvalidValue { .. })
         ));
         assert!(b().build().is_ok());
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret_and_the_database_password() {
+        let secret = "s3cret-that-must-not-show-up-anywhere";
+        for url in [
+            "postgres://app:hunter2pw@db.example:5433/chat",
+            "postgres://app@db.example:5433/chat?password=hunter2pw",
+            "host=db.example port=5433 user=app password=hunter2pw dbname=chat",
+            "postgres://app:hunter2pw@db.example:notaport/chat",
+        ] {
+            let builder = Config::builder().database_url(url).jwt_secret(secret);
+            let shown = format!("{builder:?} {builder:#?}");
+            assert!(
+                !shown.contains("hunter2pw") && !shown.contains(secret),
+                "{shown}"
+            );
+            if let Ok(config) = builder.build() {
+                let shown = format!("{config:?} {config:#?}");
+                assert!(
+                    !shown.contains("hunter2pw") && !shown.contains(secret),
+                    "{shown}"
+                );
+                assert!(shown.contains("db.example"), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn build_refuses_a_zero_subscribe_timeout_and_durations_past_the_bound() {
+        let b = || Config::builder().jwt_secret("s");
+        let huge = Duration::from_secs(u64::MAX);
+        let cases: [(ConfigBuilder, &str, &str); 5] = [
+            (
+                b().subscribe_timeout(Duration::ZERO),
+                "subscribe_timeout",
+                "PGWS_SUBSCRIBE_TIMEOUT",
+            ),
+            (
+                b().subscribe_timeout(huge),
+                "subscribe_timeout",
+                "PGWS_SUBSCRIBE_TIMEOUT",
+            ),
+            (
+                b().ping_interval(huge),
+                "ping_interval",
+                "PGWS_PING_INTERVAL",
+            ),
+            (
+                b().check_listener_interval(huge),
+                "check_listener_interval",
+                "PGWS_CHECK_LISTENER_INTERVAL",
+            ),
+            (b().leeway(huge), "leeway", "PGWS_JWT_LEEWAY"),
+        ];
+        for (builder, setting, var) in cases {
+            let e = builder.clone().build().unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::InvalidValue { setting: s, .. } if *s == setting),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(setting), "{e}");
+            let e = builder.build_from_env().unwrap_err();
+            assert_eq!(e.variable(), Some(var), "{e}");
+            assert!(e.to_string().starts_with(&format!("{var}: ")), "{e}");
+        }
+        let longest = b()
+            .subscribe_timeout(MAX_DURATION)
+            .ping_interval(MAX_DURATION)
+            .check_listener_interval(MAX_DURATION)
+            .leeway(MAX_DURATION);
+        assert!(longest.build().is_ok());
+        assert!(b().ping_interval(Duration::ZERO).build().is_ok());
     }
 }

@@ -87,6 +87,10 @@ fn setting_variable(setting: &str) -> Option<&'static str> {
         "max_message_bytes" => "PGWS_MAX_MESSAGE_BYTES",
         "max_channels" => "PGWS_MAX_CHANNELS",
         "max_sockets" => "PGWS_MAX_SOCKETS",
+        "subscribe_timeout" => "PGWS_SUBSCRIBE_TIMEOUT",
+        "ping_interval" => "PGWS_PING_INTERVAL",
+        "check_listener_interval" => "PGWS_CHECK_LISTENER_INTERVAL",
+        "leeway" => "PGWS_JWT_LEEWAY",
         _ => return None,
     })
 }

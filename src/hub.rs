@@ -4,7 +4,7 @@
 //! socket owns the receiving end of its bounded queue.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicU8, Ordering},
@@ -61,23 +61,29 @@ impl Signal {
 /// A socket asking to read some channels.
 pub(crate) struct Join {
     pub(crate) id: u64,
+    /// Distinct channels (grants hold no repeats): a repeat is delivered twice.
     pub(crate) channels: Vec<String>,
     pub(crate) queue: mpsc::Sender<Bytes>,
     pub(crate) signal: Arc<Signal>,
     pub(crate) ack: oneshot::Sender<()>,
 }
 
-#[derive(Clone)]
+/// One reader of one channel, as dispatch walks them.
 struct Subscriber {
     id: u64,
+    /// Where this channel sits in the member's `channels`, to update its index
+    /// there when a leave moves this entry.
+    slot: usize,
     queue: mpsc::Sender<Bytes>,
     signal: Arc<Signal>,
 }
 
 struct Member {
-    channels: Vec<String>,
+    /// Each channel, with this member's index in that channel's subscriber list.
+    channels: Vec<(String, usize)>,
     signal: Arc<Signal>,
-    live: bool,
+    /// The `LISTEN` batch this member waits for, and its ack; `None` once acked.
+    waiting: Option<(u64, oneshot::Sender<()>)>,
 }
 
 /// The subscription table.
@@ -85,8 +91,9 @@ struct Member {
 pub(crate) struct Hub {
     channels: HashMap<String, Vec<Subscriber>>,
     members: HashMap<u64, Member>,
-    /// Joins waiting for the `LISTEN` batch numbered `seq` (or an earlier one).
-    pending: VecDeque<(u64, u64, oneshot::Sender<()>)>,
+    /// Members waiting for their ack, by `(batch, id)`: acks go out in batch order,
+    /// and a member that leaves first is found in O(log n).
+    pending: BTreeSet<(u64, u64)>,
 }
 
 impl Hub {
@@ -94,42 +101,65 @@ impl Hub {
     /// is sent by [`ack_through`](Self::ack_through) once batch `seq` is done.
     pub(crate) fn join(&mut self, join: Join, seq: u64) -> Vec<String> {
         let mut fresh = Vec::new();
-        let sub = Subscriber {
-            id: join.id,
-            queue: join.queue,
-            signal: join.signal.clone(),
-        };
-        for channel in &join.channels {
+        let mut channels: Vec<(String, usize)> = Vec::with_capacity(join.channels.len());
+        for channel in join.channels {
             let subs = self.channels.entry(channel.clone()).or_default();
             if subs.is_empty() {
                 fresh.push(channel.clone());
             }
-            subs.push(sub.clone());
+            subs.push(Subscriber {
+                id: join.id,
+                slot: channels.len(),
+                queue: join.queue.clone(),
+                signal: join.signal.clone(),
+            });
+            channels.push((channel, subs.len() - 1));
         }
+        self.pending.insert((seq, join.id));
         self.members.insert(
             join.id,
             Member {
-                channels: join.channels,
+                channels,
                 signal: join.signal,
-                live: false,
+                waiting: Some((seq, join.ack)),
             },
         );
-        self.pending.push_back((seq, join.id, join.ack));
         fresh
     }
 
-    /// Removes a socket; returns the channels that lost their last reader.
+    /// Removes a socket, acknowledged or still waiting; returns the channels that
+    /// lost their last reader. O(1) per channel of the socket, plus O(log n) for a
+    /// waiting one.
     pub(crate) fn leave(&mut self, id: u64) -> Vec<String> {
-        let Some(member) = self.members.remove(&id) else {
+        let Some(mut member) = self.members.remove(&id) else {
             return Vec::new();
         };
+        if let Some((seq, _)) = member.waiting {
+            self.pending.remove(&(seq, id));
+        }
         let mut emptied = Vec::new();
-        for channel in member.channels {
+        for slot in 0..member.channels.len() {
+            let index = member.channels[slot].1;
+            // Taken: the member goes, and only the indexes of its slots are read again.
+            let channel = std::mem::take(&mut member.channels[slot].0);
             let Some(subs) = self.channels.get_mut(&channel) else {
                 continue;
             };
-            if let Some(pos) = subs.iter().position(|s| s.id == id) {
-                subs.swap_remove(pos);
+            debug_assert_eq!(subs.get(index).map(|s| s.id), Some(id));
+            if index < subs.len() {
+                subs.swap_remove(index);
+            }
+            // The last entry moved into the hole: tell its member where it is now
+            // (this member itself, should it hold a channel twice).
+            if let Some(moved) = subs.get(index) {
+                let moved_channels = if moved.id == id {
+                    Some(&mut member.channels)
+                } else {
+                    self.members.get_mut(&moved.id).map(|m| &mut m.channels)
+                };
+                if let Some(channels) = moved_channels {
+                    channels[moved.slot].1 = index;
+                }
             }
             if subs.is_empty() {
                 self.channels.remove(&channel);
@@ -157,10 +187,12 @@ impl Hub {
 
     /// Acknowledges every join whose `LISTEN` batch is done.
     pub(crate) fn ack_through(&mut self, seq: u64) {
-        while self.pending.front().is_some_and(|(s, _, _)| *s <= seq) {
-            let (_, id, ack) = self.pending.pop_front().expect("checked above");
-            if let Some(member) = self.members.get_mut(&id) {
-                member.live = true;
+        while let Some(&(s, id)) = self.pending.first() {
+            if s > seq {
+                break;
+            }
+            self.pending.pop_first();
+            if let Some((_, ack)) = self.members.get_mut(&id).and_then(|m| m.waiting.take()) {
                 let _ = ack.send(());
             }
         }
@@ -168,8 +200,11 @@ impl Hub {
 
     /// Hands every waiting join to batch `seq` (the first of a new connection).
     pub(crate) fn retag_pending(&mut self, seq: u64) {
-        for (s, _, _) in &mut self.pending {
-            *s = seq;
+        for (_, id) in std::mem::take(&mut self.pending) {
+            if let Some((s, _)) = self.members.get_mut(&id).and_then(|m| m.waiting.as_mut()) {
+                *s = seq;
+            }
+            self.pending.insert((seq, id));
         }
     }
 
@@ -179,7 +214,7 @@ impl Hub {
         let live: Vec<u64> = self
             .members
             .iter()
-            .filter(|(_, m)| m.live)
+            .filter(|(_, m)| m.waiting.is_none())
             .map(|(id, _)| *id)
             .collect();
         for id in live {
@@ -198,6 +233,11 @@ impl Hub {
     /// How many channels have readers.
     pub(crate) fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// How many sockets wait for their ack (their channels to be listened to).
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len()
     }
 
     /// How many sockets are subscribed.
@@ -290,5 +330,93 @@ mod tests {
         assert_eq!(live.signal.ending(), Some(Ending::ListenerRestarted));
         assert_eq!(waiting.signal.ending(), None);
         assert_eq!(hub.channels().collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[test]
+    fn a_waiting_join_that_leaves_is_no_longer_pending() {
+        let mut hub = Hub::default();
+        // Offline joins wait for the next connection's first batch.
+        let parts: Vec<Parts> = (1..=100)
+            .map(|id| join(&mut hub, id, &["x"], 4, u64::MAX))
+            .collect();
+        assert_eq!(hub.pending_count(), 100);
+        for id in 1..=99 {
+            hub.leave(id);
+        }
+        assert_eq!(hub.pending_count(), 1);
+        hub.retag_pending(7);
+        hub.ack_through(7);
+        assert_eq!(hub.pending_count(), 0);
+        let mut last = parts.into_iter().last().unwrap();
+        assert!(last.ack_rx.try_recv().is_ok());
+        hub.leave(100);
+        assert_eq!((hub.len(), hub.channel_count()), (0, 0));
+    }
+
+    /// Every member's recorded index points at its own entry.
+    fn assert_indexes_hold(hub: &Hub) {
+        for (id, member) in &hub.members {
+            for (slot, (channel, index)) in member.channels.iter().enumerate() {
+                let sub = &hub.channels[channel][*index];
+                assert_eq!((sub.id, sub.slot), (*id, slot));
+            }
+        }
+        let entries: usize = hub.channels.values().map(Vec::len).sum();
+        let memberships: usize = hub.members.values().map(|m| m.channels.len()).sum();
+        assert_eq!(entries, memberships);
+    }
+
+    #[test]
+    fn leaves_in_any_order_keep_every_index_true() {
+        let mut hub = Hub::default();
+        let chans = ["a", "b", "c", "d"];
+        let mut parts = HashMap::new();
+        for id in 0..60u64 {
+            let mine: Vec<&str> = (0..4)
+                .filter(|c| (id + c) % 3 != 0)
+                .map(|c| chans[c as usize])
+                .collect();
+            parts.insert(id, join(&mut hub, id, &mine, 64, 1));
+        }
+        hub.ack_through(1);
+        assert_indexes_hold(&hub);
+        // A fixed shuffle: 37 is coprime with 60.
+        for step in 0..60u64 {
+            let id = (step * 37) % 60;
+            hub.leave(id);
+            parts.remove(&id);
+            assert_indexes_hold(&hub);
+            let frame = Bytes::from(format!("after {step}"));
+            hub.dispatch("a", &frame);
+            for (id, p) in &mut parts {
+                let reads_a = id % 3 != 0;
+                assert_eq!(
+                    p.rx.try_recv().is_ok(),
+                    reads_a,
+                    "socket {id} at step {step}"
+                );
+            }
+        }
+        assert_eq!((hub.len(), hub.channel_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_member_holding_a_channel_twice_leaves_cleanly() {
+        // Grants never repeat a channel; the table stays sound if one did.
+        let mut hub = Hub::default();
+        let _a = join(&mut hub, 1, &["x", "x", "y"], 4, 1);
+        let _b = join(&mut hub, 2, &["x"], 4, 1);
+        let _c = join(&mut hub, 3, &["x", "y", "x"], 4, 1);
+        // Last in `x` twice: its first leave moves its own second entry.
+        let _d = join(&mut hub, 4, &["x", "x"], 4, 1);
+        assert_indexes_hold(&hub);
+        assert!(hub.leave(4).is_empty());
+        assert_indexes_hold(&hub);
+        assert!(hub.leave(1).is_empty());
+        assert_indexes_hold(&hub);
+        assert!(hub.leave(3).contains(&"y".to_owned()));
+        assert_indexes_hold(&hub);
+        assert_eq!(hub.leave(2), ["x"]);
+        assert_eq!(hub.channel_count(), 0);
     }
 }

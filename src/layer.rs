@@ -21,6 +21,7 @@ use crate::{
     auth::Authorizer,
     listener::{self, ListenerHandle},
     mapping::Mapping,
+    meta::Meta,
     publisher::Publisher,
     service::PgWsService,
     socket::CLOSE_TIMEOUT,
@@ -44,7 +45,8 @@ pub(crate) struct Shared {
     pub(crate) listener: ListenerHandle,
     pub(crate) publisher: Publisher,
     pub(crate) mapping: Mapping,
-    pub(crate) meta_channel: Option<String>,
+    /// The meta task, when a meta channel is configured.
+    pub(crate) meta: Option<Meta>,
     pub(crate) prefix: String,
     pub(crate) subscribe_timeout: Duration,
     pub(crate) queue_length: usize,
@@ -96,12 +98,17 @@ impl PgWsLayer {
             config.check_listener_interval,
             counters.clone(),
         );
+        let publisher = Publisher::new(config.db.clone(), config.pool_size);
+        let meta = config
+            .meta_channel
+            .clone()
+            .map(|channel| Meta::spawn(channel, publisher.clone(), counters.clone()));
         let shared = Shared {
             authorizer: Authorizer::new(&config),
             listener,
-            publisher: Publisher::new(config.db.clone(), config.pool_size),
+            publisher,
             mapping,
-            meta_channel: config.meta_channel,
+            meta,
             prefix: config.path_prefix,
             subscribe_timeout: config.subscribe_timeout,
             queue_length: config.queue_length,
@@ -140,7 +147,7 @@ impl PgWsLayer {
     }
 
     /// `pg_listening_channels()` of the listener's own session, or `None` while it is
-    /// disconnected. Meant for health checks and tests.
+    /// disconnected or when the answer takes over 5 s. Meant for health checks and tests.
     pub async fn listening_channels(&self) -> Option<Vec<String>> {
         self.shared.listener.listening().await
     }

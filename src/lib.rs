@@ -98,6 +98,7 @@ mod hub;
 mod layer;
 mod listener;
 mod mapping;
+mod meta;
 mod publisher;
 mod service;
 mod socket;

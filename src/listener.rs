@@ -60,6 +60,19 @@ impl Drop for Subscription {
     }
 }
 
+#[cfg(test)]
+impl Subscription {
+    /// A subscription that a test feeds instead of the hub.
+    pub(crate) fn detached(queue: mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            id: 0,
+            queue,
+            signal: Arc::default(),
+            commands: mpsc::unbounded_channel().0,
+        }
+    }
+}
+
 impl ListenerHandle {
     /// Subscribes to `channels` and waits until they are listened to. Cancelling
     /// the wait (for a timeout) leaves the hub again.
@@ -94,11 +107,12 @@ impl ListenerHandle {
         *self.connected.borrow()
     }
 
-    /// The channels the listener's session is listening to, or `None` while disconnected.
+    /// The channels the listener's session is listening to, or `None` while
+    /// disconnected or when it does not answer within [`LISTENING_TIMEOUT`].
     pub(crate) async fn listening(&self) -> Option<Vec<String>> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Listening(tx)).ok()?;
-        rx.await.ok()
+        timeout(LISTENING_TIMEOUT, rx).await.ok()?.ok()
     }
 }
 
@@ -121,6 +135,7 @@ pub(crate) fn spawn(
         probe,
         connected: connected_tx,
         counters,
+        pending_reported: 0,
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -157,6 +172,8 @@ struct Listener {
     probe: Option<Duration>,
     connected: watch::Sender<bool>,
     counters: Arc<Counters>,
+    /// The last `pending_joins` figure reported.
+    pending_reported: usize,
 }
 
 /// What a batch does to its channels.
@@ -172,6 +189,8 @@ enum End {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `pg_listening_channels()` may take before the answer is `None`.
+pub(crate) const LISTENING_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -247,6 +266,16 @@ impl Listener {
             }
             Command::Listening(reply) => drop(reply),
         }
+        self.report_pending();
+    }
+
+    /// Reports how many joins wait for their ack, when that changed.
+    fn report_pending(&mut self) {
+        let n = self.hub.pending_count();
+        if n != self.pending_reported {
+            self.pending_reported = n;
+            self.counters.pending_joins(n);
+        }
     }
 
     async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
@@ -274,7 +303,10 @@ impl Listener {
                 },
                 cmd = self.commands.recv() => match cmd {
                     None => return End::Stopped,
-                    Some(cmd) => self.apply(cmd, &mut queries, &client),
+                    Some(cmd) => {
+                        self.apply(cmd, &mut queries, &client);
+                        self.report_pending();
+                    }
                 },
                 Some(done) = queries.next(), if !queries.is_empty() => match done {
                     Ok(seq) => {
@@ -283,6 +315,7 @@ impl Listener {
                             self.connected.send_replace(true);
                         }
                         self.hub.ack_through(seq);
+                        self.report_pending();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN/UNLISTEN failed");
@@ -335,9 +368,11 @@ impl Listener {
             Command::Listening(reply) => {
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let rows = client.query("select pg_listening_channels()", &[]).await;
-                    let names = rows.map(|rows| rows.iter().map(|r| r.get(0)).collect());
-                    let _ = reply.send(names.unwrap_or_default());
+                    let query = client.query("select pg_listening_channels()", &[]);
+                    // A stuck connection gets no answer: no reply, and no task left behind.
+                    if let Ok(Ok(rows)) = timeout(LISTENING_TIMEOUT, query).await {
+                        let _ = reply.send(rows.iter().map(|r| r.get(0)).collect());
+                    }
                 });
             }
         }

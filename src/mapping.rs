@@ -9,6 +9,7 @@ use serde::{
     de::{IgnoredAny, MapAccess, Visitor},
 };
 
+pub(crate) use crate::envelope::Claims;
 use crate::envelope::{self, Event};
 
 /// How WebSocket channels map onto PostgreSQL channels.
@@ -62,6 +63,14 @@ impl Mapping {
         }
     }
 
+    /// A socket's claims, encoded once in the form this mapping's envelope embeds.
+    pub(crate) fn claims(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Claims {
+        match self {
+            Mapping::PerChannel => Claims::object(claims),
+            Mapping::Multiplexed { .. } => Claims::entries(claims),
+        }
+    }
+
     /// The NOTIFYs for one event of a socket, one per channel, in order.
     pub(crate) fn notifies(
         &self,
@@ -76,51 +85,14 @@ impl Mapping {
             .map(|channel| match self {
                 Mapping::PerChannel => Notify {
                     channel: channel.clone(),
-                    payload: envelope::per_channel(channel, event, payload, claims.json()),
+                    payload: envelope::per_channel(channel, event, payload, claims),
                 },
                 Mapping::Multiplexed { listen_channel } => Notify {
                     channel: listen_channel.clone(),
-                    payload: envelope::multiplexed(
-                        channel,
-                        event,
-                        payload,
-                        claims.for_multiplexed(),
-                        at,
-                    ),
+                    payload: envelope::multiplexed(channel, event, payload, claims, at),
                 },
             })
             .collect()
-    }
-}
-
-/// A socket's claims, encoded once for the envelopes.
-#[derive(Debug, Clone)]
-pub(crate) struct Claims {
-    /// Compact JSON of every claim.
-    plain: String,
-    /// The same without `message_delivered_at`, which the multiplexed envelope
-    /// sets itself; only made for the rare token that carries one.
-    multiplexed: Option<String>,
-}
-
-impl Claims {
-    pub(crate) fn new(claims: &serde_json::Map<String, serde_json::Value>) -> Self {
-        let multiplexed = claims
-            .contains_key("message_delivered_at")
-            .then(|| envelope::claims_for_multiplexed(claims));
-        Self {
-            plain: serde_json::to_string(claims).expect("a JSON map always serializes"),
-            multiplexed,
-        }
-    }
-
-    /// The compact JSON of every claim.
-    pub(crate) fn json(&self) -> &str {
-        &self.plain
-    }
-
-    fn for_multiplexed(&self) -> &str {
-        self.multiplexed.as_deref().unwrap_or(&self.plain)
     }
 }
 
@@ -207,9 +179,9 @@ mod tests {
     #[test]
     fn notifies_follow_the_mapping() {
         let map = serde_json::from_str(r#"{"mode":"w","message_delivered_at":1}"#).unwrap();
-        let claims = Claims::new(&map);
         let chans = vec!["a".to_string(), "b".to_string()];
         let now = SystemTime::now();
+        let claims = Mapping::PerChannel.claims(&map);
         let per = Mapping::PerChannel.notifies(&chans, Event::Message, "hi", &claims, now);
         assert_eq!(per[0].channel, "a");
         assert_eq!(per[1].channel, "b");
@@ -218,9 +190,125 @@ mod tests {
                 .payload
                 .contains(r#""userClaims":{"message_delivered_at":1,"mode":"w"}"#)
         );
-        let mux = Mapping::new(Some("l")).notifies(&chans, Event::Message, "hi", &claims, now);
+        let mapping = Mapping::new(Some("l"));
+        let claims = mapping.claims(&map);
+        let mux = mapping.notifies(&chans, Event::Message, "hi", &claims, now);
         assert!(mux.iter().all(|n| n.channel == "l"));
         assert!(mux[1].payload.starts_with(r#"{"channel":"b","#));
         assert_eq!(mux[0].payload.matches("message_delivered_at").count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod envelope_props {
+    //! Every envelope either mapping writes parses, and its fields round-trip.
+
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+
+    /// Any JSON value: nested objects and arrays, unicode, empty containers.
+    /// Numbers are integers or exact binary fractions, which every parser reads back
+    /// exactly.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1000i32..1000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn claims() -> impl Strategy<Value = Map<String, Value>> {
+        let key = prop_oneof![
+            Just("message_delivered_at".to_owned()),
+            Just("mode".to_owned()),
+            Just("zz".to_owned()),
+            any::<String>(),
+        ];
+        prop::collection::btree_map(key, json(), 0..6).prop_map(|m| m.into_iter().collect())
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            Just(Event::Message),
+            Just(Event::ConnectionOpen),
+            Just(Event::ConnectionClose),
+        ]
+    }
+
+    fn parse(payload: &str) -> Map<String, Value> {
+        match serde_json::from_str(payload) {
+            Ok(Value::Object(map)) => map,
+            other => panic!("not a JSON object: {payload}: {other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn envelopes_parse_and_round_trip(
+            claims in claims(),
+            channels in prop::collection::vec(any::<String>(), 1..4),
+            payload in any::<String>(),
+            event in event(),
+            millis in 0u64..4_102_444_800_000,
+        ) {
+            let at = UNIX_EPOCH + Duration::from_millis(millis);
+            let name = serde_json::to_value(event_name(event)).unwrap();
+
+            let encoded = Mapping::PerChannel.claims(&claims);
+            let per = Mapping::PerChannel.notifies(&channels, event, &payload, &encoded, at);
+            prop_assert_eq!(per.len(), channels.len());
+            for (n, channel) in per.iter().zip(&channels) {
+                prop_assert_eq!(&n.channel, channel);
+                let env = parse(&n.payload);
+                prop_assert_eq!(env.len(), 4);
+                prop_assert_eq!(&env["channel"], channel.as_str());
+                prop_assert_eq!(&env["event"], &name);
+                prop_assert_eq!(&env["payload"], payload.as_str());
+                prop_assert_eq!(&env["userClaims"], &Value::Object(claims.clone()));
+            }
+
+            let mux_mapping = Mapping::new(Some("pgws"));
+            let encoded = mux_mapping.claims(&claims);
+            let mux = mux_mapping.notifies(&channels, event, &payload, &encoded, at);
+            prop_assert_eq!(mux.len(), channels.len());
+            let mut expected = claims.clone();
+            expected.remove("message_delivered_at");
+            for (n, channel) in mux.iter().zip(&channels) {
+                prop_assert_eq!(n.channel.as_str(), "pgws");
+                let env = parse(&n.payload);
+                prop_assert_eq!(env.len(), 4);
+                prop_assert_eq!(&env["channel"], channel.as_str());
+                prop_assert_eq!(&env["event"], &name);
+                prop_assert_eq!(&env["payload"], payload.as_str());
+                let Value::Object(mut got) = env["claims"].clone() else {
+                    panic!("claims is not an object: {}", n.payload);
+                };
+                let stamp = got.remove("message_delivered_at").and_then(|v| v.as_f64());
+                prop_assert_eq!(stamp, Some(millis as f64 / 1000.0));
+                prop_assert_eq!(got, expected.clone());
+            }
+        }
+    }
+
+    fn event_name(event: Event) -> &'static str {
+        match event {
+            Event::Message => "WebsocketMessage",
+            Event::ConnectionOpen => "ConnectionOpen",
+            Event::ConnectionClose => "ConnectionClose",
+        }
     }
 }

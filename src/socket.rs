@@ -14,12 +14,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::{OwnedSemaphorePermit, watch},
-    task::JoinHandle,
+    sync::{OwnedSemaphorePermit, oneshot, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
 use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
-use tracing::Instrument;
 
 use crate::{
     auth::Grant,
@@ -27,6 +25,7 @@ use crate::{
     hub::{Ending, Signal},
     layer::Shared,
     listener::Subscription,
+    meta,
     stats::Counters,
 };
 
@@ -86,11 +85,10 @@ impl Socket {
         let mode = self.grant.mode;
         self.shared.counters.socket_opened(mode);
         tracing::info!("socket open");
-        // Published alongside, so a slow database does not hold up pings and
+        // Published by the meta task, so a slow database does not hold up pings and
         // notifications; the first message waits for it to keep the order.
-        let open = self
-            .meta(Event::ConnectionOpen)
-            .map(|open| tokio::spawn(open.in_current_span()));
+        let open = self.meta(Event::ConnectionOpen);
+        let announced = open.is_some();
         let outcome = self.exchange(&mut sink, &mut stream, open).await;
         match outcome {
             Outcome::Close(code, reason) => {
@@ -99,8 +97,9 @@ impl Socket {
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
         finish(&mut sink, &mut stream, outcome).await;
-        if let Some(close) = self.meta(Event::ConnectionClose) {
-            close.await;
+        // A Close only follows an Open, queued (and so published) after it.
+        if announced && let Some(close) = self.meta(Event::ConnectionClose) {
+            let _ = timeout(meta::WAIT, close).await;
         }
         self.shared.counters.socket_closed(mode);
     }
@@ -109,14 +108,14 @@ impl Socket {
         &mut self,
         sink: &mut Sink<S>,
         stream: &mut Stream<S>,
-        open: Option<JoinHandle<()>>,
+        open: Option<oneshot::Receiver<()>>,
     ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let pong = AtomicBool::new(false);
         let mut subscription = self.subscription.take();
-        let expiry = self.grant.expires_at.map(instant_at);
+        let expiry = self.grant.expires_at.and_then(instant_at);
         let ping = self.shared.ping_interval;
         let writer = Writer {
             sink,
@@ -146,7 +145,7 @@ impl Socket {
         &self,
         stream: &mut Stream<S>,
         pong: &AtomicBool,
-        mut open: Option<JoinHandle<()>>,
+        mut open: Option<oneshot::Receiver<()>>,
     ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -176,7 +175,7 @@ impl Socket {
                 pong.store(true, Ordering::Release);
             } else if msg.is_text() || msg.is_binary() {
                 if let Some(open) = open.take() {
-                    let _ = open.await;
+                    let _ = timeout(meta::WAIT, open).await;
                 }
                 if let Err(outcome) = self.on_message(msg).await {
                     return outcome;
@@ -226,25 +225,23 @@ impl Socket {
         }
     }
 
-    /// The meta event, when a meta channel is configured: best effort, a failure is
-    /// logged and counted, never a reason to close.
-    fn meta(&self, event: Event) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let meta = self.shared.meta_channel.as_ref()?;
+    /// Queues the meta event, when a meta channel is configured; the receiver
+    /// resolves once it is published (or lost). `None` when not queued.
+    fn meta(&self, event: Event) -> Option<oneshot::Receiver<()>> {
+        let meta = self.shared.meta.as_ref()?;
         let channels = self.grant.channels.join(",");
-        let notifies = self.shared.mapping.notifies(
-            std::slice::from_ref(meta),
-            event,
-            &channels,
-            &self.grant.claims,
-            SystemTime::now(),
-        );
-        let shared = self.shared.clone();
-        Some(async move {
-            if let Err(e) = shared.publisher.publish(&notifies).await {
-                shared.counters.meta_failed();
-                tracing::warn!(error = %e.0, ?event, "meta event not published");
-            }
-        })
+        let notify = self
+            .shared
+            .mapping
+            .notifies(
+                std::slice::from_ref(&meta.channel),
+                event,
+                &channels,
+                &self.grant.claims,
+                SystemTime::now(),
+            )
+            .pop()?;
+        meta.send(notify)
     }
 }
 
@@ -288,18 +285,24 @@ where
                         return PING_TIMEOUT;
                     }
                     pinged = true;
-                    if self.sink.send(Message::ping(Bytes::new())).await.is_err() {
-                        return Outcome::Ended;
+                    let sent = within(ping_every, self.sink.send(Message::ping(Bytes::new())));
+                    if let Err(outcome) = written(sent.await) {
+                        return outcome;
+                    }
+                    // The peer gets a whole interval from the moment the ping is out.
+                    if let Some(ping) = &mut ping {
+                        ping.reset();
                     }
                 }
                 frame = recv(self.sub.as_deref_mut()) => {
                     let Some(frame) = frame else {
                         return self.on_ending(Ending::ListenerRestarted).await;
                     };
-                    // A peer that reads nothing for a whole ping interval is not answering.
-                    tokio::select! {
-                        r = self.send_batch(frame) => if r.is_err() { return Outcome::Ended },
-                        _ = tick(&mut ping) => return PING_TIMEOUT,
+                    // A write blocked for a whole ping interval means a peer that reads
+                    // nothing. A tick due meanwhile is only late: it runs next, and
+                    // checks the pong of a peer that may well have answered.
+                    if let Err(outcome) = written(within(ping_every, self.send_batch(frame)).await) {
+                        return outcome;
                     }
                 }
             }
@@ -374,6 +377,23 @@ where
 
 const PING_TIMEOUT: Outcome = Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout");
 
+/// `write`'s result, or `None` when it took longer than `limit` (if any).
+async fn within<F: Future>(limit: Option<Duration>, write: F) -> Option<F::Output> {
+    match limit {
+        Some(limit) => timeout(limit, write).await.ok(),
+        None => Some(write.await),
+    }
+}
+
+/// A bounded write's outcome: done, a failed stream, or a peer that read nothing.
+fn written(result: Option<Result<(), tokio_websockets::Error>>) -> Result<(), Outcome> {
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(_)) => Err(Outcome::Ended),
+        None => Err(PING_TIMEOUT),
+    }
+}
+
 fn jwt_expired() -> CloseCode {
     CloseCode::try_from(3001).expect("3001 is a valid code")
 }
@@ -434,7 +454,143 @@ async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-fn instant_at(t: SystemTime) -> Instant {
+/// `t` as an `Instant`; `None` when too far away to represent (never reached).
+fn instant_at(t: SystemTime) -> Option<Instant> {
     let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-    Instant::now() + left
+    Instant::now().checked_add(left)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a real client over an in-memory transport, in paused time.
+
+    use tokio::{
+        io::{DuplexStream, duplex},
+        sync::mpsc,
+        task::JoinHandle,
+        time::sleep_until,
+    };
+    use tokio_websockets::ClientBuilder;
+
+    use super::*;
+    use crate::listener::Subscription;
+
+    const EVERY: Duration = Duration::from_secs(10);
+    /// Smaller than a frame, so a frame's write waits for the client to read.
+    const PIPE: usize = 4096;
+
+    type Client = WebSocketStream<DuplexStream>;
+
+    struct Setup {
+        client: Client,
+        queue: mpsc::Sender<Bytes>,
+        shutdown: watch::Sender<bool>,
+        writer: JoinHandle<Outcome>,
+    }
+
+    /// A writer pinging every [`EVERY`], and next to it the reading half doing
+    /// what [`Socket::read`] does with pongs.
+    fn start() -> Setup {
+        let (server_io, client_io) = duplex(PIPE);
+        let client = ClientBuilder::new().take_over(client_io);
+        let (queue, rx) = mpsc::channel(16);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let writer = tokio::spawn(async move {
+            let (mut sink, mut stream) = ServerBuilder::new().serve(server_io).split();
+            let mut sub = Subscription::detached(rx);
+            let pong = AtomicBool::new(false);
+            let counters = Counters::default();
+            let writer = Writer {
+                sink: &mut sink,
+                signal: Some(sub.signal.clone()),
+                sub: Some(&mut sub),
+                pong: &pong,
+                counters: &counters,
+            }
+            .run(None, Some(EVERY), shutdown_rx);
+            let reader = async {
+                while let Some(Ok(msg)) = stream.next().await {
+                    if msg.is_pong() {
+                        pong.store(true, Ordering::Release);
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                outcome = writer => outcome,
+                _ = reader => unreachable!("the reader never ends"),
+            }
+        });
+        Setup {
+            client,
+            queue,
+            shutdown,
+            writer,
+        }
+    }
+
+    /// Reads (and so answers pings) until `until`; how many texts came.
+    async fn read_until(client: &mut Client, until: Instant) -> usize {
+        let mut texts = 0;
+        loop {
+            tokio::select! {
+                msg = client.next() => match msg {
+                    Some(Ok(msg)) if msg.is_text() => texts += 1,
+                    Some(Ok(_)) => {}
+                    _ => return texts,
+                },
+                _ = sleep_until(until) => return texts,
+            }
+        }
+    }
+
+    fn big_frame() -> Bytes {
+        Bytes::from(vec![b'x'; 4 * PIPE])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_during_a_slow_write_does_not_end_a_peer_that_answers() {
+        let mut s = start();
+        let t0 = Instant::now();
+        // The first ping goes out at 10 s and is answered at once.
+        read_until(&mut s.client, t0 + Duration::from_secs(19)).await;
+        // The client stops reading from 19 s to 20.5 s; a frame queued at 19.5 s
+        // is still being written when the 20 s tick is due.
+        sleep_until(t0 + Duration::from_millis(19_500)).await;
+        s.queue.send(big_frame()).await.unwrap();
+        sleep_until(t0 + Duration::from_millis(20_500)).await;
+        assert_eq!(
+            read_until(&mut s.client, t0 + Duration::from_secs(45)).await,
+            1
+        );
+        assert!(
+            !s.writer.is_finished(),
+            "the writer ended: {:?}",
+            s.writer.await
+        );
+        s.shutdown.send_replace(true);
+        let _ = read_until(&mut s.client, t0 + Duration::from_secs(46)).await;
+        assert_eq!(s.writer.await.unwrap(), GOING_AWAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_blocked_for_a_whole_interval_is_a_ping_timeout() {
+        let mut s = start();
+        let t0 = Instant::now();
+        read_until(&mut s.client, t0 + Duration::from_secs(11)).await;
+        // The client reads nothing more: the frame's write never finishes.
+        s.queue.send(big_frame()).await.unwrap();
+        assert_eq!(s.writer.await.unwrap(), PING_TIMEOUT);
+        assert!(Instant::now() <= t0 + Duration::from_secs(11) + EVERY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_pings_is_a_ping_timeout() {
+        let mut s = start();
+        let t0 = Instant::now();
+        read_until(&mut s.client, t0 + Duration::from_secs(5)).await;
+        // Nothing is read, so the ping at 10 s is never answered.
+        assert_eq!(s.writer.await.unwrap(), PING_TIMEOUT);
+        assert_eq!(Instant::now(), t0 + 2 * EVERY);
+    }
 }

@@ -68,6 +68,7 @@ impl RefusalReason {
 pub(crate) struct Counters {
     open: [AtomicI64; 3],
     channels_listened: AtomicI64,
+    pending_joins: AtomicI64,
     notifications_received: AtomicU64,
     frames_delivered: AtomicU64,
     slow_consumer_closes: AtomicU64,
@@ -108,6 +109,11 @@ impl Counters {
     pub(crate) fn channels_listened(&self, n: usize) {
         gauge!("pgws_channels_listened").set(n as f64);
         self.channels_listened.store(n as i64, Relaxed);
+    }
+
+    pub(crate) fn pending_joins(&self, n: usize) {
+        gauge!("pgws_pending_joins").set(n as f64);
+        self.pending_joins.store(n as i64, Relaxed);
     }
 
     pub(crate) fn notification_received(&self) {
@@ -168,6 +174,7 @@ impl Counters {
             open_write_sockets: open(Mode::Write),
             open_read_write_sockets: open(Mode::ReadWrite),
             channels_listened: self.channels_listened.load(Relaxed).max(0) as u64,
+            pending_joins: self.pending_joins.load(Relaxed).max(0) as u64,
             notifications_received: self.notifications_received.load(Relaxed),
             frames_delivered: self.frames_delivered.load(Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Relaxed),
@@ -205,6 +212,10 @@ pub struct Stats {
     pub open_read_write_sockets: u64,
     /// PostgreSQL channels the listener is `LISTEN`ing to.
     pub channels_listened: u64,
+    /// Handshakes waiting for their channels to be listened to. While the database
+    /// is down these wait for the listener to reconnect, each until its subscribe
+    /// timeout; the figure falls back as they give up.
+    pub pending_joins: u64,
     /// Notifications the listener received.
     pub notifications_received: u64,
     /// Text frames written to sockets.
@@ -215,7 +226,8 @@ pub struct Stats {
     pub messages_notified: u64,
     /// Client messages that could not be NOTIFYed (the socket closed with 1013).
     pub notify_failures: u64,
-    /// Meta events that could not be published.
+    /// Meta events that could not be published: dropped because the meta queue was
+    /// full, or refused by the database.
     pub meta_failures: u64,
     /// Handshake refusals by reason label (only reasons seen so far).
     pub handshake_refusals: Vec<(&'static str, u64)>,

@@ -117,6 +117,55 @@ async fn readiness_follows_the_listener_through_an_outage() {
     assert_eq!(recv_text(&mut ws).await, "after the outage");
 }
 
+#[tokio::test]
+async fn handshakes_that_time_out_during_an_outage_leave_nothing_behind() {
+    // Nothing listens on this port: the listener keeps failing to connect.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config()
+        .database_url(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .subscribe_timeout(Duration::from_millis(1000));
+    let server = std::sync::Arc::new(TestServer::start(cfg).await);
+    let path = format!("/{}", token(claims("r", Some(&unique("outage_joins")))));
+    let handshakes: Vec<_> = (0..200)
+        .map(|_| {
+            let (server, path) = (server.clone(), path.clone());
+            tokio::spawn(async move { server.handshake(&path).await })
+        })
+        .collect();
+    until(|| server.layer.stats().pending_joins > 0).await;
+    for h in handshakes {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (503, "Database unavailable")
+        );
+    }
+    // Each gave up; none may stay queued for a reconnect that may never come.
+    until(|| server.layer.stats().pending_joins == 0).await;
+    assert!(!server.layer.is_listening());
+}
+
+#[tokio::test]
+async fn listening_channels_gives_up_on_a_listener_that_does_not_answer() {
+    let hole = common::blackhole::Blackhole::start().await;
+    // No probe: the listener keeps believing in its connection.
+    let cfg = config()
+        .database_url(format!("postgres://postgres@{}/postgres", hole.addr))
+        .check_listener_interval(Duration::ZERO);
+    let server = TestServer::start(cfg).await;
+    until(|| server.layer.is_listening()).await;
+    hole.stall();
+    let answer = tokio::time::timeout(Duration::from_secs(30), server.layer.listening_channels())
+        .await
+        .expect("listening_channels() never returned");
+    assert_eq!(answer, None);
+    assert!(server.layer.is_listening());
+}
+
 async fn until(mut cond: impl FnMut() -> bool) {
     for _ in 0..400 {
         if cond() {

@@ -590,6 +590,27 @@ async fn without_a_secret_a_dev_token_is_made_and_accepted() {
     assert_eq!(recv_text(&mut ws).await, "dev");
 }
 
+#[test]
+fn settings_debug_shows_no_secret_password_or_token() {
+    let secret = "s3cret-that-must-not-show-up-anywhere";
+    let url = "postgres://app:hunter2pw@127.0.0.1:5432/postgres";
+    let with_secret = pgws::Config::builder().database_url(url).jwt_secret(secret);
+    let s = server::Settings::from_vars(with_secret, vars(&[])).unwrap();
+    let shown = format!("{s:?} {s:#?}");
+    assert!(
+        !shown.contains(secret) && !shown.contains("hunter2pw"),
+        "{shown}"
+    );
+    let dev =
+        server::Settings::from_vars(pgws::Config::builder().database_url(url), vars(&[])).unwrap();
+    let jwt = dev.dev_token.clone().expect("no sample token");
+    let shown = format!("{dev:?} {dev:#?}");
+    assert!(
+        !shown.contains(&jwt) && !shown.contains("hunter2pw"),
+        "{shown}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // (f) The layer in an axum router
 // ---------------------------------------------------------------------------

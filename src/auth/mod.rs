@@ -14,7 +14,10 @@ use serde_json::{Map, Value};
 
 pub(crate) use keys::Keys;
 
-use crate::{mapping::Claims, stats::RefusalReason};
+use crate::{
+    mapping::{Claims, Mapping},
+    stats::RefusalReason,
+};
 
 /// What a token lets a socket do with its channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,8 @@ pub(crate) struct Authorizer {
     audience: Option<String>,
     leeway: Duration,
     max_channels: usize,
+    /// Encodes the claims in the form of the configured mapping's envelope.
+    mapping: Mapping,
 }
 
 impl Authorizer {
@@ -129,6 +134,7 @@ impl Authorizer {
             audience: config.audience.clone(),
             leeway: config.leeway,
             max_channels: config.max_channels,
+            mapping: Mapping::new(config.listen_channel.as_deref()),
         }
     }
 
@@ -142,7 +148,7 @@ impl Authorizer {
         let expires_at = self.check_times(&claims, SystemTime::now())?;
         let mode = mode(&claims)?;
         let channels = grant_channels(path_channel, &claims, self.max_channels)?;
-        let claims = Claims::new(&claims);
+        let claims = self.mapping.claims(&claims);
         Ok(Grant {
             mode,
             channels,

@@ -31,6 +31,7 @@ fn authorizer_with(secret: &str, base64: bool) -> Authorizer {
         audience: None,
         leeway: Duration::ZERO,
         max_channels: 100,
+        mapping: crate::mapping::Mapping::PerChannel,
     }
 }
 
@@ -1094,9 +1095,10 @@ fn claims_json_keeps_every_claim() {
         "neg": -7,
     });
     let grant = accepted(authorizer().authorize(None, &hs(&claims)));
-    let back: Value = serde_json::from_str(grant.claims.json()).unwrap();
+    let json = serde_json::to_string(&grant.claims).unwrap();
+    let back: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(back, claims);
     // Compact, UTF-8 as is.
-    assert!(!grant.claims.json().contains(": "));
-    assert!(grant.claims.json().contains("cödé ✓"));
+    assert!(!json.contains(": "));
+    assert!(json.contains("cödé ✓"));
 }

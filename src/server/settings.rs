@@ -19,8 +19,9 @@ use super::tls::tls_config;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything [`run`](super::run) needs, read from the environment by
-/// [`Settings::from_env`] or built by hand with [`Settings::new`].
-#[derive(Debug, Clone)]
+/// [`Settings::from_env`] or built by hand with [`Settings::new`]. Its `Debug`
+/// output shows no secret, password or token.
+#[derive(Clone)]
 pub struct Settings {
     /// The layer's configuration.
     pub config: Config,
@@ -158,6 +159,25 @@ fn default_db_addr() -> SocketAddr {
     match (ip, port) {
         (Some(ip), Some(port)) => SocketAddr::new(ip, port),
         _ => fallback,
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("config", &self.config)
+            .field("addr", &self.addr)
+            .field("root_path", &self.root_path)
+            .field("upstream", &self.upstream)
+            // The sample token opens any channel: a credential.
+            .field("dev_token", &self.dev_token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .field("admin_addr", &self.admin_addr)
+            .field("log_format", &self.log_format)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("dev_db", &self.dev_db)
+            .field("builder", &self.builder)
+            .finish()
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod blackhole;
 pub mod cluster;
 pub mod frames;
+pub mod latency;
 #[cfg(feature = "server")]
 pub mod program;
 pub mod running;
