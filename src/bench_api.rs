@@ -10,10 +10,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Config,
     auth::Authorizer,
+    config::Config,
+    engine::hub::{Hub, Join, Signal},
     envelope::{self, Claims, Event},
-    hub::{Hub, Join, Signal},
+    http::handshake::{self, Route},
     mapping::Mapping,
 };
 
@@ -23,7 +24,13 @@ pub struct Auth(Authorizer);
 impl Auth {
     /// An authorizer with `config`'s keys and rules.
     pub fn new(config: &Config) -> Self {
-        Self(Authorizer::new(config))
+        Self(Authorizer::new(
+            config.keys.clone(),
+            config.audience.clone(),
+            config.leeway,
+            config.max_channels,
+            Mapping::new(config.listen_channel.as_deref()),
+        ))
     }
 
     /// Checks `token` (with an optional, still percent-encoded path channel); returns
@@ -166,10 +173,10 @@ pub fn route_request<B>(
     req: &http::Request<B>,
     prefix: &str,
 ) -> Option<Result<(Option<String>, String), &'static str>> {
-    match crate::handshake::route(req, prefix) {
-        crate::handshake::Route::Pass => None,
-        crate::handshake::Route::BadRequest(why) => Some(Err(why)),
-        crate::handshake::Route::Ours { channel, token, .. } => {
+    match handshake::route(req, prefix) {
+        Route::Pass => None,
+        Route::BadRequest(why) => Some(Err(why)),
+        Route::Ours { channel, token, .. } => {
             Some(Ok((channel.map(str::to_owned), token.to_owned())))
         }
     }

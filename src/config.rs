@@ -330,9 +330,7 @@ impl ConfigBuilder {
         I: IntoIterator<Item = O>,
         O: Into<String>,
     {
-        let list = origins
-            .into_iter()
-            .map(|o| crate::layer::normalize_origin(&o.into()));
+        let list = origins.into_iter().map(|o| normalize_origin(&o.into()));
         self.allowed_origins = Some(list.collect());
         self
     }
@@ -477,6 +475,11 @@ fn at_most_max(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
 
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
+}
+
+/// Origins compare case-insensitively and without a trailing slash.
+pub(crate) fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
 /// `""`, `"/"` → `""`; `"ws/"` → `"/ws"`.

@@ -86,36 +86,26 @@
 
 mod auth;
 mod bench_api;
-mod body;
 mod config;
 mod database;
+mod engine;
 mod envelope;
 mod error;
-mod future;
-mod handshake;
 mod history;
-mod hub;
-mod layer;
-mod listener;
+mod http;
 mod mapping;
-mod meta;
-mod publisher;
-mod service;
-mod socket;
 mod stats;
+mod time;
 
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
 
 pub use auth::Mode;
-pub use body::PgWsBody;
 pub use config::{Config, ConfigBuilder, DEFAULT_DATABASE_URL};
 pub use database::DatabaseTls;
 pub use error::ConfigError;
-pub use future::ResponseFuture;
-pub use layer::PgWsLayer;
-pub use service::PgWsService;
+pub use http::{body::PgWsBody, future::ResponseFuture, layer::PgWsLayer, service::PgWsService};
 pub use stats::Stats;
 
 /// The README's Rust example, compiled as a doctest so it stays true to the API.

@@ -128,13 +128,19 @@ pub(crate) struct Authorizer {
 }
 
 impl Authorizer {
-    pub(crate) fn new(config: &crate::Config) -> Self {
+    pub(crate) fn new(
+        keys: Arc<Keys>,
+        audience: Option<String>,
+        leeway: Duration,
+        max_channels: usize,
+        mapping: Mapping,
+    ) -> Self {
         Self {
-            keys: config.keys.clone(),
-            audience: config.audience.clone(),
-            leeway: config.leeway,
-            max_channels: config.max_channels,
-            mapping: Mapping::new(config.listen_channel.as_deref()),
+            keys,
+            audience,
+            leeway,
+            max_channels,
+            mapping,
         }
     }
 

@@ -14,24 +14,26 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::{
+    engine::{Engine, socket::Socket},
+    stats::RefusalReason,
+};
+
+use super::{
     body::PgWsBody,
     future::ResponseFuture,
     handshake::{self, Route},
-    layer::Shared,
-    socket::Socket,
-    stats::RefusalReason,
 };
 
 /// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
 #[derive(Clone)]
 pub struct PgWsService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
 }
 
 impl<S> PgWsService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, engine: Arc<Engine>) -> Self {
+        Self { inner, engine }
     }
 }
 
@@ -48,11 +50,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (channel, token, pgws_protocol) = match handshake::route(&req, &self.shared.prefix) {
+        let (channel, token, pgws_protocol) = match handshake::route(&req, &self.engine.prefix) {
             Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
             Route::BadRequest(why) => {
                 let res = refuse(
-                    &self.shared,
+                    &self.engine,
                     RefusalReason::BadRequest,
                     StatusCode::BAD_REQUEST,
                     why,
@@ -66,11 +68,11 @@ where
             } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
         };
         if !self
-            .shared
+            .engine
             .origin_allowed(req.headers().get(header::ORIGIN))
         {
             let res = refuse(
-                &self.shared,
+                &self.engine,
                 RefusalReason::OriginNotAllowed,
                 StatusCode::FORBIDDEN,
                 "Origin not allowed",
@@ -84,7 +86,7 @@ where
             upgrade: hyper::upgrade::on(&mut req),
             pgws_protocol,
         };
-        ResponseFuture::own(Box::pin(accept(self.shared.clone(), accept_req)))
+        ResponseFuture::own(Box::pin(accept(self.engine.clone(), accept_req)))
     }
 }
 
@@ -98,7 +100,7 @@ struct Accept {
 }
 
 /// Token check, subscribe before accept, then `101` and the socket task.
-async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
+async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let Accept {
         channel,
         token,
@@ -106,35 +108,35 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
         upgrade,
         pgws_protocol,
     } = req;
-    if *shared.shutdown.borrow() {
+    if *engine.shutdown.borrow() {
         return refuse(
-            &shared,
+            &engine,
             RefusalReason::ShuttingDown,
             StatusCode::SERVICE_UNAVAILABLE,
             "Server shutting down",
         );
     }
-    let Ok(permit) = shared.sockets.clone().try_acquire_owned() else {
+    let Ok(permit) = engine.sockets.clone().try_acquire_owned() else {
         return refuse(
-            &shared,
+            &engine,
             RefusalReason::TooManySockets,
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many connections",
         );
     };
-    let grant = match shared.authorizer.authorize(channel.as_deref(), &token) {
+    let grant = match engine.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
-        Err(r) => return refuse(&shared, r.reason(), r.status(), &r.to_string()),
+        Err(r) => return refuse(&engine, r.reason(), r.status(), &r.to_string()),
     };
     let subscription = if grant.mode.reads() {
-        let subscribe = shared
+        let subscribe = engine
             .listener
-            .subscribe(grant.channels.clone(), shared.queue_length);
-        match timeout(shared.subscribe_timeout, subscribe).await {
+            .subscribe(grant.channels.clone(), engine.queue_length);
+        match timeout(engine.subscribe_timeout, subscribe).await {
             Ok(Some(sub)) => Some(sub),
             _ => {
                 return refuse(
-                    &shared,
+                    &engine,
                     RefusalReason::DatabaseUnavailable,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Database unavailable",
@@ -147,14 +149,14 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
     let socket = Socket {
         grant,
         subscription,
-        shutdown: shared.shutdown.subscribe(),
-        shared,
+        shutdown: engine.shutdown.subscribe(),
+        engine,
         _permit: permit,
     };
     // One span per socket: an id, its channels and mode, never the token.
     let span = tracing::info_span!(
         "socket",
-        id = socket.shared.next_socket_id(),
+        id = socket.engine.next_socket_id(),
         channels = %socket.grant.channels.join(","),
         mode = socket.grant.mode.as_str(),
     );
@@ -164,12 +166,12 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
 
 /// A refusal, counted by reason.
 fn refuse(
-    shared: &Shared,
+    engine: &Engine,
     reason: RefusalReason,
     status: StatusCode,
     text: &str,
 ) -> Response<Bytes> {
-    shared.counters.refused(reason);
+    engine.counters.refused(reason);
     tracing::debug!(reason = reason.label(), "handshake refused");
     handshake::plain(status, text)
 }

@@ -22,11 +22,15 @@ use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSo
 use crate::{
     auth::Grant,
     envelope::Event,
+    stats::Counters,
+    time::{instant_at, sleep_until_opt},
+};
+
+use super::{
+    Engine,
     hub::{Ending, Signal},
-    layer::Shared,
     listener::Subscription,
     meta,
-    stats::Counters,
 };
 
 /// How long a close waits for the peer's answer, and how long shutdown drains.
@@ -51,7 +55,7 @@ const GOING_AWAY: Outcome = Outcome::Close(CloseCode::GOING_AWAY, "Going away");
 pub(crate) struct Socket {
     pub(crate) grant: Grant,
     pub(crate) subscription: Option<Subscription>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Held while the socket lives: counts against the socket limit.
     pub(crate) _permit: OwnedSemaphorePermit,
@@ -80,10 +84,10 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let limits = Limits::default().max_payload_len(Some(self.shared.max_message_bytes));
+        let limits = Limits::default().max_payload_len(Some(self.engine.max_message_bytes));
         let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
         let mode = self.grant.mode;
-        self.shared.counters.socket_opened(mode);
+        self.engine.counters.socket_opened(mode);
         tracing::info!("socket open");
         // Published by the meta task, so a slow database does not hold up pings and
         // notifications; the first message waits for it to keep the order.
@@ -101,7 +105,7 @@ impl Socket {
         if announced && let Some(close) = self.meta(Event::ConnectionClose) {
             let _ = timeout(meta::WAIT, close).await;
         }
-        self.shared.counters.socket_closed(mode);
+        self.engine.counters.socket_closed(mode);
     }
 
     async fn exchange<S>(
@@ -116,13 +120,13 @@ impl Socket {
         let pong = AtomicBool::new(false);
         let mut subscription = self.subscription.take();
         let expiry = self.grant.expires_at.and_then(instant_at);
-        let ping = self.shared.ping_interval;
+        let ping = self.engine.ping_interval;
         let writer = Writer {
             sink,
             signal: subscription.as_ref().map(|s| s.signal.clone()),
             sub: subscription.as_mut(),
             pong: &pong,
-            counters: &self.shared.counters,
+            counters: &self.engine.counters,
         }
         .run(expiry, ping, self.shutdown.clone());
         let reader = self.read(stream, &pong, open);
@@ -195,7 +199,7 @@ impl Socket {
         let payload = msg.into_payload();
         let text = std::str::from_utf8(&payload)
             .map_err(|_| Outcome::Close(CloseCode::INVALID_FRAME_PAYLOAD_DATA, "Invalid UTF-8"))?;
-        let notifies = self.shared.mapping.notifies(
+        let notifies = self.engine.mapping.notifies(
             &self.grant.channels,
             Event::Message,
             text,
@@ -208,8 +212,8 @@ impl Socket {
                 "Message too big: the NOTIFY payload would reach 8000 bytes",
             ));
         }
-        let counters = &self.shared.counters;
-        match self.shared.publisher.publish(&notifies).await {
+        let counters = &self.engine.counters;
+        match self.engine.publisher.publish(&notifies).await {
             Ok(()) => {
                 counters.message_notified();
                 Ok(())
@@ -228,10 +232,10 @@ impl Socket {
     /// Queues the meta event, when a meta channel is configured; the receiver
     /// resolves once it is published (or lost). `None` when not queued.
     fn meta(&self, event: Event) -> Option<oneshot::Receiver<()>> {
-        let meta = self.shared.meta.as_ref()?;
+        let meta = self.engine.meta.as_ref()?;
         let channels = self.grant.channels.join(",");
         let notify = self
-            .shared
+            .engine
             .mapping
             .notifies(
                 std::slice::from_ref(&meta.channel),
@@ -441,23 +445,10 @@ async fn tick(ping: &mut Option<Interval>) {
     }
 }
 
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|down| *down).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-/// `t` as an `Instant`; `None` when too far away to represent (never reached).
-fn instant_at(t: SystemTime) -> Option<Instant> {
-    let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-    Instant::now().checked_add(left)
 }
 
 #[cfg(test)]
@@ -473,7 +464,7 @@ mod tests {
     use tokio_websockets::ClientBuilder;
 
     use super::*;
-    use crate::listener::Subscription;
+    use crate::engine::listener::Subscription;
 
     const EVERY: Duration = Duration::from_secs(10);
     /// Smaller than a frame, so a frame's write waits for the client to read.
