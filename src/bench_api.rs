@@ -172,10 +172,10 @@ impl BenchHub {
 pub fn route_request<B>(
     req: &http::Request<B>,
     prefix: &str,
-) -> Option<Result<(Option<String>, String), &'static str>> {
+) -> Option<Result<(Option<String>, String), String>> {
     match handshake::route(req, prefix) {
         Route::Pass => None,
-        Route::BadRequest(why) => Some(Err(why)),
+        Route::Refused(refusal) => Some(Err(refusal.to_string())),
         Route::Ours { channel, token, .. } => {
             Some(Ok((channel.map(str::to_owned), token.to_owned())))
         }

@@ -94,6 +94,7 @@ mod error;
 mod history;
 mod http;
 mod mapping;
+mod refusal;
 mod stats;
 mod time;
 

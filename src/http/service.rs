@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::upgrade::OnUpgrade;
 use tokio::time::timeout;
 use tower::Service;
@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     engine::{Engine, socket::Socket},
-    stats::RefusalReason,
+    refusal::Refusal,
 };
 
 use super::{
@@ -52,13 +52,8 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let (channel, token, pgws_protocol) = match handshake::route(&req, &self.engine.prefix) {
             Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
-            Route::BadRequest(why) => {
-                let res = refuse(
-                    &self.engine,
-                    RefusalReason::BadRequest,
-                    StatusCode::BAD_REQUEST,
-                    why,
-                );
+            Route::Refused(refusal) => {
+                let res = refuse(&self.engine, refusal);
                 return ResponseFuture::own(Box::pin(std::future::ready(res)));
             }
             Route::Ours {
@@ -71,12 +66,7 @@ where
             .engine
             .origin_allowed(req.headers().get(header::ORIGIN))
         {
-            let res = refuse(
-                &self.engine,
-                RefusalReason::OriginNotAllowed,
-                StatusCode::FORBIDDEN,
-                "Origin not allowed",
-            );
+            let res = refuse(&self.engine, Refusal::OriginNotAllowed);
             return ResponseFuture::own(Box::pin(std::future::ready(res)));
         }
         let accept_req = Accept {
@@ -109,24 +99,14 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         pgws_protocol,
     } = req;
     if *engine.shutdown.borrow() {
-        return refuse(
-            &engine,
-            RefusalReason::ShuttingDown,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server shutting down",
-        );
+        return refuse(&engine, Refusal::ShuttingDown);
     }
     let Ok(permit) = engine.sockets.clone().try_acquire_owned() else {
-        return refuse(
-            &engine,
-            RefusalReason::TooManySockets,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many connections",
-        );
+        return refuse(&engine, Refusal::TooManySockets);
     };
     let grant = match engine.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
-        Err(r) => return refuse(&engine, r.reason(), r.status(), &r.to_string()),
+        Err(refusal) => return refuse(&engine, refusal),
     };
     let subscription = if grant.mode.reads() {
         let subscribe = engine
@@ -135,12 +115,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         match timeout(engine.subscribe_timeout, subscribe).await {
             Ok(Some(sub)) => Some(sub),
             _ => {
-                return refuse(
-                    &engine,
-                    RefusalReason::DatabaseUnavailable,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Database unavailable",
-                );
+                return refuse(&engine, Refusal::DatabaseUnavailable);
             }
         }
     } else {
@@ -165,15 +140,10 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
 }
 
 /// A refusal, counted by reason.
-fn refuse(
-    engine: &Engine,
-    reason: RefusalReason,
-    status: StatusCode,
-    text: &str,
-) -> Response<Bytes> {
-    engine.counters.refused(reason);
-    tracing::debug!(reason = reason.label(), "handshake refused");
-    handshake::plain(status, text)
+fn refuse(engine: &Engine, refusal: Refusal) -> Response<Bytes> {
+    engine.counters.refused(&refusal);
+    tracing::debug!(reason = refusal.label(), "handshake refused");
+    refusal.response()
 }
 
 impl<S: fmt::Debug> fmt::Debug for PgWsService<S> {
