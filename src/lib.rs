@@ -86,6 +86,7 @@
 
 mod auth;
 mod bench_api;
+mod close;
 mod config;
 mod database;
 mod engine;

@@ -17,10 +17,11 @@ use tokio::{
     sync::{OwnedSemaphorePermit, oneshot, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
-use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
+use tokio_websockets::{Limits, Message, Payload, ServerBuilder, WebSocketStream};
 
 use crate::{
     auth::Grant,
+    close::Close,
     envelope::Event,
     stats::Counters,
     time::{instant_at, sleep_until_opt},
@@ -43,13 +44,13 @@ const BATCH: usize = 64;
 /// How the exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// We close with this code.
-    Close(CloseCode, &'static str),
+    /// We close with this.
+    Close(Close),
     /// The peer closed, or the stream failed; the codec already answered.
     Ended,
 }
 
-const GOING_AWAY: Outcome = Outcome::Close(CloseCode::GOING_AWAY, "Going away");
+const GOING_AWAY: Outcome = Outcome::Close(Close::GoingAway);
 
 /// One accepted socket.
 pub(crate) struct Socket {
@@ -95,8 +96,12 @@ impl Socket {
         let announced = open.is_some();
         let outcome = self.exchange(&mut sink, &mut stream, open).await;
         match outcome {
-            Outcome::Close(code, reason) => {
-                tracing::info!(code = u16::from(code), reason, "socket closed")
+            Outcome::Close(close) => {
+                tracing::info!(
+                    code = close.code(),
+                    reason = close.reason(),
+                    "socket closed"
+                )
             }
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
@@ -165,7 +170,7 @@ impl Socket {
                 Some(Ok(msg)) => msg,
                 // Too long once reassembled: the codec leaves that answer to us.
                 Some(Err(tokio_websockets::Error::PayloadTooLong { .. })) => {
-                    return Outcome::Close(CloseCode::MESSAGE_TOO_BIG, "Message too big");
+                    return Outcome::Close(Close::MessageTooBig);
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "socket stream error");
@@ -191,14 +196,10 @@ impl Socket {
     /// Checks one data message (mode, UTF-8, NOTIFY size) and NOTIFYs it.
     async fn on_message(&self, msg: Message) -> Result<(), Outcome> {
         if !self.grant.mode.writes() {
-            return Err(Outcome::Close(
-                CloseCode::POLICY_VIOLATION,
-                "Write not allowed: this token's mode is r",
-            ));
+            return Err(Outcome::Close(Close::WriteNotAllowed));
         }
         let payload = msg.into_payload();
-        let text = std::str::from_utf8(&payload)
-            .map_err(|_| Outcome::Close(CloseCode::INVALID_FRAME_PAYLOAD_DATA, "Invalid UTF-8"))?;
+        let text = std::str::from_utf8(&payload).map_err(|_| Outcome::Close(Close::InvalidUtf8))?;
         let notifies = self.engine.mapping.notifies(
             &self.grant.channels,
             Event::Message,
@@ -207,10 +208,7 @@ impl Socket {
             SystemTime::now(),
         );
         if notifies.iter().any(|n| n.payload.len() >= NOTIFY_LIMIT) {
-            return Err(Outcome::Close(
-                CloseCode::MESSAGE_TOO_BIG,
-                "Message too big: the NOTIFY payload would reach 8000 bytes",
-            ));
+            return Err(Outcome::Close(Close::NotifyTooBig));
         }
         let counters = &self.engine.counters;
         match self.engine.publisher.publish(&notifies).await {
@@ -221,10 +219,7 @@ impl Socket {
             Err(e) => {
                 counters.notify_failed();
                 tracing::warn!(error = %e.0, "NOTIFY failed");
-                Err(Outcome::Close(
-                    CloseCode::SERVICE_OVERLOAD,
-                    "Database unavailable",
-                ))
+                Err(Outcome::Close(Close::DatabaseUnavailable))
             }
         }
     }
@@ -283,7 +278,7 @@ where
                     let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
                     return GOING_AWAY;
                 }
-                _ = sleep_until_opt(expiry) => return Outcome::Close(jwt_expired(), "JWT expired"),
+                _ = sleep_until_opt(expiry) => return Outcome::Close(Close::JwtExpired),
                 _ = tick(&mut ping) => {
                     if pinged && !self.pong.swap(false, Ordering::AcqRel) {
                         return PING_TIMEOUT;
@@ -317,18 +312,12 @@ where
         match ending {
             Ending::SlowConsumer => {
                 self.counters.slow_consumer_closed();
-                Outcome::Close(
-                    CloseCode::POLICY_VIOLATION,
-                    "Slow consumer: the outbound queue is full",
-                )
+                Outcome::Close(Close::SlowConsumer)
             }
             Ending::ListenerRestarted => {
                 // What was queued before the loss is still good: deliver it first.
                 let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
-                Outcome::Close(
-                    CloseCode::SERVICE_RESTART,
-                    "Listener restarted: notifications may have been missed",
-                )
+                Outcome::Close(Close::ListenerRestarted)
             }
         }
     }
@@ -379,7 +368,7 @@ where
     }
 }
 
-const PING_TIMEOUT: Outcome = Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout");
+const PING_TIMEOUT: Outcome = Outcome::Close(Close::PingTimeout);
 
 /// `write`'s result, or `None` when it took longer than `limit` (if any).
 async fn within<F: Future>(limit: Option<Duration>, write: F) -> Option<F::Output> {
@@ -398,10 +387,6 @@ fn written(result: Option<Result<(), tokio_websockets::Error>>) -> Result<(), Ou
     }
 }
 
-fn jwt_expired() -> CloseCode {
-    CloseCode::try_from(3001).expect("3001 is a valid code")
-}
-
 fn text(frame: Bytes) -> Message {
     Message::text(Payload::from(frame))
 }
@@ -412,10 +397,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
-        if let Outcome::Close(code, reason) = outcome {
+        if let Outcome::Close(close) = outcome {
             // Refused when the codec already queued its own close; reading on
             // flushes that one.
-            let _ = sink.send(Message::close(Some(code), reason)).await;
+            let _ = sink
+                .send(Message::close(Some(close.close_code()), close.reason()))
+                .await;
         }
         while stream.next().await.is_some() {}
     })
