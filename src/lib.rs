@@ -85,6 +85,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+#[cfg(feature = "internals")]
 mod bench_api;
 mod close;
 mod config;
@@ -92,6 +93,8 @@ mod database;
 mod engine;
 mod envelope;
 mod error;
+/// The history store (not wired into the layer yet): reached only through `__bench`.
+#[cfg(feature = "internals")]
 mod history;
 mod http;
 mod mapping;
@@ -116,8 +119,10 @@ pub use stats::Stats;
 struct ReadmeDoctests;
 
 /// Internals re-exported for the crate's own benchmarks (`benches/`), fuzz
-/// targets (`fuzz/`) and tests (`tests/`). Not part of the API: hidden from the
-/// docs, exempt from semver, and may change in any release.
+/// targets (`fuzz/`) and tests (`tests/`), with the `internals` feature only. Not
+/// part of the API: hidden from the docs, exempt from semver, and may change in any
+/// release.
+#[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::bench_api::*;
