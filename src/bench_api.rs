@@ -26,10 +26,10 @@ impl Auth {
     pub fn new(config: &Config) -> Self {
         Self(Authorizer::new(
             config.keys.clone(),
-            config.audience.clone(),
-            config.leeway,
-            config.max_channels,
-            Mapping::new(config.listen_channel.as_deref()),
+            config.values.audience.clone(),
+            config.values.leeway,
+            config.values.max_channels,
+            Mapping::new(config.listen_channel()),
         ))
     }
 

@@ -107,7 +107,7 @@ mod time;
 pub mod server;
 
 pub use auth::Mode;
-pub use config::{Config, ConfigBuilder, DEFAULT_DATABASE_URL};
+pub use config::{Config, ConfigBuilder, DEFAULT_DATABASE_URL, SettingInfo};
 pub use database::DatabaseTls;
 pub use error::ConfigError;
 pub use http::{body::PgWsBody, future::ResponseFuture, layer::PgWsLayer, service::PgWsService};

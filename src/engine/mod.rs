@@ -7,12 +7,9 @@ pub(crate) mod meta;
 pub(crate) mod publisher;
 pub(crate) mod socket;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use http::HeaderValue;
@@ -23,7 +20,7 @@ use tokio::{
 
 use crate::{
     auth::Authorizer,
-    config::{Config, normalize_origin},
+    config::{Config, Values, normalize_origin},
     mapping::Mapping,
     stats::{Counters, Stats},
 };
@@ -38,16 +35,12 @@ pub(crate) struct Engine {
     pub(crate) mapping: Mapping,
     /// The meta task, when a meta channel is configured.
     pub(crate) meta: Option<Meta>,
-    pub(crate) prefix: String,
-    pub(crate) subscribe_timeout: Duration,
-    pub(crate) queue_length: usize,
-    pub(crate) ping_interval: Option<Duration>,
-    pub(crate) max_message_bytes: usize,
+    /// The checked settings.
+    pub(crate) settings: Values,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) counters: Arc<Counters>,
     /// One permit per open socket (or handshake in progress).
     pub(crate) sockets: Arc<Semaphore>,
-    pub(crate) allowed_origins: Option<Vec<String>>,
     pub(crate) socket_ids: AtomicU64,
 }
 
@@ -55,40 +48,36 @@ impl Engine {
     /// Starts the listener task and the write pool. Neither needs the database
     /// to be up: the listener retries forever and the pool connects on demand.
     pub(crate) fn start(config: Config) -> Self {
-        let mapping = Mapping::new(config.listen_channel.as_deref());
+        let Config { values, db, keys } = config;
+        let mapping = Mapping::new(values.listen_channel.as_deref());
         let counters = Arc::new(Counters::default());
         let listener = listener::spawn(
-            config.db.clone(),
+            db.clone(),
             mapping.clone(),
-            config.check_listener_interval,
+            values.check_listener_interval(),
             counters.clone(),
         );
-        let publisher = Publisher::new(config.db.clone(), config.pool_size);
-        let meta = config
+        let publisher = Publisher::new(db, values.pool_size);
+        let meta = values
             .meta_channel
             .clone()
             .map(|channel| Meta::spawn(channel, publisher.clone(), counters.clone()));
         Engine {
             authorizer: Authorizer::new(
-                config.keys.clone(),
-                config.audience.clone(),
-                config.leeway,
-                config.max_channels,
+                keys,
+                values.audience.clone(),
+                values.leeway,
+                values.max_channels,
                 mapping.clone(),
             ),
             listener,
             publisher,
             mapping,
             meta,
-            prefix: config.path_prefix,
-            subscribe_timeout: config.subscribe_timeout,
-            queue_length: config.queue_length,
-            ping_interval: config.ping_interval,
-            max_message_bytes: config.max_message_bytes,
             shutdown: watch::channel(false).0,
             counters,
-            sockets: Arc::new(Semaphore::new(config.max_sockets)),
-            allowed_origins: config.allowed_origins,
+            sockets: Arc::new(Semaphore::new(values.max_sockets)),
+            settings: values,
             socket_ids: AtomicU64::new(1),
         }
     }
@@ -100,7 +89,7 @@ impl Engine {
 
     /// No list allows any origin; a request without `Origin` (not a browser) passes.
     pub(crate) fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
-        let (Some(list), Some(origin)) = (&self.allowed_origins, origin) else {
+        let (Some(list), Some(origin)) = (&self.settings.allowed_origins, origin) else {
             return true;
         };
         let origin = origin.to_str().unwrap_or_default();

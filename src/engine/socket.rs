@@ -85,7 +85,8 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let limits = Limits::default().max_payload_len(Some(self.engine.max_message_bytes));
+        let limits =
+            Limits::default().max_payload_len(Some(self.engine.settings.max_message_bytes));
         let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
         let mode = self.grant.mode;
         self.engine.counters.socket_opened(mode);
@@ -125,7 +126,7 @@ impl Socket {
         let pong = AtomicBool::new(false);
         let mut subscription = self.subscription.take();
         let expiry = self.grant.expires_at.and_then(instant_at);
-        let ping = self.engine.ping_interval;
+        let ping = self.engine.settings.ping_interval();
         let writer = Writer {
             sink,
             signal: subscription.as_ref().map(|s| s.signal.clone()),

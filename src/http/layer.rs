@@ -69,7 +69,7 @@ impl fmt::Debug for PgWsLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgWsLayer")
             .field("mapping", &self.engine.mapping)
-            .field("prefix", &self.engine.prefix)
+            .field("prefix", &self.engine.settings.path_prefix)
             .finish_non_exhaustive()
     }
 }

@@ -50,18 +50,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (channel, token, pgws_protocol) = match handshake::route(&req, &self.engine.prefix) {
-            Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
-            Route::Refused(refusal) => {
-                let res = refuse(&self.engine, refusal);
-                return ResponseFuture::own(Box::pin(std::future::ready(res)));
-            }
-            Route::Ours {
-                channel,
-                token,
-                pgws_protocol,
-            } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
-        };
+        let (channel, token, pgws_protocol) =
+            match handshake::route(&req, &self.engine.settings.path_prefix) {
+                Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
+                Route::Refused(refusal) => {
+                    let res = refuse(&self.engine, refusal);
+                    return ResponseFuture::own(Box::pin(std::future::ready(res)));
+                }
+                Route::Ours {
+                    channel,
+                    token,
+                    pgws_protocol,
+                } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
+            };
         if !self
             .engine
             .origin_allowed(req.headers().get(header::ORIGIN))
@@ -111,8 +112,8 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let subscription = if grant.mode.reads() {
         let subscribe = engine
             .listener
-            .subscribe(grant.channels.clone(), engine.queue_length);
-        match timeout(engine.subscribe_timeout, subscribe).await {
+            .subscribe(grant.channels.clone(), engine.settings.queue_length);
+        match timeout(engine.settings.subscribe_timeout, subscribe).await {
             Ok(Some(sub)) => Some(sub),
             _ => {
                 return refuse(&engine, Refusal::DatabaseUnavailable);
