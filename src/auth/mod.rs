@@ -1,4 +1,4 @@
-//! The token check and the channel grant (sections 2 and 3 of the wire contract).
+//! The token check and the channel grant (PROTOCOL.md §2 to §4).
 
 mod keys;
 
@@ -87,7 +87,7 @@ impl Authorizer {
         }
     }
 
-    /// The whole check, in the contract's order of refusals.
+    /// The whole check, in the order of refusals of PROTOCOL.md §5.
     pub(crate) fn authorize(
         &self,
         path_channel: Option<&str>,

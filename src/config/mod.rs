@@ -14,7 +14,7 @@ pub(crate) use settings::Values;
 pub use settings::{Config, SettingInfo};
 
 impl Config {
-    /// Starts a builder with the defaults of the wire contract.
+    /// Starts a builder with the defaults of PROTOCOL.md §13.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder::default()
     }
