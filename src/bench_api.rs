@@ -10,10 +10,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Config,
     auth::Authorizer,
+    config::Config,
+    engine::hub::{Hub, Join, Signal},
     envelope::{self, Claims, Event},
-    hub::{Hub, Join, Signal},
+    http::handshake::{self, Route},
     mapping::Mapping,
 };
 
@@ -23,7 +24,13 @@ pub struct Auth(Authorizer);
 impl Auth {
     /// An authorizer with `config`'s keys and rules.
     pub fn new(config: &Config) -> Self {
-        Self(Authorizer::new(config))
+        Self(Authorizer::new(
+            config.keys.clone(),
+            config.values.audience.clone(),
+            config.values.leeway,
+            config.values.max_channels,
+            Mapping::new(config.listen_channel()),
+        ))
     }
 
     /// Checks `token` (with an optional, still percent-encoded path channel); returns
@@ -165,11 +172,11 @@ impl BenchHub {
 pub fn route_request<B>(
     req: &http::Request<B>,
     prefix: &str,
-) -> Option<Result<(Option<String>, String), &'static str>> {
-    match crate::handshake::route(req, prefix) {
-        crate::handshake::Route::Pass => None,
-        crate::handshake::Route::BadRequest(why) => Some(Err(why)),
-        crate::handshake::Route::Ours { channel, token, .. } => {
+) -> Option<Result<(Option<String>, String), String>> {
+    match handshake::route(req, prefix) {
+        Route::Pass => None,
+        Route::Refused(refusal) => Some(Err(refusal.to_string())),
+        Route::Ours { channel, token, .. } => {
             Some(Ok((channel.map(str::to_owned), token.to_owned())))
         }
     }

@@ -822,7 +822,7 @@ mod tests {
         let e = parse("sslmode=verify-full sslrootcert=system hostaddr=127.0.0.1").unwrap_err();
         assert!(e.contains("needs a host name"), "{e}");
         // Errors from the environment name the variable, and never the password.
-        let e = crate::Config::builder()
+        let e = crate::config::Config::builder()
             .jwt_secret("s")
             .database_url("postgres://u:hunter2@h/db?sslmode=verify-ful")
             .build_from_env()

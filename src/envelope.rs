@@ -1,4 +1,4 @@
-//! The JSON envelopes of both mappings (section 4) and the meta events (section 7).
+//! The JSON envelopes of both mappings (PROTOCOL.md §6, §7) and the meta events (§10).
 //!
 //! serde_json writes every envelope from borrowed parts; a socket's claims are
 //! encoded once and embedded as raw JSON values, never spliced in as text.

@@ -53,48 +53,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-impl ConfigError {
-    /// The `PGWS_*` variable behind this error, when it came from one.
-    pub fn variable(&self) -> Option<&'static str> {
-        Some(match self {
-            Self::MissingSecret | Self::InvalidSecret(_) => "PGWS_JWT_SECRET",
-            Self::InvalidDatabaseUrl(_) => "PGWS_DB_URI",
-            Self::InvalidChannel { setting, .. } | Self::InvalidValue { setting, .. } => {
-                setting_variable(setting)?
-            }
-            Self::Env { var, .. } => var,
-        })
-    }
-
-    /// The same error, naming its variable (for settings read from the environment).
-    pub(crate) fn in_env(self) -> Self {
-        match (&self, self.variable()) {
-            (Self::Env { .. }, _) | (_, None) => self,
-            (_, Some(var)) => Self::Env {
-                var,
-                reason: self.to_string(),
-            },
-        }
-    }
-}
-
-fn setting_variable(setting: &str) -> Option<&'static str> {
-    Some(match setting {
-        "listen_channel" => "PGWS_LISTEN_CHANNEL",
-        "meta_channel" => "PGWS_META_CHANNEL",
-        "pool_size" => "PGWS_POOL_SIZE",
-        "queue_length" => "PGWS_QUEUE_LENGTH",
-        "max_message_bytes" => "PGWS_MAX_MESSAGE_BYTES",
-        "max_channels" => "PGWS_MAX_CHANNELS",
-        "max_sockets" => "PGWS_MAX_SOCKETS",
-        "subscribe_timeout" => "PGWS_SUBSCRIBE_TIMEOUT",
-        "ping_interval" => "PGWS_PING_INTERVAL",
-        "check_listener_interval" => "PGWS_CHECK_LISTENER_INTERVAL",
-        "leeway" => "PGWS_JWT_LEEWAY",
-        _ => return None,
-    })
-}
-
 /// An error and its causes, `a: b: c`. tokio-postgres's own text leaves the cause
 /// out ("error performing TLS handshake", "db error"), and the cause is what says
 /// what to fix. A cause already ending the text (as deadpool repeats it) is not

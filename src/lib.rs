@@ -85,37 +85,32 @@
 #![warn(missing_docs)]
 
 mod auth;
+#[cfg(feature = "internals")]
 mod bench_api;
-mod body;
+mod close;
 mod config;
 mod database;
+mod engine;
 mod envelope;
 mod error;
-mod future;
-mod handshake;
+/// The history store (not wired into the layer yet): reached only through `__bench`.
+#[cfg(feature = "internals")]
 mod history;
-mod hub;
-mod layer;
-mod listener;
+mod http;
 mod mapping;
-mod meta;
-mod publisher;
-mod service;
-mod socket;
+mod refusal;
 mod stats;
+mod time;
 
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub mod server;
 
 pub use auth::Mode;
-pub use body::PgWsBody;
-pub use config::{Config, ConfigBuilder, DEFAULT_DATABASE_URL};
+pub use config::{Config, ConfigBuilder, DEFAULT_DATABASE_URL, SettingInfo};
 pub use database::DatabaseTls;
 pub use error::ConfigError;
-pub use future::ResponseFuture;
-pub use layer::PgWsLayer;
-pub use service::PgWsService;
+pub use http::{body::PgWsBody, future::ResponseFuture, layer::PgWsLayer, service::PgWsService};
 pub use stats::Stats;
 
 /// The README's Rust example, compiled as a doctest so it stays true to the API.
@@ -124,8 +119,10 @@ pub use stats::Stats;
 struct ReadmeDoctests;
 
 /// Internals re-exported for the crate's own benchmarks (`benches/`), fuzz
-/// targets (`fuzz/`) and tests (`tests/`). Not part of the API: hidden from the
-/// docs, exempt from semver, and may change in any release.
+/// targets (`fuzz/`) and tests (`tests/`), with the `internals` feature only. Not
+/// part of the API: hidden from the docs, exempt from semver, and may change in any
+/// release.
+#[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::bench_api::*;

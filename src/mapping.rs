@@ -1,4 +1,4 @@
-//! The two channel mappings of section 4: what to `LISTEN`, how to route a
+//! The two channel mappings of PROTOCOL.md §6: what to `LISTEN`, how to route a
 //! notification, and which envelope a message gets. Everything that differs
 //! between them is here.
 

@@ -5,62 +5,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use metrics::{counter, gauge};
 
-use crate::auth::Mode;
-
-/// Why a handshake was refused, as the `reason` label of
-/// `pgws_handshake_refusals_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RefusalReason {
-    InvalidToken,
-    TokenExpired,
-    NotYetValid,
-    MissingMode,
-    InvalidMode,
-    InvalidChannel,
-    NoAllowedChannels,
-    TooManyChannels,
-    BadRequest,
-    OriginNotAllowed,
-    TooManySockets,
-    DatabaseUnavailable,
-    ShuttingDown,
-}
-
-impl RefusalReason {
-    const ALL: [RefusalReason; 13] = [
-        Self::InvalidToken,
-        Self::TokenExpired,
-        Self::NotYetValid,
-        Self::MissingMode,
-        Self::InvalidMode,
-        Self::InvalidChannel,
-        Self::NoAllowedChannels,
-        Self::TooManyChannels,
-        Self::BadRequest,
-        Self::OriginNotAllowed,
-        Self::TooManySockets,
-        Self::DatabaseUnavailable,
-        Self::ShuttingDown,
-    ];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::InvalidToken => "invalid_token",
-            Self::TokenExpired => "token_expired",
-            Self::NotYetValid => "token_not_yet_valid",
-            Self::MissingMode => "missing_mode",
-            Self::InvalidMode => "invalid_mode",
-            Self::InvalidChannel => "invalid_channel",
-            Self::NoAllowedChannels => "no_allowed_channels",
-            Self::TooManyChannels => "too_many_channels",
-            Self::BadRequest => "bad_request",
-            Self::OriginNotAllowed => "origin_not_allowed",
-            Self::TooManySockets => "too_many_sockets",
-            Self::DatabaseUnavailable => "database_unavailable",
-            Self::ShuttingDown => "shutting_down",
-        }
-    }
-}
+use crate::{auth::Mode, refusal::Refusal};
 
 /// The live counters of one layer. Each event reaches the `metrics` facade before
 /// the atomics, so a figure seen in [`Stats`] is already in the exporter too.
@@ -75,7 +20,8 @@ pub(crate) struct Counters {
     messages_notified: AtomicU64,
     notify_failures: AtomicU64,
     meta_failures: AtomicU64,
-    refusals: [AtomicU64; RefusalReason::ALL.len()],
+    /// By [`Refusal::label_index`].
+    refusals: [AtomicU64; Refusal::LABELS.len()],
     listener_reconnects: AtomicU64,
     queue_usage_bits: AtomicU64,
 }
@@ -146,13 +92,9 @@ impl Counters {
         self.meta_failures.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn refused(&self, reason: RefusalReason) {
-        let i = RefusalReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        counter!("pgws_handshake_refusals_total", "reason" => reason.label()).increment(1);
-        self.refusals[i].fetch_add(1, Relaxed);
+    pub(crate) fn refused(&self, refusal: &Refusal) {
+        counter!("pgws_handshake_refusals_total", "reason" => refusal.label()).increment(1);
+        self.refusals[refusal.label_index()].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn listener_reconnected(&self) {
@@ -181,10 +123,11 @@ impl Counters {
             messages_notified: self.messages_notified.load(Relaxed),
             notify_failures: self.notify_failures.load(Relaxed),
             meta_failures: self.meta_failures.load(Relaxed),
-            handshake_refusals: RefusalReason::ALL
+            // A repeated label counts at its first place only, so shows once.
+            handshake_refusals: Refusal::LABELS
                 .iter()
                 .zip(&self.refusals)
-                .map(|(r, n)| (r.label(), n.load(Relaxed)))
+                .map(|(label, n)| (*label, n.load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             listener_reconnects: self.listener_reconnects.load(Relaxed),

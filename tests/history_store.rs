@@ -1,6 +1,7 @@
 //! The history store against real PostgreSQL: migrations, publishing, offsets,
 //! announcements, reads, gaps, retention and pruning. Each test has its own
 //! schema (and so its own announcing channel), dropped at the end.
+#![cfg(feature = "internals")]
 
 mod common;
 

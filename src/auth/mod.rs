@@ -1,14 +1,12 @@
-//! The token check and the channel grant (sections 2 and 3 of the wire contract).
+//! The token check and the channel grant (PROTOCOL.md §2 to §4).
 
 mod keys;
 
 use std::{
-    fmt,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use http::StatusCode;
 use jsonwebtoken::{Validation, decode, decode_header, errors::ErrorKind};
 use serde_json::{Map, Value};
 
@@ -16,7 +14,7 @@ pub(crate) use keys::Keys;
 
 use crate::{
     mapping::{Claims, Mapping},
-    stats::RefusalReason,
+    refusal::Refusal,
 };
 
 /// What a token lets a socket do with its channels.
@@ -51,61 +49,6 @@ impl Mode {
     }
 }
 
-/// Why a handshake is refused before the upgrade; each maps to a status and a body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    InvalidToken(String),
-    TokenExpired,
-    NotYetValid,
-    MissingMode,
-    InvalidMode,
-    InvalidChannelName,
-    NoAllowedChannels,
-    TooManyChannels,
-}
-
-impl Refusal {
-    pub(crate) fn reason(&self) -> RefusalReason {
-        match self {
-            Refusal::InvalidToken(_) => RefusalReason::InvalidToken,
-            Refusal::TokenExpired => RefusalReason::TokenExpired,
-            Refusal::NotYetValid => RefusalReason::NotYetValid,
-            Refusal::MissingMode => RefusalReason::MissingMode,
-            Refusal::InvalidMode => RefusalReason::InvalidMode,
-            Refusal::InvalidChannelName => RefusalReason::InvalidChannel,
-            Refusal::NoAllowedChannels => RefusalReason::NoAllowedChannels,
-            Refusal::TooManyChannels => RefusalReason::TooManyChannels,
-        }
-    }
-
-    pub(crate) fn status(&self) -> StatusCode {
-        match self {
-            Refusal::InvalidToken(_) | Refusal::TokenExpired | Refusal::NotYetValid => {
-                StatusCode::UNAUTHORIZED
-            }
-            Refusal::InvalidChannelName => StatusCode::BAD_REQUEST,
-            _ => StatusCode::FORBIDDEN,
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::InvalidToken(why) => write!(f, "Invalid token: {why}"),
-            Refusal::TokenExpired => f.write_str("Token expired"),
-            Refusal::NotYetValid => f.write_str("Token not yet valid"),
-            Refusal::MissingMode => f.write_str("Missing mode claim"),
-            Refusal::InvalidMode => f.write_str("Invalid mode claim: use r, w or rw"),
-            Refusal::InvalidChannelName => {
-                f.write_str("Invalid channel name: 1 to 63 bytes of UTF-8 without NUL")
-            }
-            Refusal::NoAllowedChannels => f.write_str("No allowed channels"),
-            Refusal::TooManyChannels => f.write_str("Too many channels"),
-        }
-    }
-}
-
 /// What an accepted token grants.
 #[derive(Debug, Clone)]
 pub(crate) struct Grant {
@@ -128,17 +71,23 @@ pub(crate) struct Authorizer {
 }
 
 impl Authorizer {
-    pub(crate) fn new(config: &crate::Config) -> Self {
+    pub(crate) fn new(
+        keys: Arc<Keys>,
+        audience: Option<String>,
+        leeway: Duration,
+        max_channels: usize,
+        mapping: Mapping,
+    ) -> Self {
         Self {
-            keys: config.keys.clone(),
-            audience: config.audience.clone(),
-            leeway: config.leeway,
-            max_channels: config.max_channels,
-            mapping: Mapping::new(config.listen_channel.as_deref()),
+            keys,
+            audience,
+            leeway,
+            max_channels,
+            mapping,
         }
     }
 
-    /// The whole check, in the contract's order of refusals.
+    /// The whole check, in the order of refusals of PROTOCOL.md §5.
     pub(crate) fn authorize(
         &self,
         path_channel: Option<&str>,

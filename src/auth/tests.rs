@@ -1,4 +1,4 @@
-//! The token check and the channel grant against sections 2 and 3 of the wire contract.
+//! The token check and the channel grant against PROTOCOL.md §2 to §4.
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -592,7 +592,7 @@ fn a_bad_granted_channel_wins_over_too_many() {
     );
 }
 
-// ---- section 3: which channels ---------------------------------------------------------
+// ---- §4: which channels ----------------------------------------------------------------
 
 #[test]
 fn a_path_channel_alone_is_granted() {

@@ -1,4 +1,4 @@
-//! The standalone pgws server (wire contract §8), configured by `PGWS_*` variables:
+//! The standalone pgws server (PROTOCOL.md §13), configured by `PGWS_*` variables:
 //! the `pgws` program, behind the `server` feature.
 //!
 //! ```text
@@ -11,7 +11,7 @@
 //! static files (`PGWS_ROOT_PATH`), then to a reverse proxy (`PGWS_UPSTREAM`,
 //! typically PostgREST).
 //!
-//! Besides the variables of the wire contract (§8):
+//! Besides the layer's variables ([`Config::SETTINGS`](crate::Config::SETTINGS)):
 //! - `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM) serve `https:`/`wss:` with
 //!   rustls;
 //! - `PGWS_ADMIN_ADDR` (e.g. `127.0.0.1:9090`) serves `/metrics` (Prometheus text),

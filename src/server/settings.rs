@@ -301,7 +301,7 @@ fn settings_from(
     builder: ConfigBuilder,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Settings, String> {
-    // An empty value counts as unset (§8).
+    // An empty value counts as unset (PROTOCOL.md §13).
     let var = |name: &str| var(name).filter(|v| !v.is_empty());
     let tls = match (var("PGWS_CERTIFICATE_FILE"), var("PGWS_KEY_FILE")) {
         (None, None) => None,

@@ -17,16 +17,21 @@ use tokio::{
     sync::{OwnedSemaphorePermit, oneshot, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
-use tokio_websockets::{CloseCode, Limits, Message, Payload, ServerBuilder, WebSocketStream};
+use tokio_websockets::{Limits, Message, Payload, ServerBuilder, WebSocketStream};
 
 use crate::{
     auth::Grant,
+    close::Close,
     envelope::Event,
+    stats::Counters,
+    time::{instant_at, sleep_until_opt},
+};
+
+use super::{
+    Engine,
     hub::{Ending, Signal},
-    layer::Shared,
     listener::Subscription,
     meta,
-    stats::Counters,
 };
 
 /// How long a close waits for the peer's answer, and how long shutdown drains.
@@ -39,19 +44,19 @@ const BATCH: usize = 64;
 /// How the exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// We close with this code.
-    Close(CloseCode, &'static str),
+    /// We close with this.
+    Close(Close),
     /// The peer closed, or the stream failed; the codec already answered.
     Ended,
 }
 
-const GOING_AWAY: Outcome = Outcome::Close(CloseCode::GOING_AWAY, "Going away");
+const GOING_AWAY: Outcome = Outcome::Close(Close::GoingAway);
 
 /// One accepted socket.
 pub(crate) struct Socket {
     pub(crate) grant: Grant,
     pub(crate) subscription: Option<Subscription>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Held while the socket lives: counts against the socket limit.
     pub(crate) _permit: OwnedSemaphorePermit,
@@ -80,10 +85,11 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let limits = Limits::default().max_payload_len(Some(self.shared.max_message_bytes));
+        let limits =
+            Limits::default().max_payload_len(Some(self.engine.settings.max_message_bytes));
         let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
         let mode = self.grant.mode;
-        self.shared.counters.socket_opened(mode);
+        self.engine.counters.socket_opened(mode);
         tracing::info!("socket open");
         // Published by the meta task, so a slow database does not hold up pings and
         // notifications; the first message waits for it to keep the order.
@@ -91,8 +97,12 @@ impl Socket {
         let announced = open.is_some();
         let outcome = self.exchange(&mut sink, &mut stream, open).await;
         match outcome {
-            Outcome::Close(code, reason) => {
-                tracing::info!(code = u16::from(code), reason, "socket closed")
+            Outcome::Close(close) => {
+                tracing::info!(
+                    code = close.code(),
+                    reason = close.reason(),
+                    "socket closed"
+                )
             }
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
@@ -101,7 +111,7 @@ impl Socket {
         if announced && let Some(close) = self.meta(Event::ConnectionClose) {
             let _ = timeout(meta::WAIT, close).await;
         }
-        self.shared.counters.socket_closed(mode);
+        self.engine.counters.socket_closed(mode);
     }
 
     async fn exchange<S>(
@@ -116,13 +126,13 @@ impl Socket {
         let pong = AtomicBool::new(false);
         let mut subscription = self.subscription.take();
         let expiry = self.grant.expires_at.and_then(instant_at);
-        let ping = self.shared.ping_interval;
+        let ping = self.engine.settings.ping_interval();
         let writer = Writer {
             sink,
             signal: subscription.as_ref().map(|s| s.signal.clone()),
             sub: subscription.as_mut(),
             pong: &pong,
-            counters: &self.shared.counters,
+            counters: &self.engine.counters,
         }
         .run(expiry, ping, self.shutdown.clone());
         let reader = self.read(stream, &pong, open);
@@ -161,7 +171,7 @@ impl Socket {
                 Some(Ok(msg)) => msg,
                 // Too long once reassembled: the codec leaves that answer to us.
                 Some(Err(tokio_websockets::Error::PayloadTooLong { .. })) => {
-                    return Outcome::Close(CloseCode::MESSAGE_TOO_BIG, "Message too big");
+                    return Outcome::Close(Close::MessageTooBig);
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "socket stream error");
@@ -187,15 +197,11 @@ impl Socket {
     /// Checks one data message (mode, UTF-8, NOTIFY size) and NOTIFYs it.
     async fn on_message(&self, msg: Message) -> Result<(), Outcome> {
         if !self.grant.mode.writes() {
-            return Err(Outcome::Close(
-                CloseCode::POLICY_VIOLATION,
-                "Write not allowed: this token's mode is r",
-            ));
+            return Err(Outcome::Close(Close::WriteNotAllowed));
         }
         let payload = msg.into_payload();
-        let text = std::str::from_utf8(&payload)
-            .map_err(|_| Outcome::Close(CloseCode::INVALID_FRAME_PAYLOAD_DATA, "Invalid UTF-8"))?;
-        let notifies = self.shared.mapping.notifies(
+        let text = std::str::from_utf8(&payload).map_err(|_| Outcome::Close(Close::InvalidUtf8))?;
+        let notifies = self.engine.mapping.notifies(
             &self.grant.channels,
             Event::Message,
             text,
@@ -203,13 +209,10 @@ impl Socket {
             SystemTime::now(),
         );
         if notifies.iter().any(|n| n.payload.len() >= NOTIFY_LIMIT) {
-            return Err(Outcome::Close(
-                CloseCode::MESSAGE_TOO_BIG,
-                "Message too big: the NOTIFY payload would reach 8000 bytes",
-            ));
+            return Err(Outcome::Close(Close::NotifyTooBig));
         }
-        let counters = &self.shared.counters;
-        match self.shared.publisher.publish(&notifies).await {
+        let counters = &self.engine.counters;
+        match self.engine.publisher.publish(&notifies).await {
             Ok(()) => {
                 counters.message_notified();
                 Ok(())
@@ -217,10 +220,7 @@ impl Socket {
             Err(e) => {
                 counters.notify_failed();
                 tracing::warn!(error = %e.0, "NOTIFY failed");
-                Err(Outcome::Close(
-                    CloseCode::SERVICE_OVERLOAD,
-                    "Database unavailable",
-                ))
+                Err(Outcome::Close(Close::DatabaseUnavailable))
             }
         }
     }
@@ -228,10 +228,10 @@ impl Socket {
     /// Queues the meta event, when a meta channel is configured; the receiver
     /// resolves once it is published (or lost). `None` when not queued.
     fn meta(&self, event: Event) -> Option<oneshot::Receiver<()>> {
-        let meta = self.shared.meta.as_ref()?;
+        let meta = self.engine.meta.as_ref()?;
         let channels = self.grant.channels.join(",");
         let notify = self
-            .shared
+            .engine
             .mapping
             .notifies(
                 std::slice::from_ref(&meta.channel),
@@ -279,7 +279,7 @@ where
                     let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
                     return GOING_AWAY;
                 }
-                _ = sleep_until_opt(expiry) => return Outcome::Close(jwt_expired(), "JWT expired"),
+                _ = sleep_until_opt(expiry) => return Outcome::Close(Close::JwtExpired),
                 _ = tick(&mut ping) => {
                     if pinged && !self.pong.swap(false, Ordering::AcqRel) {
                         return PING_TIMEOUT;
@@ -313,18 +313,12 @@ where
         match ending {
             Ending::SlowConsumer => {
                 self.counters.slow_consumer_closed();
-                Outcome::Close(
-                    CloseCode::POLICY_VIOLATION,
-                    "Slow consumer: the outbound queue is full",
-                )
+                Outcome::Close(Close::SlowConsumer)
             }
             Ending::ListenerRestarted => {
                 // What was queued before the loss is still good: deliver it first.
                 let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
-                Outcome::Close(
-                    CloseCode::SERVICE_RESTART,
-                    "Listener restarted: notifications may have been missed",
-                )
+                Outcome::Close(Close::ListenerRestarted)
             }
         }
     }
@@ -375,7 +369,7 @@ where
     }
 }
 
-const PING_TIMEOUT: Outcome = Outcome::Close(CloseCode::INTERNAL_SERVER_ERROR, "Ping timeout");
+const PING_TIMEOUT: Outcome = Outcome::Close(Close::PingTimeout);
 
 /// `write`'s result, or `None` when it took longer than `limit` (if any).
 async fn within<F: Future>(limit: Option<Duration>, write: F) -> Option<F::Output> {
@@ -394,10 +388,6 @@ fn written(result: Option<Result<(), tokio_websockets::Error>>) -> Result<(), Ou
     }
 }
 
-fn jwt_expired() -> CloseCode {
-    CloseCode::try_from(3001).expect("3001 is a valid code")
-}
-
 fn text(frame: Bytes) -> Message {
     Message::text(Payload::from(frame))
 }
@@ -408,10 +398,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
-        if let Outcome::Close(code, reason) = outcome {
+        if let Outcome::Close(close) = outcome {
             // Refused when the codec already queued its own close; reading on
             // flushes that one.
-            let _ = sink.send(Message::close(Some(code), reason)).await;
+            let _ = sink
+                .send(Message::close(Some(close.close_code()), close.reason()))
+                .await;
         }
         while stream.next().await.is_some() {}
     })
@@ -441,23 +433,10 @@ async fn tick(ping: &mut Option<Interval>) {
     }
 }
 
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|down| *down).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-/// `t` as an `Instant`; `None` when too far away to represent (never reached).
-fn instant_at(t: SystemTime) -> Option<Instant> {
-    let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-    Instant::now().checked_add(left)
 }
 
 #[cfg(test)]
@@ -473,7 +452,7 @@ mod tests {
     use tokio_websockets::ClientBuilder;
 
     use super::*;
-    use crate::listener::Subscription;
+    use crate::engine::listener::Subscription;
 
     const EVERY: Duration = Duration::from_secs(10);
     /// Smaller than a frame, so a frame's write waits for the client to read.

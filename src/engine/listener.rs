@@ -21,11 +21,12 @@ use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 use crate::{
     database::{Database, TlsStream},
     error::error_chain,
-    hub::{Hub, Join, Signal},
     mapping::Mapping,
-    socket::sleep_until_opt,
     stats::Counters,
+    time::sleep_until_opt,
 };
+
+use super::hub::{Hub, Join, Signal};
 
 type Conn = Connection<Socket, TlsStream>;
 type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::PgWsBody;
+use super::body::PgWsBody;
 
 pub(crate) type Handshake = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
 

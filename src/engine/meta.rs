@@ -10,7 +10,9 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{mapping::Notify, publisher::Publisher, stats::Counters};
+use crate::{mapping::Notify, stats::Counters};
+
+use super::publisher::Publisher;
 
 /// Events waiting to be published, at most.
 pub(crate) const QUEUE: usize = 8192;

@@ -7,31 +7,33 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, header};
 use hyper::upgrade::OnUpgrade;
 use tokio::time::timeout;
 use tower::Service;
 use tracing::Instrument;
 
 use crate::{
+    engine::{Engine, socket::Socket},
+    refusal::Refusal,
+};
+
+use super::{
     body::PgWsBody,
     future::ResponseFuture,
     handshake::{self, Route},
-    layer::Shared,
-    socket::Socket,
-    stats::RefusalReason,
 };
 
 /// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
 #[derive(Clone)]
 pub struct PgWsService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
 }
 
 impl<S> PgWsService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, engine: Arc<Engine>) -> Self {
+        Self { inner, engine }
     }
 }
 
@@ -48,33 +50,24 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let (channel, token, pgws_protocol) = match handshake::route(&req, &self.shared.prefix) {
-            Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
-            Route::BadRequest(why) => {
-                let res = refuse(
-                    &self.shared,
-                    RefusalReason::BadRequest,
-                    StatusCode::BAD_REQUEST,
-                    why,
-                );
-                return ResponseFuture::own(Box::pin(std::future::ready(res)));
-            }
-            Route::Ours {
-                channel,
-                token,
-                pgws_protocol,
-            } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
-        };
+        let (channel, token, pgws_protocol) =
+            match handshake::route(&req, &self.engine.settings.path_prefix) {
+                Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
+                Route::Refused(refusal) => {
+                    let res = refuse(&self.engine, refusal);
+                    return ResponseFuture::own(Box::pin(std::future::ready(res)));
+                }
+                Route::Ours {
+                    channel,
+                    token,
+                    pgws_protocol,
+                } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
+            };
         if !self
-            .shared
+            .engine
             .origin_allowed(req.headers().get(header::ORIGIN))
         {
-            let res = refuse(
-                &self.shared,
-                RefusalReason::OriginNotAllowed,
-                StatusCode::FORBIDDEN,
-                "Origin not allowed",
-            );
+            let res = refuse(&self.engine, Refusal::OriginNotAllowed);
             return ResponseFuture::own(Box::pin(std::future::ready(res)));
         }
         let accept_req = Accept {
@@ -84,7 +77,7 @@ where
             upgrade: hyper::upgrade::on(&mut req),
             pgws_protocol,
         };
-        ResponseFuture::own(Box::pin(accept(self.shared.clone(), accept_req)))
+        ResponseFuture::own(Box::pin(accept(self.engine.clone(), accept_req)))
     }
 }
 
@@ -98,7 +91,7 @@ struct Accept {
 }
 
 /// Token check, subscribe before accept, then `101` and the socket task.
-async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
+async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let Accept {
         channel,
         token,
@@ -106,39 +99,24 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
         upgrade,
         pgws_protocol,
     } = req;
-    if *shared.shutdown.borrow() {
-        return refuse(
-            &shared,
-            RefusalReason::ShuttingDown,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server shutting down",
-        );
+    if *engine.shutdown.borrow() {
+        return refuse(&engine, Refusal::ShuttingDown);
     }
-    let Ok(permit) = shared.sockets.clone().try_acquire_owned() else {
-        return refuse(
-            &shared,
-            RefusalReason::TooManySockets,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many connections",
-        );
+    let Ok(permit) = engine.sockets.clone().try_acquire_owned() else {
+        return refuse(&engine, Refusal::TooManySockets);
     };
-    let grant = match shared.authorizer.authorize(channel.as_deref(), &token) {
+    let grant = match engine.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
-        Err(r) => return refuse(&shared, r.reason(), r.status(), &r.to_string()),
+        Err(refusal) => return refuse(&engine, refusal),
     };
     let subscription = if grant.mode.reads() {
-        let subscribe = shared
+        let subscribe = engine
             .listener
-            .subscribe(grant.channels.clone(), shared.queue_length);
-        match timeout(shared.subscribe_timeout, subscribe).await {
+            .subscribe(grant.channels.clone(), engine.settings.queue_length);
+        match timeout(engine.settings.subscribe_timeout, subscribe).await {
             Ok(Some(sub)) => Some(sub),
             _ => {
-                return refuse(
-                    &shared,
-                    RefusalReason::DatabaseUnavailable,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Database unavailable",
-                );
+                return refuse(&engine, Refusal::DatabaseUnavailable);
             }
         }
     } else {
@@ -147,14 +125,14 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
     let socket = Socket {
         grant,
         subscription,
-        shutdown: shared.shutdown.subscribe(),
-        shared,
+        shutdown: engine.shutdown.subscribe(),
+        engine,
         _permit: permit,
     };
     // One span per socket: an id, its channels and mode, never the token.
     let span = tracing::info_span!(
         "socket",
-        id = socket.shared.next_socket_id(),
+        id = socket.engine.next_socket_id(),
         channels = %socket.grant.channels.join(","),
         mode = socket.grant.mode.as_str(),
     );
@@ -163,15 +141,10 @@ async fn accept(shared: Arc<Shared>, req: Accept) -> Response<Bytes> {
 }
 
 /// A refusal, counted by reason.
-fn refuse(
-    shared: &Shared,
-    reason: RefusalReason,
-    status: StatusCode,
-    text: &str,
-) -> Response<Bytes> {
-    shared.counters.refused(reason);
-    tracing::debug!(reason = reason.label(), "handshake refused");
-    handshake::plain(status, text)
+fn refuse(engine: &Engine, refusal: Refusal) -> Response<Bytes> {
+    engine.counters.refused(&refusal);
+    tracing::debug!(reason = refusal.label(), "handshake refused");
+    refusal.response()
 }
 
 impl<S: fmt::Debug> fmt::Debug for PgWsService<S> {

@@ -4,13 +4,15 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
+use crate::refusal::Refusal;
+
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
     /// Not ours: hand it to the wrapped service.
     Pass,
-    /// Ours, but malformed: answered `400` with this text before any token check.
-    BadRequest(&'static str),
+    /// Ours, but malformed: refused (`400`) before any token check.
+    Refused(Refusal),
     /// Ours: a token from the path, `Authorization: Bearer` or the
     /// `pgws.bearer.<jwt>` subprotocol.
     Ours {
@@ -26,7 +28,7 @@ pub(crate) enum Route<'a> {
 pub(crate) const PROTOCOL: &str = "pgws";
 const BEARER_PROTOCOL: &str = "pgws.bearer.";
 
-/// Sorts a request by the contract's section 1 and the token sources of the README.
+/// Sorts a request as PROTOCOL.md §1 says (which requests are ours, where the token goes).
 pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     if !is_handshake(req) {
         return Route::Pass;
@@ -46,17 +48,17 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
         return Route::Pass;
     };
     if !key_is_valid(headers) {
-        return Route::BadRequest("Invalid Sec-WebSocket-Key");
+        return Route::Refused(Refusal::InvalidKey);
     }
     if from_protocol.is_some() && !pgws_protocol {
-        return Route::BadRequest("Invalid subprotocol: offer pgws next to pgws.bearer.<jwt>");
+        return Route::Refused(Refusal::InvalidSubprotocol);
     }
     let mut sources = [from_path, from_header, from_protocol]
         .into_iter()
         .flatten();
     let token = sources.next().expect("split_path needs a token");
     if sources.any(|other| other != token) {
-        return Route::BadRequest("Conflicting tokens: the path, header and subprotocol disagree");
+        return Route::Refused(Refusal::ConflictingTokens);
     }
     Route::Ours {
         channel,
@@ -170,15 +172,6 @@ pub(crate) fn switching_protocols(key: &HeaderValue, pgws_protocol: bool) -> Res
     res.body(Bytes::new()).expect("static headers are valid")
 }
 
-/// A refusal as `text/plain`.
-pub(crate) fn plain(status: StatusCode, text: impl Into<String>) -> Response<Bytes> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Bytes::from(text.into()))
-        .expect("static headers are valid")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +245,7 @@ mod tests {
         assert!(matches!(route(&req, ""), Route::Ours { channel: None, .. }));
         assert!(matches!(
             route(&request("c2hvcnQ="), ""),
-            Route::BadRequest(_)
+            Route::Refused(Refusal::InvalidKey)
         ));
         let mut plain_get = request("dGhlIHNhbXBsZSBub25jZQ==");
         plain_get.headers_mut().remove("upgrade");
@@ -300,13 +293,9 @@ mod tests {
             "sec-websocket-protocol",
             &format!("pgws.bearer.{JWT}"),
         );
-        assert!(
-            matches!(route(&lone, ""), Route::BadRequest(m) if m.starts_with("Invalid subprotocol"))
-        );
+        assert!(route(&lone, "") == Route::Refused(Refusal::InvalidSubprotocol));
         let other = JWT.replace("c2ln", "b3Ro");
         let conflict = with(request(key), "authorization", &format!("bearer {other}"));
-        assert!(
-            matches!(route(&conflict, ""), Route::BadRequest(m) if m.starts_with("Conflicting"))
-        );
+        assert!(route(&conflict, "") == Route::Refused(Refusal::ConflictingTokens));
     }
 }

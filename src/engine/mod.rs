@@ -1,0 +1,110 @@
+//! The running bridge: the listener task and its hub, the write pool, the meta
+//! task and the socket tasks, and [`Engine`], the state they share.
+
+pub(crate) mod hub;
+pub(crate) mod listener;
+pub(crate) mod meta;
+pub(crate) mod publisher;
+pub(crate) mod socket;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use http::HeaderValue;
+use tokio::{
+    sync::{Semaphore, watch},
+    time::timeout,
+};
+
+use crate::{
+    auth::Authorizer,
+    config::{Config, Values, normalize_origin},
+    mapping::Mapping,
+    stats::{Counters, Stats},
+};
+
+use self::{listener::ListenerHandle, meta::Meta, publisher::Publisher, socket::CLOSE_TIMEOUT};
+
+/// What every service and socket of one layer shares.
+pub(crate) struct Engine {
+    pub(crate) authorizer: Authorizer,
+    pub(crate) listener: ListenerHandle,
+    pub(crate) publisher: Publisher,
+    pub(crate) mapping: Mapping,
+    /// The meta task, when a meta channel is configured.
+    pub(crate) meta: Option<Meta>,
+    /// The checked settings.
+    pub(crate) settings: Values,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) counters: Arc<Counters>,
+    /// One permit per open socket (or handshake in progress).
+    pub(crate) sockets: Arc<Semaphore>,
+    pub(crate) socket_ids: AtomicU64,
+}
+
+impl Engine {
+    /// Starts the listener task and the write pool. Neither needs the database
+    /// to be up: the listener retries forever and the pool connects on demand.
+    pub(crate) fn start(config: Config) -> Self {
+        let Config { values, db, keys } = config;
+        let mapping = Mapping::new(values.listen_channel.as_deref());
+        let counters = Arc::new(Counters::default());
+        let listener = listener::spawn(
+            db.clone(),
+            mapping.clone(),
+            values.check_listener_interval(),
+            counters.clone(),
+        );
+        let publisher = Publisher::new(db, values.pool_size);
+        let meta = values
+            .meta_channel
+            .clone()
+            .map(|channel| Meta::spawn(channel, publisher.clone(), counters.clone()));
+        Engine {
+            authorizer: Authorizer::new(
+                keys,
+                values.audience.clone(),
+                values.leeway,
+                values.max_channels,
+                mapping.clone(),
+            ),
+            listener,
+            publisher,
+            mapping,
+            meta,
+            shutdown: watch::channel(false).0,
+            counters,
+            sockets: Arc::new(Semaphore::new(values.max_sockets)),
+            settings: values,
+            socket_ids: AtomicU64::new(1),
+        }
+    }
+
+    /// A number for the socket's log span.
+    pub(crate) fn next_socket_id(&self) -> u64 {
+        self.socket_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// No list allows any origin; a request without `Origin` (not a browser) passes.
+    pub(crate) fn origin_allowed(&self, origin: Option<&HeaderValue>) -> bool {
+        let (Some(list), Some(origin)) = (&self.settings.allowed_origins, origin) else {
+            return true;
+        };
+        let origin = origin.to_str().unwrap_or_default();
+        list.iter()
+            .any(|allowed| allowed == &normalize_origin(origin))
+    }
+
+    /// Tells every socket to close, and waits (within a bound) for them to end.
+    pub(crate) async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let _ = timeout(CLOSE_TIMEOUT * 3, self.shutdown.closed()).await;
+    }
+
+    /// The figures now.
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters.snapshot(self.listener.is_connected())
+    }
+}

@@ -1,0 +1,9 @@
+//! The HTTP face: the tower layer, its service, response future and body, and the
+//! RFC 6455 handshake. Everything that runs after the `101` is in
+//! [`engine`](crate::engine).
+
+pub(crate) mod body;
+pub(crate) mod future;
+pub(crate) mod handshake;
+pub(crate) mod layer;
+pub(crate) mod service;
