@@ -1,11 +1,9 @@
 //! Which requests the layer takes and how it answers them (contract sections 1 to 3),
 //! end to end through a real server.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
 use bytes::Bytes;
-use common::*;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};

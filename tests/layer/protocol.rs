@@ -60,14 +60,12 @@
 //! at once. pgws's own checks (mode, binary UTF-8, NOTIFY size) close cleanly: the
 //! test answers the close, and then the connection ends.
 
-mod common;
-
 use std::sync::{
     Once,
     atomic::{AtomicUsize, Ordering},
 };
 
-use common::{frames::*, *};
+use crate::common::{frames::*, *};
 use pgws::ConfigBuilder;
 use serde_json::Value;
 
@@ -77,7 +75,8 @@ use serde_json::Value;
 
 /// Panics raised outside the test code (in pgws or a dependency): the server's tasks
 /// run on the test's runtime, where a panic would only be printed. The count is
-/// process-wide, so such a panic fails every test of this file that checks afterwards.
+/// process-wide, so such a panic (in any test of this binary) fails every test of
+/// this module that checks afterwards.
 static FOREIGN_PANICS: AtomicUsize = AtomicUsize::new(0);
 
 fn watch_panics() {
