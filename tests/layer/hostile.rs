@@ -1,4 +1,4 @@
-//! Hostile names and tokens end to end, and logs that never carry a token.
+//! Hostile names and tokens end to end.
 
 use crate::common::*;
 use serde_json::json;

@@ -65,7 +65,6 @@
 //! test answers the close, and then the connection ends.
 
 use std::{
-    any::Any,
     panic::AssertUnwindSafe,
     sync::{
         Once,
@@ -73,7 +72,11 @@ use std::{
     },
 };
 
-use crate::common::{frames::*, *};
+use crate::common::{
+    frames::*,
+    rows::{check_rows, panic_message},
+    *,
+};
 use futures_util::FutureExt;
 use pgws::ConfigBuilder;
 use serde_json::Value;
@@ -282,9 +285,8 @@ impl Failure {
         }
     }
 
-    /// Runs every input against one server of its own; the first input that fails,
-    /// with what failed.
-    async fn check(self) -> Result<(), String> {
+    /// Runs every input against one server of its own, up to the first that fails.
+    async fn check(self) {
         let config = if self.limited { limited() } else { config() };
         let mut case = Case::with(config).await;
         for (i, bytes) in self.inputs.iter().enumerate() {
@@ -301,22 +303,13 @@ impl Failure {
             };
             if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
                 let head = &bytes[..bytes.len().min(16)];
-                return Err(format!(
-                    "{}: input {i} ({} bytes, starting {head:02x?}): {}",
-                    self.name,
+                panic!(
+                    "input {i} ({} bytes, starting {head:02x?}): {}",
                     bytes.len(),
                     panic_message(&*panic)
-                ));
+                );
             }
         }
-        Ok(())
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    match panic.downcast_ref::<String>() {
-        Some(message) => message,
-        None => panic.downcast_ref::<&str>().copied().unwrap_or("a panic"),
     }
 }
 
@@ -630,16 +623,10 @@ fn failures() -> Vec<Failure> {
     ]
 }
 
-/// Every row of [`failures`], each on a server of its own; the rows that failed.
+/// Every row of [`failures`], each on a server of its own.
 #[tokio::test]
 async fn protocol_errors_close_the_socket_and_the_server_keeps_working() {
-    let mut failed = Vec::new();
-    for failure in failures() {
-        if let Err(what) = failure.check().await {
-            failed.push(what);
-        }
-    }
-    assert!(failed.is_empty(), "failed rows:\n{}", failed.join("\n"));
+    check_rows(failures().into_iter().map(|row| (row.name, row.check()))).await;
 }
 
 // ---------------------------------------------------------------------------
