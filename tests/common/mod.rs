@@ -8,6 +8,7 @@ pub mod frames;
 pub mod latency;
 #[cfg(feature = "server")]
 pub mod program;
+pub mod rows;
 pub mod running;
 
 use std::{

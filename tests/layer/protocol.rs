@@ -6,7 +6,11 @@
 //! becomes "NOTIFYed" (checked with `LISTEN`) and every socket is `rw` on its own
 //! channel.
 //!
-//! | Autobahn | what it covers | tests here |
+//! The protocol errors are rows of one table ([`failures`], run by
+//! `protocol_errors_close_the_socket_and_the_server_keeps_working`, which names the
+//! rows that failed); the rest are tests. The last column names both.
+//!
+//! | Autobahn | what it covers | tests and rows here |
 //! |---|---|---|
 //! | 1.1.* / 1.2.* | text / binary messages of each length encoding (7-bit, 16-bit, 64-bit) | `text_messages_of_each_length_encoding_are_notified`, `binary_messages_of_each_length_encoding_are_notified_as_text`, `a_message_needing_a_64_bit_length_is_too_big_to_notify` (65536 bytes is over the 8000-byte NOTIFY limit) |
 //! | 1.1.8 / 1.2.8, 9.3 / 9.4 (partially) | a message in many fragments | `a_message_in_many_small_fragments_is_reassembled` |
@@ -60,14 +64,20 @@
 //! at once. pgws's own checks (mode, binary UTF-8, NOTIFY size) close cleanly: the
 //! test answers the close, and then the connection ends.
 
-mod common;
-
-use std::sync::{
-    Once,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{
+        Once,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
-use common::{frames::*, *};
+use crate::common::{
+    frames::*,
+    rows::{check_rows, panic_message},
+    *,
+};
+use futures_util::FutureExt;
 use pgws::ConfigBuilder;
 use serde_json::Value;
 
@@ -77,7 +87,8 @@ use serde_json::Value;
 
 /// Panics raised outside the test code (in pgws or a dependency): the server's tasks
 /// run on the test's runtime, where a panic would only be printed. The count is
-/// process-wide, so such a panic fails every test of this file that checks afterwards.
+/// process-wide, so such a panic (in any test of this binary) fails every test of
+/// this module that checks afterwards.
 static FOREIGN_PANICS: AtomicUsize = AtomicUsize::new(0);
 
 fn watch_panics() {
@@ -204,6 +215,421 @@ fn cat(frames: &[Vec<u8>]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
+// Protocol errors: one table, one row per kind of error
+// ---------------------------------------------------------------------------
+
+/// How a failure's close reason is checked.
+#[derive(Clone, Copy)]
+enum Reason {
+    /// Not at all: the codec's reasons are its own.
+    Any,
+    /// It says something.
+    Given,
+    /// pgws's own reason, which starts with this.
+    StartsWith(&'static str),
+}
+
+/// A kind of protocol error: each input, sent in one write on a fresh `rw` socket,
+/// must end that socket as [`fails_with`] checks, with the same code and reason.
+struct Failure {
+    /// Reported when the row fails.
+    name: &'static str,
+    /// On a server with `max_message_bytes` at [`LIMIT`] ([`limited`]).
+    limited: bool,
+    inputs: Vec<Vec<u8>>,
+    /// NOTIFYed before the failure, for each input.
+    notified: &'static [&'static str],
+    code: u16,
+    by: By,
+    reason: Reason,
+}
+
+/// A failure found by the codec, on a server with the default settings.
+fn codec(name: &'static str, code: u16, inputs: Vec<Vec<u8>>) -> Failure {
+    Failure {
+        name,
+        limited: false,
+        inputs,
+        notified: &[],
+        code,
+        by: By::Codec,
+        reason: Reason::Any,
+    }
+}
+
+/// A failure pgws finds itself: a clean close whose reason starts with `reason`.
+fn pgws(name: &'static str, code: u16, reason: &'static str, inputs: Vec<Vec<u8>>) -> Failure {
+    Failure {
+        by: By::Pgws,
+        reason: Reason::StartsWith(reason),
+        ..codec(name, code, inputs)
+    }
+}
+
+impl Failure {
+    fn notified(self, notified: &'static [&'static str]) -> Failure {
+        Failure { notified, ..self }
+    }
+
+    fn reason_given(self) -> Failure {
+        Failure {
+            reason: Reason::Given,
+            ..self
+        }
+    }
+
+    fn limited(self) -> Failure {
+        Failure {
+            limited: true,
+            ..self
+        }
+    }
+
+    /// Runs every input against one server of its own, up to the first that fails.
+    async fn check(self) {
+        let config = if self.limited { limited() } else { config() };
+        let mut case = Case::with(config).await;
+        for (i, bytes) in self.inputs.iter().enumerate() {
+            let run = async {
+                let reason =
+                    fails_with(&mut case, "rw", bytes, self.notified, self.code, self.by).await;
+                match self.reason {
+                    Reason::Any => {}
+                    Reason::Given => assert!(!reason.is_empty(), "no close reason"),
+                    Reason::StartsWith(start) => {
+                        assert!(reason.starts_with(start), "close reason {reason:?}")
+                    }
+                }
+            };
+            if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+                let head = &bytes[..bytes.len().min(16)];
+                panic!(
+                    "input {i} ({} bytes, starting {head:02x?}): {}",
+                    bytes.len(),
+                    panic_message(&*panic)
+                );
+            }
+        }
+    }
+}
+
+/// Invalid UTF-8 samples after Autobahn 6.3 and 6.8–6.21.
+const INVALID_UTF8: &[&[u8]] = &[
+    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", // 6.3.1: a surrogate
+    b"\xf8\x88\x80\x80\x80",                                           // 6.8.1: 5-byte form
+    b"\xfc\x84\x80\x80\x80\x80",                                       // 6.8.2: 6-byte form
+    b"\xf4\x90\x80\x80",                                               // 6.9.4: over U+10FFFF
+    b"\x80",                                                           // 6.14.1: lone continuation
+    b"\xbf\x80\xbf",                                                   // 6.14.x: continuations
+    b"\xc0 ",                                                          // 6.15.1: lone start
+    b"\xce\xba\xe1\xbd",                                               // 6.17.x: truncated
+    b"\xfe",                                                           // 6.19.1
+    b"\xff",                                                           // 6.19.2
+    b"\xc0\xaf",                                                       // 6.20.1: overlong '/'
+    b"\xe0\x80\xaf",                                                   // 6.20.2
+    b"\xf0\x80\x80\xaf",                                               // 6.20.3
+    b"\xed\xbf\xbf",                                                   // 6.21.x: U+DFFF
+    b"\xed\xa0\x80\xed\xb0\x80",                                       // 6.21.1: pair
+];
+
+/// The protocol errors, by Autobahn section (see the table at the top).
+fn failures() -> Vec<Failure> {
+    let rsv_bits = [
+        RSV1,
+        RSV2,
+        RSV3,
+        RSV1 | RSV2,
+        RSV1 | RSV3,
+        RSV2 | RSV3,
+        RSV1 | RSV2 | RSV3,
+    ];
+    let rsv_frames = rsv_bits.into_iter().flat_map(|rsv| {
+        [
+            (TEXT, &b"rsv"[..]),
+            (BINARY, b"rsv"),
+            (PING, b"rsv"),
+            (CLOSE, &1000u16.to_be_bytes()),
+        ]
+        .map(|(opcode, payload)| masked(FIN | rsv | opcode, payload))
+    });
+    let mut sixteen = vec![FIN | TEXT, 0x80 | 126, 0, 5];
+    sixteen.extend([0; 4]);
+    sixteen.extend(b"hello");
+    let mut sixty_four = vec![FIN | TEXT, 0x80 | 127];
+    sixty_four.extend(5u64.to_be_bytes());
+    sixty_four.extend([0; 4]);
+    sixty_four.extend(b"hello");
+    // A single frame with invalid UTF-8, sent only up to just past the bad bytes.
+    let mut cut = b"ok so far \xed\xa0\x80".to_vec();
+    let sent = 14 + cut.len();
+    cut.extend([b'x'; 200]);
+    let cut = frame(TEXT, &cut)[..sent].to_vec();
+    // Samples split at each point over two fragments.
+    let split = [&b"\xed\xa0\x80"[..], b"\xf4\x90\x80\x80", b"\xc0\xaf"]
+        .into_iter()
+        .flat_map(|sample| {
+            (0..=sample.len()).map(|at| {
+                cat(&[
+                    masked(TEXT, &sample[..at]),
+                    masked(FIN | CONT, &sample[at..]),
+                ])
+            })
+        });
+    let over = "f".repeat(3000);
+
+    vec![
+        // Framing (Autobahn 1.*, 5.*, 9.*, RFC 6455 §5.2).
+        // 65536 bytes is the default `max_message_bytes` (so the codec takes it),
+        // but its NOTIFY would be over 8000 bytes: pgws's own 1009.
+        pgws(
+            "a_message_needing_a_64_bit_length_is_too_big_to_notify",
+            1009,
+            "Message too big",
+            vec![frame(TEXT, "x".repeat(65536).as_bytes())],
+        ),
+        codec(
+            "a_continuation_with_no_message_started_is_1002",
+            1002,
+            vec![
+                masked(FIN | CONT, b"orphan"),
+                masked(CONT, b"orphan"),
+                cat(&[
+                    masked(CONT, b"orphan"),
+                    frame(TEXT, b"x"),
+                    masked(FIN | CONT, b"end"),
+                ]),
+            ],
+        ),
+        codec(
+            "a_continuation_after_a_finished_message_is_1002",
+            1002,
+            vec![cat(&[
+                masked(TEXT, b"fin"),
+                masked(FIN | CONT, b"ished"),
+                masked(CONT, b"more"),
+                masked(FIN | CONT, b"!"),
+            ])],
+        )
+        .notified(&["finished"]),
+        codec(
+            "a_new_message_inside_a_fragmented_one_is_1002",
+            1002,
+            vec![
+                cat(&[masked(TEXT, b"open"), frame(TEXT, b"again")]),
+                cat(&[masked(BINARY, b"open"), masked(TEXT, b"again")]),
+                cat(&[masked(TEXT, b"open"), frame(BINARY, b"again")]),
+            ],
+        ),
+        // "The minimal number of bytes MUST be used to encode the length."
+        codec(
+            "a_non_minimal_length_is_1002",
+            1002,
+            vec![sixteen, sixty_four],
+        ),
+        // Reserved bits and opcodes (Autobahn 3.*, 4.*).
+        codec(
+            "reserved_bits_are_1002",
+            1002,
+            rsv_frames
+                .chain([
+                    // The first frame of a fragmented message, and a continuation.
+                    masked(RSV1 | TEXT, b"deflated?"),
+                    cat(&[masked(TEXT, b"a"), masked(FIN | RSV1 | CONT, b"b")]),
+                ])
+                .collect(),
+        )
+        .reason_given(),
+        // The ping after the error is not answered: `expect_close` fails on a pong.
+        codec(
+            "a_reserved_bit_after_a_good_message_is_1002_and_the_good_message_stays",
+            1002,
+            vec![cat(&[
+                frame(TEXT, b"good"),
+                masked(FIN | RSV2 | TEXT, b"bad"),
+                frame(PING, b"never answered"),
+            ])],
+        )
+        .notified(&["good"]),
+        codec(
+            "reserved_opcodes_are_1002",
+            1002,
+            (3..=7)
+                .chain(11..=15)
+                .flat_map(|opcode| [frame(opcode, b""), frame(opcode, b"reserved payload")])
+                .collect(),
+        ),
+        codec(
+            "a_reserved_opcode_after_a_good_message_is_1002_and_the_good_message_stays",
+            1002,
+            [5, 13]
+                .map(|opcode| {
+                    cat(&[
+                        frame(TEXT, b"good"),
+                        frame(opcode, b"bad"),
+                        frame(PING, b"never answered"),
+                    ])
+                })
+                .into(),
+        )
+        .notified(&["good"]),
+        // Control frames (Autobahn 2.*, 5.1, 5.2).
+        codec(
+            "a_ping_over_125_bytes_is_1002",
+            1002,
+            vec![
+                frame(PING, &[b'p'; 126]),
+                // Found from the header alone: the payload need not arrive.
+                header(FIN | PING, 126),
+            ],
+        ),
+        codec(
+            "fragmented_control_frames_are_1002",
+            1002,
+            vec![
+                cat(&[masked(PING, b"frag"), masked(FIN | CONT, b"mented")]),
+                cat(&[masked(PONG, b"frag"), masked(FIN | CONT, b"mented")]),
+                // Inside a fragmented message too.
+                cat(&[
+                    masked(TEXT, b"a"),
+                    masked(PING, b"p"),
+                    masked(FIN | CONT, b"b"),
+                ]),
+            ],
+        ),
+        // UTF-8 (Autobahn 6.*). The codec validates text frames; its reason is its
+        // own ("invalid utf8").
+        codec(
+            "invalid_utf8_in_a_text_frame_is_1007",
+            1007,
+            INVALID_UTF8
+                .iter()
+                .map(|sample| frame(TEXT, sample))
+                .collect(),
+        ),
+        codec(
+            "invalid_utf8_split_across_fragments_is_1007",
+            1007,
+            // A code point started in one fragment and broken in the next.
+            [cat(&[
+                masked(TEXT, b"ok \xce"),
+                masked(FIN | CONT, b" not"),
+            ])]
+            .into_iter()
+            .chain(split)
+            .collect(),
+        ),
+        codec(
+            "invalid_utf8_fails_fast_before_the_message_ends",
+            1007,
+            vec![
+                // The bad fragment is not the last, and the last never comes (6.4.1,
+                // 6.4.2).
+                cat(&[
+                    masked(TEXT, "κόσμε".as_bytes()),
+                    masked(CONT, b"\xf4\x90\x80\x80"),
+                ]),
+                // 6.4.3, 6.4.4.
+                cut,
+            ],
+        ),
+        // The codec only validates frames with a payload, so a message ending in the
+        // first byte of a code point, then an empty final fragment, gets past it:
+        // pgws's own check answers, cleanly, with its reason.
+        pgws(
+            "an_incomplete_code_point_before_an_empty_final_fragment_is_1007",
+            1007,
+            "Invalid UTF-8",
+            vec![cat(&[masked(TEXT, b"abc\xce"), masked(FIN | CONT, b"")])],
+        ),
+        // The codec leaves binary frames alone; pgws checks them (contract §6).
+        pgws(
+            "invalid_utf8_in_a_binary_frame_is_1007",
+            1007,
+            "Invalid UTF-8",
+            vec![
+                frame(BINARY, b"\xff"),
+                frame(BINARY, b"\xed\xa0\x80"),
+                frame(BINARY, b"ok \xce"),
+                cat(&[masked(BINARY, b"ok \xce"), masked(FIN | CONT, b" no")]),
+            ],
+        ),
+        // Close (Autobahn 7.*).
+        codec("a_1_byte_close_is_1002", 1002, vec![frame(CLOSE, &[0x03])]),
+        codec(
+            "invalid_close_codes_are_1002",
+            1002,
+            [
+                0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+            ]
+            .map(|code| close(code, b""))
+            .into(),
+        )
+        .reason_given(),
+        // tokio-websockets checks the close reason with `utf8::parse_str`, whose
+        // `ProtocolError::InvalidUtf8` it answers like any invalid UTF-8: 1007 (not
+        // 1002).
+        codec(
+            "a_close_reason_that_is_not_utf8_is_1007",
+            1007,
+            vec![
+                close(
+                    1000,
+                    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",
+                ),
+                close(1000, b"\xff"),
+            ],
+        ),
+        // Masking (RFC 6455 §5.1).
+        codec(
+            "an_unmasked_frame_is_1002",
+            1002,
+            vec![
+                unmasked(FIN | TEXT, b"unmasked"),
+                unmasked(FIN | BINARY, b""),
+                unmasked(FIN | PING, b"unmasked"),
+                unmasked(FIN | CLOSE, &1000u16.to_be_bytes()),
+                // A masked first fragment, then an unmasked continuation.
+                cat(&[masked(TEXT, b"a"), unmasked(FIN | CONT, b"b")]),
+            ],
+        ),
+        // Sizes (Autobahn 9.*, partially), against `max_message_bytes`.
+        // Only the header is sent: the server must answer without waiting for (or
+        // allocating) the 2^62 bytes announced.
+        codec(
+            "a_huge_64_bit_length_is_1009_before_any_payload",
+            1009,
+            vec![
+                header(FIN | TEXT, 1 << 62),
+                header(FIN | BINARY, 1 << 62),
+                header(BINARY, u64::MAX >> 1),
+                // As a continuation of a started message.
+                cat(&[masked(TEXT, b"start"), header(FIN | CONT, 1 << 62)]),
+            ],
+        )
+        .limited(),
+        // Each fragment is within the limit, the message is not. tokio-websockets
+        // finds this while reassembling and leaves the answer to pgws, which closes
+        // with 1009 `Message too big`.
+        pgws(
+            "a_fragmented_message_over_the_limit_is_1009",
+            1009,
+            "Message too big",
+            vec![cat(&[
+                masked(TEXT, over.as_bytes()),
+                masked(FIN | CONT, over.as_bytes()),
+            ])],
+        )
+        .limited(),
+    ]
+}
+
+/// Every row of [`failures`], each on a server of its own.
+#[tokio::test]
+async fn protocol_errors_close_the_socket_and_the_server_keeps_working() {
+    check_rows(failures().into_iter().map(|row| (row.name, row.check()))).await;
+}
+
+// ---------------------------------------------------------------------------
 // Framing (Autobahn 1.*, 5.*, 9.*)
 // ---------------------------------------------------------------------------
 
@@ -231,24 +657,6 @@ async fn binary_messages_of_each_length_encoding_are_notified_as_text() {
     }
     close_cleanly(&mut ws).await;
     case.still_works().await;
-}
-
-#[tokio::test]
-async fn a_message_needing_a_64_bit_length_is_too_big_to_notify() {
-    // 65536 bytes is the default `max_message_bytes` (so the codec takes it), but
-    // its NOTIFY would be over 8000 bytes: pgws's own 1009.
-    let mut case = Case::start().await;
-    let text = "x".repeat(65536);
-    let reason = fails_with(
-        &mut case,
-        "rw",
-        &frame(TEXT, text.as_bytes()),
-        &[],
-        1009,
-        By::Pgws,
-    )
-    .await;
-    assert!(reason.starts_with("Message too big"), "{reason}");
 }
 
 #[tokio::test]
@@ -296,42 +704,6 @@ async fn a_ping_between_fragments_is_answered_and_the_message_notified() {
     assert_eq!(case.notified().await, "abcde");
     close_cleanly(&mut ws).await;
     case.still_works().await;
-}
-
-#[tokio::test]
-async fn a_continuation_with_no_message_started_is_1002() {
-    let mut case = Case::start().await;
-    fails(&mut case, &masked(FIN | CONT, b"orphan"), &[], 1002).await;
-    fails(&mut case, &masked(CONT, b"orphan"), &[], 1002).await;
-    let bytes = cat(&[
-        masked(CONT, b"orphan"),
-        frame(TEXT, b"x"),
-        masked(FIN | CONT, b"end"),
-    ]);
-    fails(&mut case, &bytes, &[], 1002).await;
-}
-
-#[tokio::test]
-async fn a_continuation_after_a_finished_message_is_1002() {
-    let mut case = Case::start().await;
-    let bytes = cat(&[
-        masked(TEXT, b"fin"),
-        masked(FIN | CONT, b"ished"),
-        masked(CONT, b"more"),
-        masked(FIN | CONT, b"!"),
-    ]);
-    fails(&mut case, &bytes, &["finished"], 1002).await;
-}
-
-#[tokio::test]
-async fn a_new_message_inside_a_fragmented_one_is_1002() {
-    let mut case = Case::start().await;
-    let text_in_text = cat(&[masked(TEXT, b"open"), frame(TEXT, b"again")]);
-    fails(&mut case, &text_in_text, &[], 1002).await;
-    let text_in_binary = cat(&[masked(BINARY, b"open"), masked(TEXT, b"again")]);
-    fails(&mut case, &text_in_binary, &[], 1002).await;
-    let binary_in_text = cat(&[masked(TEXT, b"open"), frame(BINARY, b"again")]);
-    fails(&mut case, &binary_in_text, &[], 1002).await;
 }
 
 #[tokio::test]
@@ -395,87 +767,6 @@ async fn a_message_in_many_small_fragments_is_reassembled() {
     case.still_works().await;
 }
 
-#[tokio::test]
-async fn a_non_minimal_length_is_1002() {
-    // RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the length".
-    let mut case = Case::start().await;
-    let mut sixteen = vec![FIN | TEXT, 0x80 | 126, 0, 5];
-    sixteen.extend([0; 4]);
-    sixteen.extend(b"hello");
-    fails(&mut case, &sixteen, &[], 1002).await;
-    let mut sixty_four = vec![FIN | TEXT, 0x80 | 127];
-    sixty_four.extend(5u64.to_be_bytes());
-    sixty_four.extend([0; 4]);
-    sixty_four.extend(b"hello");
-    fails(&mut case, &sixty_four, &[], 1002).await;
-}
-
-// ---------------------------------------------------------------------------
-// Reserved bits and opcodes (Autobahn 3.*, 4.*)
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn reserved_bits_are_1002() {
-    let mut case = Case::start().await;
-    for rsv in [
-        RSV1,
-        RSV2,
-        RSV3,
-        RSV1 | RSV2,
-        RSV1 | RSV3,
-        RSV2 | RSV3,
-        RSV1 | RSV2 | RSV3,
-    ] {
-        for (opcode, payload) in [
-            (TEXT, &b"rsv"[..]),
-            (BINARY, b"rsv"),
-            (PING, b"rsv"),
-            (CLOSE, &1000u16.to_be_bytes()),
-        ] {
-            let reason = fails(&mut case, &masked(FIN | rsv | opcode, payload), &[], 1002).await;
-            assert!(!reason.is_empty(), "rsv {rsv:#x} opcode {opcode}");
-        }
-    }
-    // The first frame of a fragmented message, and a continuation.
-    fails(&mut case, &masked(RSV1 | TEXT, b"deflated?"), &[], 1002).await;
-    let bytes = cat(&[masked(TEXT, b"a"), masked(FIN | RSV1 | CONT, b"b")]);
-    fails(&mut case, &bytes, &[], 1002).await;
-}
-
-#[tokio::test]
-async fn a_reserved_bit_after_a_good_message_is_1002_and_the_good_message_stays() {
-    let mut case = Case::start().await;
-    let bytes = cat(&[
-        frame(TEXT, b"good"),
-        masked(FIN | RSV2 | TEXT, b"bad"),
-        frame(PING, b"never answered"),
-    ]);
-    // `expect_close` fails on a pong: the ping after the error is not answered.
-    fails(&mut case, &bytes, &["good"], 1002).await;
-}
-
-#[tokio::test]
-async fn reserved_opcodes_are_1002() {
-    let mut case = Case::start().await;
-    for opcode in (3..=7).chain(11..=15) {
-        fails(&mut case, &frame(opcode, b""), &[], 1002).await;
-        fails(&mut case, &frame(opcode, b"reserved payload"), &[], 1002).await;
-    }
-}
-
-#[tokio::test]
-async fn a_reserved_opcode_after_a_good_message_is_1002_and_the_good_message_stays() {
-    let mut case = Case::start().await;
-    for opcode in [5, 13] {
-        let bytes = cat(&[
-            frame(TEXT, b"good"),
-            frame(opcode, b"bad"),
-            frame(PING, b"never answered"),
-        ]);
-        fails(&mut case, &bytes, &["good"], 1002).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Control frames (Autobahn 2.*, 5.1, 5.2)
 // ---------------------------------------------------------------------------
@@ -497,30 +788,6 @@ async fn pings_are_answered_with_the_same_payload() {
     assert_eq!(case.notified().await, "after pings");
     close_cleanly(&mut ws).await;
     case.still_works().await;
-}
-
-#[tokio::test]
-async fn a_ping_over_125_bytes_is_1002() {
-    let mut case = Case::start().await;
-    fails(&mut case, &frame(PING, &[b'p'; 126]), &[], 1002).await;
-    // Found from the header alone: the payload need not arrive.
-    fails(&mut case, &header(FIN | PING, 126), &[], 1002).await;
-}
-
-#[tokio::test]
-async fn fragmented_control_frames_are_1002() {
-    let mut case = Case::start().await;
-    let ping = cat(&[masked(PING, b"frag"), masked(FIN | CONT, b"mented")]);
-    fails(&mut case, &ping, &[], 1002).await;
-    let pong = cat(&[masked(PONG, b"frag"), masked(FIN | CONT, b"mented")]);
-    fails(&mut case, &pong, &[], 1002).await;
-    // Inside a fragmented message too.
-    let inside = cat(&[
-        masked(TEXT, b"a"),
-        masked(PING, b"p"),
-        masked(FIN | CONT, b"b"),
-    ]);
-    fails(&mut case, &inside, &[], 1002).await;
 }
 
 #[tokio::test]
@@ -559,80 +826,6 @@ async fn ten_pings_get_ten_pongs() {
 // UTF-8 (Autobahn 6.*)
 // ---------------------------------------------------------------------------
 
-/// Invalid UTF-8 samples after Autobahn 6.3 and 6.8–6.21.
-const INVALID_UTF8: &[&[u8]] = &[
-    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", // 6.3.1: a surrogate
-    b"\xf8\x88\x80\x80\x80",                                           // 6.8.1: 5-byte form
-    b"\xfc\x84\x80\x80\x80\x80",                                       // 6.8.2: 6-byte form
-    b"\xf4\x90\x80\x80",                                               // 6.9.4: over U+10FFFF
-    b"\x80",                                                           // 6.14.1: lone continuation
-    b"\xbf\x80\xbf",                                                   // 6.14.x: continuations
-    b"\xc0 ",                                                          // 6.15.1: lone start
-    b"\xce\xba\xe1\xbd",                                               // 6.17.x: truncated
-    b"\xfe",                                                           // 6.19.1
-    b"\xff",                                                           // 6.19.2
-    b"\xc0\xaf",                                                       // 6.20.1: overlong '/'
-    b"\xe0\x80\xaf",                                                   // 6.20.2
-    b"\xf0\x80\x80\xaf",                                               // 6.20.3
-    b"\xed\xbf\xbf",                                                   // 6.21.x: U+DFFF
-    b"\xed\xa0\x80\xed\xb0\x80",                                       // 6.21.1: pair
-];
-
-#[tokio::test]
-async fn invalid_utf8_in_a_text_frame_is_1007() {
-    // The codec validates text frames; its reason is its own ("invalid utf8").
-    let mut case = Case::start().await;
-    for sample in INVALID_UTF8 {
-        fails(&mut case, &frame(TEXT, sample), &[], 1007).await;
-    }
-}
-
-#[tokio::test]
-async fn invalid_utf8_split_across_fragments_is_1007() {
-    let mut case = Case::start().await;
-    // A code point started in one fragment and broken in the next.
-    let broken = cat(&[masked(TEXT, b"ok \xce"), masked(FIN | CONT, b" not")]);
-    fails(&mut case, &broken, &[], 1007).await;
-    // Each sample split at each point over two fragments.
-    for sample in [&b"\xed\xa0\x80"[..], b"\xf4\x90\x80\x80", b"\xc0\xaf"] {
-        for at in 0..=sample.len() {
-            let bytes = cat(&[
-                masked(TEXT, &sample[..at]),
-                masked(FIN | CONT, &sample[at..]),
-            ]);
-            fails(&mut case, &bytes, &[], 1007).await;
-        }
-    }
-}
-
-#[tokio::test]
-async fn invalid_utf8_fails_fast_before_the_message_ends() {
-    let mut case = Case::start().await;
-    // The bad fragment is not the last, and the last never comes (6.4.1, 6.4.2).
-    let bytes = cat(&[
-        masked(TEXT, "κόσμε".as_bytes()),
-        masked(CONT, b"\xf4\x90\x80\x80"),
-    ]);
-    fails(&mut case, &bytes, &[], 1007).await;
-    // A single frame, sent only up to just past the bad bytes (6.4.3, 6.4.4).
-    let mut payload = b"ok so far \xed\xa0\x80".to_vec();
-    let sent = 14 + payload.len();
-    payload.extend([b'x'; 200]);
-    let whole = frame(TEXT, &payload);
-    fails(&mut case, &whole[..sent], &[], 1007).await;
-}
-
-#[tokio::test]
-async fn an_incomplete_code_point_before_an_empty_final_fragment_is_1007() {
-    // The codec only validates frames with a payload, so a message ending in the
-    // first byte of a code point, then an empty final fragment, gets past it: pgws's
-    // own check answers, cleanly, with its reason.
-    let mut case = Case::start().await;
-    let bytes = cat(&[masked(TEXT, b"abc\xce"), masked(FIN | CONT, b"")]);
-    let reason = fails_with(&mut case, "rw", &bytes, &[], 1007, By::Pgws).await;
-    assert!(reason.starts_with("Invalid UTF-8"), "{reason}");
-}
-
 #[tokio::test]
 async fn valid_utf8_is_notified_however_it_is_fragmented() {
     let mut case = Case::start().await;
@@ -661,19 +854,6 @@ async fn valid_utf8_is_notified_however_it_is_fragmented() {
     assert_eq!(case.notified().await, text);
     close_cleanly(&mut ws).await;
     case.still_works().await;
-}
-
-#[tokio::test]
-async fn invalid_utf8_in_a_binary_frame_is_1007() {
-    // The codec leaves binary frames alone; pgws checks them (contract §6).
-    let mut case = Case::start().await;
-    for sample in [&b"\xff"[..], b"\xed\xa0\x80", b"ok \xce"] {
-        let reason = fails_with(&mut case, "rw", &frame(BINARY, sample), &[], 1007, By::Pgws).await;
-        assert!(reason.starts_with("Invalid UTF-8"), "{reason}");
-    }
-    let fragmented = cat(&[masked(BINARY, b"ok \xce"), masked(FIN | CONT, b" no")]);
-    let reason = fails_with(&mut case, "rw", &fragmented, &[], 1007, By::Pgws).await;
-    assert!(reason.starts_with("Invalid UTF-8"), "{reason}");
 }
 
 #[tokio::test]
@@ -737,23 +917,6 @@ async fn an_empty_close_is_answered() {
 }
 
 #[tokio::test]
-async fn a_1_byte_close_is_1002() {
-    let mut case = Case::start().await;
-    fails(&mut case, &frame(CLOSE, &[0x03]), &[], 1002).await;
-}
-
-#[tokio::test]
-async fn invalid_close_codes_are_1002() {
-    let mut case = Case::start().await;
-    for code in [
-        0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-    ] {
-        let reason = fails(&mut case, &close(code, b""), &[], 1002).await;
-        assert!(!reason.is_empty(), "code {code}");
-    }
-}
-
-#[tokio::test]
 async fn valid_close_codes_are_echoed() {
     let mut case = Case::start().await;
     for code in [
@@ -778,24 +941,6 @@ async fn close_reasons_up_to_123_bytes_are_accepted_and_124_is_1002() {
     ws.expect_eof().await;
     // 2 + 124 bytes: a control frame over 125 bytes.
     fails(&mut case, &close(1000, &[b'r'; 124]), &[], 1002).await;
-}
-
-#[tokio::test]
-async fn a_close_reason_that_is_not_utf8_is_1007() {
-    // tokio-websockets checks the close reason with `utf8::parse_str`, whose
-    // `ProtocolError::InvalidUtf8` it answers like any invalid UTF-8: 1007 (not 1002).
-    let mut case = Case::start().await;
-    fails(
-        &mut case,
-        &close(
-            1000,
-            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",
-        ),
-        &[],
-        1007,
-    )
-    .await;
-    fails(&mut case, &close(1000, b"\xff"), &[], 1007).await;
 }
 
 #[tokio::test]
@@ -838,28 +983,6 @@ async fn a_close_between_fragments_ends_the_message_unnotified() {
 }
 
 // ---------------------------------------------------------------------------
-// Masking (RFC 6455 §5.1)
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn an_unmasked_frame_is_1002() {
-    let mut case = Case::start().await;
-    fails(&mut case, &unmasked(FIN | TEXT, b"unmasked"), &[], 1002).await;
-    fails(&mut case, &unmasked(FIN | BINARY, b""), &[], 1002).await;
-    fails(&mut case, &unmasked(FIN | PING, b"unmasked"), &[], 1002).await;
-    fails(
-        &mut case,
-        &unmasked(FIN | CLOSE, &1000u16.to_be_bytes()),
-        &[],
-        1002,
-    )
-    .await;
-    // A masked first fragment, then an unmasked continuation.
-    let bytes = cat(&[masked(TEXT, b"a"), unmasked(FIN | CONT, b"b")]);
-    fails(&mut case, &bytes, &[], 1002).await;
-}
-
-// ---------------------------------------------------------------------------
 // Sizes (Autobahn 9.*, partially)
 // ---------------------------------------------------------------------------
 
@@ -867,19 +990,6 @@ const LIMIT: usize = 4096;
 
 fn limited() -> ConfigBuilder {
     config().max_message_bytes(LIMIT)
-}
-
-#[tokio::test]
-async fn a_huge_64_bit_length_is_1009_before_any_payload() {
-    // Only the header is sent: the server must answer without waiting for (or
-    // allocating) the 2^62 bytes announced.
-    let mut case = Case::with(limited()).await;
-    fails(&mut case, &header(FIN | TEXT, 1 << 62), &[], 1009).await;
-    fails(&mut case, &header(FIN | BINARY, 1 << 62), &[], 1009).await;
-    fails(&mut case, &header(BINARY, u64::MAX >> 1), &[], 1009).await;
-    // As a continuation of a started message.
-    let bytes = cat(&[masked(TEXT, b"start"), header(FIN | CONT, 1 << 62)]);
-    fails(&mut case, &bytes, &[], 1009).await;
 }
 
 #[tokio::test]
@@ -906,21 +1016,6 @@ async fn a_message_at_the_limit_is_notified_and_one_byte_more_is_1009() {
     let over = "o".repeat(LIMIT + 1);
     fails(&mut case, &frame(TEXT, over.as_bytes()), &[], 1009).await;
     fails(&mut case, &frame(BINARY, over.as_bytes()), &[], 1009).await;
-}
-
-#[tokio::test]
-async fn a_fragmented_message_over_the_limit_is_1009() {
-    // Each fragment is within the limit, the message is not. tokio-websockets finds
-    // this while reassembling and leaves the answer to pgws, which closes with
-    // 1009 `Message too big`.
-    let mut case = Case::with(limited()).await;
-    let part = "f".repeat(3000);
-    let bytes = cat(&[
-        masked(TEXT, part.as_bytes()),
-        masked(FIN | CONT, part.as_bytes()),
-    ]);
-    let reason = fails_with(&mut case, "rw", &bytes, &[], 1009, By::Pgws).await;
-    assert!(reason.starts_with("Message too big"), "{reason}");
 }
 
 // ---------------------------------------------------------------------------

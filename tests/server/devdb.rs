@@ -3,14 +3,12 @@
 //! reach it, stops it on the way out and finds its data again next time, even after
 //! being killed.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
 };
 
-use common::{cluster::Cluster, program::Program, *};
+use crate::common::{cluster::Cluster, program::Program, *};
 use pgws::server;
 use tokio::sync::oneshot;
 use tokio_websockets::ClientBuilder;

@@ -1,11 +1,9 @@
 //! Thousands of channels come and go; a flood to a client that never reads keeps
 //! the server's memory bounded.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 async fn listened_with_prefix(server: &TestServer, prefix: &str) -> usize {

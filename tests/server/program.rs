@@ -1,9 +1,7 @@
 //! The `pgws` program (`cargo install pgws --features server`): started as a
 //! process with `PGWS_*` variables, it serves WebSockets and stops on SIGTERM.
 
-mod common;
-
-use common::{program::Program, *};
+use crate::common::{program::Program, *};
 use tokio_websockets::ClientBuilder;
 
 #[tokio::test]

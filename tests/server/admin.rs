@@ -1,9 +1,8 @@
 //! Operations in the standalone server: the admin listener (`PGWS_ADMIN_ADDR`:
 //! `/metrics`, `/health`, `/ready`), and logs that never hold a token.
 //!
-//! A test binary of its own: the Prometheus recorder is process-wide.
-
-mod common;
+//! The Prometheus recorder is process-wide: the other tests of this binary count
+//! into it too, so the figures asserted are lower bounds.
 
 use pgws::server;
 
@@ -15,8 +14,8 @@ use std::{
     time::Duration,
 };
 
+use crate::common::{running::Running, *};
 use bytes::Bytes;
-use common::{running::Running, *};
 use futures_util::SinkExt;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{Empty, Full};

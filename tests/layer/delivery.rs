@@ -1,10 +1,8 @@
 //! Database → sockets (contract sections 3 to 5).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

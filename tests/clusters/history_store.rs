@@ -3,11 +3,9 @@
 //! schema (and so its own announcing channel), dropped at the end.
 #![cfg(feature = "internals")]
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::*;
+use crate::common::*;
 use pgws::__bench::history::{
     HistoryError, Position, Read, Reference, Retention, SCHEMA_VERSION, Store,
 };
@@ -176,7 +174,7 @@ async fn migrating_inside_a_transaction_rolls_back_with_it() {
 
 #[tokio::test]
 async fn the_sql_file_applied_by_hand_is_what_migrate_expects() {
-    const FILE: &str = include_str!("../sql/history.sql");
+    const FILE: &str = include_str!("../../sql/history.sql");
     let f = Fixture::unmigrated(&unique("hist")).await;
     // As `PGOPTIONS='-c pgws.history_schema=…' psql -f sql/history.sql` would.
     let set = "select set_config('pgws.history_schema', $1, false)";

@@ -1,10 +1,8 @@
 //! The listener connection: loss, 1012, reconnect and re-subscribe (contract §5, §6).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A config whose connections carry a unique application_name, so this test can
 /// kill its own listener without touching other tests' connections.
@@ -79,7 +77,7 @@ async fn channels_are_listened_again_after_a_reconnect() {
 async fn the_liveness_probe_notices_a_silently_dead_connection() {
     // A forwarder that stops passing bytes without closing: no error ever reaches
     // the listener, only its probe can tell.
-    let hole = common::blackhole::Blackhole::start().await;
+    let hole = crate::common::blackhole::Blackhole::start().await;
     let cfg = config()
         .database_url(format!("postgres://postgres@{}/postgres", hole.addr))
         .check_listener_interval(Duration::from_millis(300));
@@ -95,7 +93,7 @@ async fn the_liveness_probe_notices_a_silently_dead_connection() {
 
 #[tokio::test]
 async fn readiness_follows_the_listener_through_an_outage() {
-    let hole = common::blackhole::Blackhole::start().await;
+    let hole = crate::common::blackhole::Blackhole::start().await;
     let uri = format!(
         "postgres://postgres@{}/postgres?connect_timeout=1",
         hole.addr
@@ -151,7 +149,7 @@ async fn handshakes_that_time_out_during_an_outage_leave_nothing_behind() {
 
 #[tokio::test]
 async fn listening_channels_gives_up_on_a_listener_that_does_not_answer() {
-    let hole = common::blackhole::Blackhole::start().await;
+    let hole = crate::common::blackhole::Blackhole::start().await;
     // No probe: the listener keeps believing in its connection.
     let cfg = config()
         .database_url(format!("postgres://postgres@{}/postgres", hole.addr))

@@ -1,14 +1,12 @@
 //! The standalone server, `pgws::server` (contract §8), and the layer inside
 //! an axum router: proxying, static files, 404/502, WebSockets on the same port.
 
-mod common;
-
 use pgws::server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf};
 
+use crate::common::{running::Running, *};
 use bytes::Bytes;
-use common::{running::Running, *};
 use futures_util::stream;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};

@@ -1,9 +1,7 @@
 //! Who may connect: token sources outside the URL, the Origin allow-list, the
 //! socket limit.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::{HeaderName, HeaderValue};
 use tokio_websockets::ClientBuilder;
 

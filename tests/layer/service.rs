@@ -7,8 +7,6 @@
 //! a write-only token gets its `101` without a listener, and a reader waits for the
 //! subscribe timeout, then gets `503 Database unavailable`.
 
-mod common;
-
 use std::{
     convert::Infallible,
     future::Future,
@@ -17,9 +15,9 @@ use std::{
     time::Duration,
 };
 
+use crate::common::{SECRET, WAIT, now, token, token_with};
 use base64::Engine as _;
 use bytes::Bytes;
-use common::{SECRET, WAIT, now, token, token_with};
 use futures_util::{StreamExt, stream};
 use http::{
     HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri, Version, header,

@@ -1,14 +1,12 @@
 //! TLS in the standalone server: `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM),
 //! served with rustls; a certificate made here with rcgen, a client that trusts it.
 
-mod common;
-
 use pgws::server;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
+use crate::common::{running::Running, *};
 use bytes::Bytes;
-use common::{running::Running, *};
 use futures_util::SinkExt;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};

@@ -1,11 +1,9 @@
 //! Meta events under load: `ConnectionOpen` always before `ConnectionClose`, and
 //! meta traffic never takes the write pool from client messages (contract §7).
 
-mod common;
-
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, future::join_all};
 use serde_json::{Value, json};
 

@@ -1,11 +1,9 @@
 //! Which requests the layer takes and how it answers them (contract sections 1 to 3),
 //! end to end through a real server.
 
-mod common;
-
+use crate::common::{rows::check_rows, *};
 use base64::Engine as _;
 use bytes::Bytes;
-use common::*;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -100,26 +98,133 @@ async fn raw(server: &TestServer, request: &str) -> (u16, String) {
 
 // ---- section 2: every refusal row -------------------------------------------------------
 
-#[tokio::test]
-async fn invalid_tokens_are_401() {
-    let server = TestServer::start(config()).await;
-    let chan = unique("hs_inv");
+/// Refusals on the default settings: every path of a row is refused with the row's
+/// status and a body starting with its prefix.
+struct Refusal {
+    name: &'static str,
+    status: u16,
+    prefix: &'static str,
+    paths: Vec<String>,
+}
+
+fn refusals() -> Vec<Refusal> {
+    let chan = unique("hs_refused");
     let claims = claims("r", Some(&chan));
-    let wrong_secret = token_with(&claims, b"some other secret, not the server's");
-    assert_refused(&server, &format!("/{wrong_secret}"), 401, "Invalid token").await;
-    // Empty signature: JWT-shaped, so ours, and refused.
     let good = token(claims.clone());
-    let unsigned = &good[..=good.rfind('.').unwrap()];
-    assert_refused(&server, &format!("/{unsigned}"), 401, "Invalid token").await;
-    // Garbage in the shape of a JWS.
-    assert_refused(&server, "/abc.def.ghi", 401, "Invalid token").await;
-    // alg: none.
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let none = format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&claims));
-    assert_refused(&server, &format!("/{none}"), 401, "Invalid token").await;
-    // Non-numeric exp.
-    let t = token(json!({"mode": "r", "channel": chan, "exp": "tomorrow"}));
-    assert_refused(&server, &format!("/{t}"), 401, "Invalid token").await;
+    let path = |claims: Value| format!("/{}", token(claims));
+    let long = "a".repeat(64);
+    let r = token(json!({"mode": "r"}));
+    vec![
+        Refusal {
+            name: "invalid_tokens_are_401",
+            status: 401,
+            prefix: "Invalid token",
+            paths: vec![
+                format!(
+                    "/{}",
+                    token_with(&claims, b"some other secret, not the server's")
+                ),
+                // Empty signature: JWT-shaped, so ours, and refused.
+                format!("/{}", &good[..=good.rfind('.').unwrap()]),
+                // Garbage in the shape of a JWS.
+                "/abc.def.ghi".to_owned(),
+                // alg: none.
+                format!("/{}.{}.", b64(&json!({"alg": "none"})), b64(&claims)),
+                // Non-numeric exp.
+                path(json!({"mode": "r", "channel": chan, "exp": "tomorrow"})),
+            ],
+        },
+        Refusal {
+            name: "an_expired_token_is_401",
+            status: 401,
+            prefix: "Token expired",
+            paths: vec![
+                path(json!({"mode": "r", "channel": chan, "exp": now() - 10})),
+                // Expired and without a mode: the first row wins.
+                path(json!({"channel": chan, "exp": now() - 10})),
+            ],
+        },
+        Refusal {
+            name: "a_token_not_yet_valid_is_401",
+            status: 401,
+            prefix: "Token not yet valid",
+            paths: ["nbf", "iat"]
+                .map(|claim| path(json!({"mode": "r", "channel": chan, claim: now() + 600})))
+                .into(),
+        },
+        Refusal {
+            name: "a_missing_mode_is_403",
+            status: 403,
+            prefix: "Missing mode",
+            paths: vec![
+                path(json!({"channel": chan})),
+                path(json!({"channel": chan, "mode": 1})),
+            ],
+        },
+        Refusal {
+            name: "an_invalid_mode_is_403",
+            status: 403,
+            prefix: "Invalid mode",
+            paths: vec![
+                path(json!({"channel": chan, "mode": "rwx"})),
+                // A bad mode and a bad path channel: the mode row wins.
+                format!("/%FF/{}", token(json!({"mode": "admin"}))),
+            ],
+        },
+        Refusal {
+            name: "a_bad_path_channel_is_400",
+            status: 400,
+            prefix: "Invalid channel name",
+            paths: [long.as_str(), "%FF", "a%00b", "%C3%28"]
+                .map(|bad| format!("/{bad}/{r}"))
+                .into_iter()
+                // It wins over "No allowed channels" (the path channel is not claimed
+                // either).
+                .chain([format!(
+                    "/{long}/{}",
+                    token(json!({"mode": "r", "channel": chan}))
+                )])
+                .collect(),
+        },
+        Refusal {
+            name: "no_channel_granted_is_403",
+            status: 403,
+            prefix: "No allowed channels",
+            paths: vec![
+                // Nothing in the path, nothing claimed.
+                format!("/{r}"),
+                // A `channels` array holding a non-string counts as absent.
+                path(json!({"mode": "r", "channels": [unique("hs_na"), 5]})),
+                // A path channel that is not among the claimed ones.
+                format!("/{}/{good}", unique("hs_na")),
+            ],
+        },
+        Refusal {
+            name: "a_bad_granted_channel_is_400",
+            status: 400,
+            prefix: "Invalid channel name",
+            paths: [json!("b".repeat(64)), json!(""), json!("a\u{0}b")]
+                .map(|bad| path(json!({"mode": "r", "channels": [unique("hs_bg"), bad]})))
+                .into(),
+        },
+    ]
+}
+
+/// Every row of [`refusals`], against one server.
+#[tokio::test]
+async fn refusals_on_the_default_settings() {
+    let server = TestServer::start(config()).await;
+    let server = &server;
+    check_rows(refusals().into_iter().map(|row| {
+        let run = async move {
+            for path in &row.paths {
+                assert_refused(server, path, row.status, row.prefix).await;
+            }
+        };
+        (row.name, run)
+    }))
+    .await;
 }
 
 #[tokio::test]
@@ -136,27 +241,6 @@ async fn an_aud_mismatch_is_401() {
 }
 
 #[tokio::test]
-async fn an_expired_token_is_401() {
-    let server = TestServer::start(config()).await;
-    let chan = unique("hs_exp");
-    let t = token(json!({"mode": "r", "channel": chan, "exp": now() - 10}));
-    assert_refused(&server, &format!("/{t}"), 401, "Token expired").await;
-    // Expired and without a mode: the first row wins.
-    let t = token(json!({"channel": chan, "exp": now() - 10}));
-    assert_refused(&server, &format!("/{t}"), 401, "Token expired").await;
-}
-
-#[tokio::test]
-async fn a_token_not_yet_valid_is_401() {
-    let server = TestServer::start(config()).await;
-    let chan = unique("hs_nbf");
-    for claim in ["nbf", "iat"] {
-        let t = token(json!({"mode": "r", "channel": chan, claim: now() + 600}));
-        assert_refused(&server, &format!("/{t}"), 401, "Token not yet valid").await;
-    }
-}
-
-#[tokio::test]
 async fn leeway_is_configurable() {
     let server = TestServer::start(config().leeway(std::time::Duration::from_secs(120))).await;
     let t = token(json!({"mode": "w", "channel": unique("hs_lee"), "exp": now() - 30}));
@@ -166,52 +250,6 @@ async fn leeway_is_configurable() {
     );
     let t = token(json!({"mode": "w", "channel": unique("hs_lee"), "exp": now() - 600}));
     assert_refused(&server, &format!("/{t}"), 401, "Token expired").await;
-}
-
-#[tokio::test]
-async fn a_missing_mode_is_403() {
-    let server = TestServer::start(config()).await;
-    let chan = unique("hs_nomode");
-    let t = token(json!({"channel": chan}));
-    assert_refused(&server, &format!("/{t}"), 403, "Missing mode").await;
-    let t = token(json!({"channel": chan, "mode": 1}));
-    assert_refused(&server, &format!("/{t}"), 403, "Missing mode").await;
-}
-
-#[tokio::test]
-async fn an_invalid_mode_is_403() {
-    let server = TestServer::start(config()).await;
-    let chan = unique("hs_badmode");
-    let t = token(json!({"channel": chan, "mode": "rwx"}));
-    assert_refused(&server, &format!("/{t}"), 403, "Invalid mode").await;
-    // A bad mode and a bad path channel: the mode row wins.
-    let t = token(json!({"mode": "admin"}));
-    assert_refused(&server, &format!("/%FF/{t}"), 403, "Invalid mode").await;
-}
-
-#[tokio::test]
-async fn a_bad_path_channel_is_400() {
-    let server = TestServer::start(config()).await;
-    let t = token(json!({"mode": "r"}));
-    let long = "a".repeat(64);
-    for chan in [long.as_str(), "%FF", "a%00b", "%C3%28"] {
-        assert_refused(
-            &server,
-            &format!("/{chan}/{t}"),
-            400,
-            "Invalid channel name",
-        )
-        .await;
-    }
-    // It wins over "No allowed channels" (the path channel is not claimed either).
-    let t = token(json!({"mode": "r", "channel": unique("hs_pc")}));
-    assert_refused(
-        &server,
-        &format!("/{long}/{t}"),
-        400,
-        "Invalid channel name",
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -227,36 +265,6 @@ async fn an_empty_path_channel_is_400() {
     let (status, text) = raw(&server, &request).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("\r\n\r\nInvalid channel name"), "{text}");
-}
-
-#[tokio::test]
-async fn no_channel_granted_is_403() {
-    let server = TestServer::start(config()).await;
-    // Nothing in the path, nothing claimed.
-    let t = token(json!({"mode": "r"}));
-    assert_refused(&server, &format!("/{t}"), 403, "No allowed channels").await;
-    // A `channels` array holding a non-string counts as absent.
-    let t = token(json!({"mode": "r", "channels": [unique("hs_na"), 5]}));
-    assert_refused(&server, &format!("/{t}"), 403, "No allowed channels").await;
-    // A path channel that is not among the claimed ones.
-    let t = token(json!({"mode": "r", "channel": unique("hs_na")}));
-    let other = unique("hs_na");
-    assert_refused(
-        &server,
-        &format!("/{other}/{t}"),
-        403,
-        "No allowed channels",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_bad_granted_channel_is_400() {
-    let server = TestServer::start(config()).await;
-    for bad in [json!("b".repeat(64)), json!(""), json!("a\u{0}b")] {
-        let t = token(json!({"mode": "r", "channels": [unique("hs_bg"), bad]}));
-        assert_refused(&server, &format!("/{t}"), 400, "Invalid channel name").await;
-    }
 }
 
 #[tokio::test]

@@ -1,11 +1,9 @@
 //! Sockets → database (contract sections 4 to 7).
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_websockets::Message;
@@ -209,7 +207,7 @@ async fn writes_with_the_database_down_close_with_1013_and_readers_get_503() {
 
 #[tokio::test]
 async fn a_write_stuck_on_a_dead_database_closes_with_1013() {
-    let hole = common::blackhole::Blackhole::start().await;
+    let hole = crate::common::blackhole::Blackhole::start().await;
     let cfg = config().database_url(format!("postgres://postgres@{}/postgres", hole.addr));
     let server = TestServer::start(cfg).await;
     let chan = unique("stuck");

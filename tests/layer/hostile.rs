@@ -1,8 +1,6 @@
-//! Hostile names and tokens end to end, and logs that never carry a token.
+//! Hostile names and tokens end to end.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn encode(channel: &str) -> String {

@@ -1,11 +1,9 @@
 //! Database faults: restarts under live sockets, and a database that is down at
 //! start-up (contract §5; each test runs its own throwaway cluster).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cluster::Cluster, *};
+use crate::common::{cluster::Cluster, *};
 
 async fn blocking<F: FnOnce() + Send + 'static>(f: F) {
     tokio::task::spawn_blocking(f).await.unwrap();

@@ -1,0 +1,12 @@
+//! The standalone server (feature `server`): settings, serving, TLS, the admin
+//! listener, the development database and the `pgws` program itself, one module
+//! each, in one test binary.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod devdb;
+mod program;
+mod server;
+mod tls;
