@@ -8,13 +8,13 @@ use super::*;
 
 const SECRET: &str = "reallyreallyreallyreallyverysafe";
 
-const RSA_PRIVATE: &str = include_str!("../../tests/fixtures/keys/rsa_private.pem");
-const RSA_PUBLIC_PEM: &str = include_str!("../../tests/fixtures/keys/rsa_public.pem");
-const RSA_JWK: &str = include_str!("../../tests/fixtures/keys/rsa_public.jwk.json");
-const EC_PRIVATE: &str = include_str!("../../tests/fixtures/keys/ec_private.pem");
-const EC_JWK: &str = include_str!("../../tests/fixtures/keys/ec_public.jwk.json");
-const ED_PRIVATE: &str = include_str!("../../tests/fixtures/keys/ed25519_private.pem");
-const ED_JWK: &str = include_str!("../../tests/fixtures/keys/ed25519_public.jwk.json");
+const RSA_PRIVATE: &str = include_str!("../../../tests/fixtures/keys/rsa_private.pem");
+const RSA_PUBLIC_PEM: &str = include_str!("../../../tests/fixtures/keys/rsa_public.pem");
+const RSA_JWK: &str = include_str!("../../../tests/fixtures/keys/rsa_public.jwk.json");
+const EC_PRIVATE: &str = include_str!("../../../tests/fixtures/keys/ec_private.pem");
+const EC_JWK: &str = include_str!("../../../tests/fixtures/keys/ec_public.jwk.json");
+const ED_PRIVATE: &str = include_str!("../../../tests/fixtures/keys/ed25519_private.pem");
+const ED_JWK: &str = include_str!("../../../tests/fixtures/keys/ed25519_public.jwk.json");
 
 // ---- helpers ---------------------------------------------------------------------------
 
