@@ -11,7 +11,8 @@
 //! static files (`PGWS_ROOT_PATH`), then to a reverse proxy (`PGWS_UPSTREAM`,
 //! typically PostgREST).
 //!
-//! Besides the layer's variables ([`Config::SETTINGS`](crate::Config::SETTINGS)):
+//! Besides the layer's variables ([`Config::SETTINGS`](crate::Config::SETTINGS)),
+//! the server reads those of [`SETTINGS`], among them:
 //! - `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM) serve `https:`/`wss:` with
 //!   rustls;
 //! - `PGWS_ADMIN_ADDR` (e.g. `127.0.0.1:9090`) serves `/metrics` (Prometheus text),
@@ -85,7 +86,7 @@ pub use self::{
     launch::{launch, main},
     logging::log_subscriber,
     report::{DATABASE_CHECK_TIMEOUT, database_reachable, startup_report},
-    settings::{DevDbMode, DevDbSettings, LogFormat, Settings, Upstream},
+    settings::{DevDbMode, DevDbSettings, LogFormat, SETTINGS, ServerSetting, Settings, Upstream},
     tls::tls_config,
 };
 

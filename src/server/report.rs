@@ -9,7 +9,7 @@ use std::{
 
 use crate::{DatabaseTls, PgWsLayer};
 
-use super::Settings;
+use super::{Settings, settings::var};
 
 /// How long the start-up check waits for the listener's first connection.
 pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -109,21 +109,15 @@ pub fn startup_report(
         "Meta channel",
         config.meta_channel().unwrap_or("off (PGWS_META_CHANNEL)"),
     );
+    let off = |var: &str| format!("off ({var})");
     let root = settings.root_path.as_ref().map(|p| p.display().to_string());
-    line(
-        "Static files",
-        root.as_deref().unwrap_or("off (PGWS_ROOT_PATH)"),
-    );
+    line("Static files", &root.unwrap_or_else(|| off(var::ROOT_PATH)));
     let upstream = settings
         .upstream
         .as_ref()
         .map(|u| format!("http://{}{}", u.authority, u.base));
-    line(
-        "Upstream",
-        upstream
-            .as_deref()
-            .unwrap_or("off (PGWS_UPSTREAM); other requests get 404"),
-    );
+    let upstream = upstream.unwrap_or_else(|| off(var::UPSTREAM) + "; other requests get 404");
+    line("Upstream", &upstream);
     let origins = config.allowed_origins().map(|o| {
         format!(
             "{} (PGWS_ALLOWED_ORIGINS; handshakes from other origins get 403)",
@@ -134,19 +128,14 @@ pub fn startup_report(
         "Origins",
         origins.as_deref().unwrap_or("any (PGWS_ALLOWED_ORIGINS)"),
     );
-    line(
-        "TLS",
-        if settings.tls.is_some() {
-            "on (PGWS_CERTIFICATE_FILE, PGWS_KEY_FILE)"
-        } else {
-            "off (PGWS_CERTIFICATE_FILE, PGWS_KEY_FILE)"
-        },
-    );
+    let tls_vars = format!("({}, {})", var::CERTIFICATE_FILE, var::KEY_FILE);
+    let on = if settings.tls.is_some() { "on" } else { "off" };
+    line("TLS", &format!("{on} {tls_vars}"));
     let admin = admin_addr.map(|a| {
         let a = browsable(a);
         format!("http://{a}/metrics, http://{a}/health, http://{a}/ready")
     });
-    line("Admin", admin.as_deref().unwrap_or("off (PGWS_ADMIN_ADDR)"));
+    line("Admin", &admin.unwrap_or_else(|| off(var::ADMIN_ADDR)));
     let mut out = header + &out;
     if let Some(token) = &settings.dev_token {
         let _ = writeln!(

@@ -107,33 +107,32 @@ pub struct DevDbSettings {
 }
 
 impl DevDbSettings {
-    /// `PGWS_DEV_DB` and `PGWS_DEV_DB_DIR` as looked up with `var`; `None` when
-    /// `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`.
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
+    /// `PGWS_DEV_DB` (`mode`) with the default folder; `None` when `PGWS_DB_URI`
+    /// is set or `PGWS_DEV_DB` is `off`.
+    fn from_vars(
+        mode: Option<&str>,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, String> {
         if var("PGWS_DB_URI").is_some() {
             return Ok(None);
         }
-        let mode = match var("PGWS_DEV_DB").map(|v| v.trim().to_ascii_lowercase()) {
+        let mode = match mode.map(|v| v.trim().to_ascii_lowercase()) {
             None => DevDbMode::Auto,
             Some(v) if v == "auto" => DevDbMode::Auto,
             Some(v) if v == "on" => DevDbMode::On,
             Some(v) if v == "off" => return Ok(None),
-            Some(v) => return Err(format!("PGWS_DEV_DB: {v:?} is not auto, on or off")),
-        };
-        let dir = match var("PGWS_DEV_DB_DIR") {
-            Some(dir) => Some(PathBuf::from(dir)),
-            None => default_dev_db_dir(&var),
+            Some(v) => return Err(format!("{}: {v:?} is not auto, on or off", var::DEV_DB)),
         };
         Ok(Some(DevDbSettings {
             mode,
-            dir,
+            dir: default_dev_db_dir(var),
             default_addr: default_db_addr(),
         }))
     }
 }
 
 /// Where the development database lives unless `PGWS_DEV_DB_DIR` says otherwise.
-fn default_dev_db_dir(var: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+fn default_dev_db_dir(var: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     // Root's home is closed to user `postgres`, who runs the cluster for root.
     if super::devdb::is_root() {
         return Some(PathBuf::from("/var/lib/pgws/devdb"));
@@ -198,7 +197,10 @@ impl FromStr for LogFormat {
         match s.trim().to_ascii_lowercase().as_str() {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!("PGWS_LOG_FORMAT: {s:?} is neither text nor json")),
+            _ => Err(format!(
+                "{}: {s:?} is neither text nor json",
+                var::LOG_FORMAT
+            )),
         }
     }
 }
@@ -297,75 +299,160 @@ impl Upstream {
 // Settings from the environment
 // ---------------------------------------------------------------------------
 
+/// How an entry of [`SETTINGS`] reads its variable into [`Settings`]: the value
+/// (`None` when unset or empty) and the lookup, for settings read together.
+type Read = fn(&mut Settings, Option<&str>, &dyn Fn(&str) -> Option<String>) -> Result<(), String>;
+
+/// One variable of the standalone server, as [`SETTINGS`] lists it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ServerSetting {
+    /// The `PGWS_*` environment variable.
+    pub variable: &'static str,
+    /// The default as PROTOCOL.md's table shows it, or `unset` or `ignored`.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+    /// Reads and checks the value; errors name the variable.
+    pub(crate) read: Read,
+}
+
+/// Declares the server's settings: a constant per variable name, and [`SETTINGS`].
+macro_rules! server_settings {
+    ($($name:ident = $var:literal, $default:literal, $doc:literal, $read:expr;)*) => {
+        /// The server's variable names, for the code and the start-up report.
+        #[allow(dead_code, reason = "a name for every setting, read by name or not")]
+        pub(crate) mod var {
+            $(pub(crate) const $name: &str = $var;)*
+        }
+
+        /// Every variable of the standalone server besides the layer's
+        /// ([`Config::SETTINGS`]), in the order [`Settings::from_vars`] reads them.
+        /// PROTOCOL.md's table is checked against it.
+        pub const SETTINGS: &[ServerSetting] = &[
+            $(ServerSetting { variable: $var, default: $default, doc: $doc, read: $read },)*
+        ];
+    };
+}
+
+server_settings! {
+    CERTIFICATE_FILE = "PGWS_CERTIFICATE_FILE", "unset",
+        "a PEM certificate chain for TLS on the public port, with PGWS_KEY_FILE",
+        |s, cert, var| {
+            s.tls = match (cert, var(var::KEY_FILE)) {
+                (None, None) => None,
+                (Some(_), None) => return Err(format!(
+                    "{} is set but {} is not: set both for TLS, or neither",
+                    var::CERTIFICATE_FILE, var::KEY_FILE
+                )),
+                (None, Some(_)) => return Err(format!(
+                    "{} is set but {} is not: set both for TLS, or neither",
+                    var::KEY_FILE, var::CERTIFICATE_FILE
+                )),
+                (Some(cert), Some(key)) => Some(tls_config(Path::new(cert), Path::new(&key))?),
+            };
+            Ok(())
+        };
+    KEY_FILE = "PGWS_KEY_FILE", "unset",
+        "the PEM private key for PGWS_CERTIFICATE_FILE (read with it)",
+        |_, _, _| Ok(());
+    PORT = "PGWS_PORT", "3000", "the public port",
+        |s, port, _| {
+            if let Some(p) = port {
+                let port = p.trim().parse::<u16>().map_err(|_| {
+                    format!("{}: {p:?} is not a port number (0 to 65535)", var::PORT)
+                })?;
+                s.addr.set_port(port);
+            }
+            Ok(())
+        };
+    HOST = "PGWS_HOST", "127.0.0.1",
+        "an address or a host name; *, *4, !4 all IPv4 addresses, *6, !6 all IPv6 ones",
+        |s, host, _| {
+            if let Some(host) = host {
+                s.addr.set_ip(listen_ip(host, s.addr.port())?);
+            }
+            Ok(())
+        };
+    ADMIN_ADDR = "PGWS_ADMIN_ADDR", "unset",
+        "host:port of the admin listener (/metrics, /health, /ready)",
+        |s, v, _| {
+            s.admin_addr = v.map(admin_addr).transpose()?;
+            Ok(())
+        };
+    LOG_FORMAT = "PGWS_LOG_FORMAT", "text", "text or json",
+        |s, v, _| {
+            s.log_format = v.map(str::parse).transpose()?.unwrap_or_default();
+            Ok(())
+        };
+    HANDSHAKE_TIMEOUT = "PGWS_HANDSHAKE_TIMEOUT", "10",
+        "seconds a client has to send its request head, above 0",
+        |s, v, _| {
+            if let Some(v) = v {
+                s.handshake_timeout = match v.trim().parse::<u64>() {
+                    Ok(secs) if secs > 0 => Duration::from_secs(secs),
+                    _ => return Err(format!(
+                        "{}: {v:?} is not a whole number of seconds above 0",
+                        var::HANDSHAKE_TIMEOUT
+                    )),
+                };
+            }
+            Ok(())
+        };
+    ROOT_PATH = "PGWS_ROOT_PATH", "unset", "a directory of static files",
+        |s, v, _| {
+            s.root_path = v.map(root_dir).transpose()?;
+            Ok(())
+        };
+    UPSTREAM = "PGWS_UPSTREAM", "unset", "http://host[:port][/base], the reverse proxy",
+        |s, v, _| {
+            s.upstream = v
+                .map(|v| v.parse().map_err(|e| format!("{}: {e}", var::UPSTREAM)))
+                .transpose()?;
+            Ok(())
+        };
+    // Accepted and ignored: the layer retries forever.
+    RETRIES = "PGWS_RETRIES", "ignored", "accepted for compatibility", |_, _, _| Ok(());
+    DEV_DB = "PGWS_DEV_DB", "auto", "auto, on or off: the development database",
+        |s, v, var| {
+            s.dev_db = DevDbSettings::from_vars(v, var)?;
+            Ok(())
+        };
+    DEV_DB_DIR = "PGWS_DEV_DB_DIR",
+        "$XDG_DATA_HOME/pgws/devdb, else ~/.local/share/pgws/devdb; /var/lib/pgws/devdb for root",
+        "where the development database keeps its data",
+        |s, v, _| {
+            if let (Some(dev_db), Some(dir)) = (&mut s.dev_db, v) {
+                dev_db.dir = Some(PathBuf::from(dir));
+            }
+            Ok(())
+        };
+}
+
 fn settings_from(
     builder: ConfigBuilder,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Settings, String> {
     // An empty value counts as unset (PROTOCOL.md §13).
     let var = |name: &str| var(name).filter(|v| !v.is_empty());
-    let tls = match (var("PGWS_CERTIFICATE_FILE"), var("PGWS_KEY_FILE")) {
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(
-                "PGWS_CERTIFICATE_FILE is set but PGWS_KEY_FILE is not: set both \
-                 for TLS, or neither"
-                    .into(),
-            );
-        }
-        (None, Some(_)) => {
-            return Err(
-                "PGWS_KEY_FILE is set but PGWS_CERTIFICATE_FILE is not: set both \
-                 for TLS, or neither"
-                    .into(),
-            );
-        }
-        (Some(cert), Some(key)) => Some(tls_config(Path::new(&cert), Path::new(&key))?),
-    };
-    // PGWS_RETRIES is accepted and ignored: the layer retries forever.
-    let addr = listen_addr(var("PGWS_HOST").as_deref(), var("PGWS_PORT").as_deref())?;
-    let admin_addr = var("PGWS_ADMIN_ADDR").map(admin_addr).transpose()?;
-    let log_format = var("PGWS_LOG_FORMAT")
-        .map(|v| v.parse())
-        .transpose()?
-        .unwrap_or_default();
-    let handshake_timeout = match var("PGWS_HANDSHAKE_TIMEOUT") {
-        None => HEADER_READ_TIMEOUT,
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(secs) if secs > 0 => Duration::from_secs(secs),
-            _ => {
-                return Err(format!(
-                    "PGWS_HANDSHAKE_TIMEOUT: {v:?} is not a whole number of seconds above 0"
-                ));
-            }
-        },
-    };
-    let root_path = var("PGWS_ROOT_PATH").map(root_dir).transpose()?;
-    let upstream = var("PGWS_UPSTREAM")
-        .map(|v| v.parse().map_err(|e| format!("PGWS_UPSTREAM: {e}")))
-        .transpose()?;
-    let dev_db = DevDbSettings::from_vars(var)?;
     let (builder, dev_token) = ensure_secret(builder)?;
     let config = builder
         .clone()
         .build_from_env()
         .map_err(|e| e.to_string())?;
-    Ok(Settings {
-        config,
-        addr,
-        root_path,
-        upstream,
-        dev_token,
-        tls,
-        admin_addr,
-        log_format,
-        handshake_timeout,
-        builder: dev_db.is_some().then_some(LayerBuilder(builder)),
-        dev_db,
-    })
+    let mut settings = Settings::new(config);
+    for setting in SETTINGS {
+        (setting.read)(&mut settings, var(setting.variable).as_deref(), &var)?;
+    }
+    settings.dev_token = dev_token;
+    if settings.dev_db.is_some() {
+        settings.builder = Some(LayerBuilder(builder));
+    }
+    Ok(settings)
 }
 
 /// `PGWS_ADMIN_ADDR`: `host:port`, an IPv6 address in brackets.
-fn admin_addr(value: String) -> Result<SocketAddr, String> {
+fn admin_addr(value: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = value.trim().parse() {
         return Ok(addr);
     }
@@ -376,27 +463,19 @@ fn admin_addr(value: String) -> Result<SocketAddr, String> {
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| {
             format!(
-                "PGWS_ADMIN_ADDR: {value:?} is not an address with a port (like 127.0.0.1:9090)"
+                "{}: {value:?} is not an address with a port (like 127.0.0.1:9090)",
+                var::ADMIN_ADDR
             )
         })
 }
 
-/// `PGWS_HOST` and `PGWS_PORT` as a socket address.
-fn listen_addr(host: Option<&str>, port: Option<&str>) -> Result<SocketAddr, String> {
-    let port = match port {
-        None => 3000,
-        Some(p) => p
-            .trim()
-            .parse::<u16>()
-            .map_err(|_| format!("PGWS_PORT: {p:?} is not a port number (0 to 65535)"))?,
-    };
-    let ip = match host {
-        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Some("*" | "*4" | "!4") => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        Some("*6" | "!6") => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        Some(h) => resolve_host(h, port)?,
-    };
-    Ok(SocketAddr::new(ip, port))
+/// `PGWS_HOST` as an address (`port` only helps resolve a host name).
+fn listen_ip(host: &str, port: u16) -> Result<IpAddr, String> {
+    Ok(match host {
+        "*" | "*4" | "!4" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "*6" | "!6" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        h => resolve_host(h, port)?,
+    })
 }
 
 /// An IP address (IPv6 optionally in brackets) or a host name resolved once, now.
@@ -413,14 +492,19 @@ fn resolve_host(host: &str, port: u16) -> Result<IpAddr, String> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .map(|a| a.ip())
-        .ok_or_else(|| format!("PGWS_HOST: {host:?} is not an address or a known host name"))
+        .ok_or_else(|| {
+            format!(
+                "{}: {host:?} is not an address or a known host name",
+                var::HOST
+            )
+        })
 }
 
-fn root_dir(path: String) -> Result<PathBuf, String> {
-    match std::fs::metadata(&path) {
+fn root_dir(path: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(PathBuf::from(path)),
-        Ok(_) => Err(format!("PGWS_ROOT_PATH: {path:?} is not a directory")),
-        Err(e) => Err(format!("PGWS_ROOT_PATH: cannot read {path:?}: {e}")),
+        Ok(_) => Err(format!("{}: {path:?} is not a directory", var::ROOT_PATH)),
+        Err(e) => Err(format!("{}: cannot read {path:?}: {e}", var::ROOT_PATH)),
     }
 }
 
@@ -445,4 +529,87 @@ fn ensure_secret(builder: ConfigBuilder) -> Result<(ConfigBuilder, Option<String
     // The generated secret is raw text, whatever PGWS_JWT_SECRET_BASE64 says.
     let builder = builder.jwt_secret(secret).jwt_secret_is_base64(false);
     Ok((builder, Some(token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PROTOCOL.md's "Settings of the standalone server" table: (variables, default).
+    fn protocol_rows() -> Vec<(String, String)> {
+        let doc = include_str!("../../PROTOCOL.md");
+        let start = doc
+            .find("### Settings of the standalone server")
+            .expect("no server settings in PROTOCOL.md");
+        let section = &doc[start..];
+        let end = section[4..].find("\n#").map_or(section.len(), |i| i + 4);
+        section[..end]
+            .lines()
+            .filter(|l| l.starts_with("| `PGWS_"))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                (cells[1].to_owned(), cells[2].replace('`', ""))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_server_setting_is_in_the_protocol_with_its_default() {
+        let rows = protocol_rows();
+        for s in SETTINGS {
+            let name = format!("`{}`", s.variable);
+            let (_, shown) = rows
+                .iter()
+                .find(|(vars, _)| vars.split(", ").any(|v| v == name))
+                .unwrap_or_else(|| panic!("{} is not in PROTOCOL.md's table", s.variable));
+            assert_eq!(shown, s.default, "PROTOCOL.md: {}", s.variable);
+        }
+    }
+
+    #[test]
+    fn every_server_variable_in_the_protocol_is_in_the_table() {
+        for (vars, _) in protocol_rows() {
+            for v in vars.split(", ") {
+                let v = v.split('`').nth(1).unwrap_or_default();
+                let known = SETTINGS.iter().any(|s| s.variable == v)
+                    || Config::SETTINGS.iter().any(|s| s.variable == v);
+                assert!(known, "PROTOCOL.md names {v}, which SETTINGS lacks");
+            }
+        }
+    }
+
+    #[test]
+    fn variables_are_unique_and_documented() {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            assert!(s.variable.starts_with("PGWS_"), "{s:?}");
+            assert!(!s.doc.is_empty(), "{s:?}");
+            assert!(SETTINGS[..i].iter().all(|o| o.variable != s.variable));
+            assert!(Config::SETTINGS.iter().all(|o| o.variable != s.variable));
+        }
+    }
+
+    #[test]
+    fn the_defaults_shown_are_the_defaults_read() {
+        let builder = || {
+            Config::builder()
+                .database_url("postgres://postgres@127.0.0.1:5432/postgres")
+                .jwt_secret("reallyreallyreallyreallyverysafe")
+        };
+        let unset = Settings::from_vars(builder(), |_| None).unwrap();
+        let shown = |s: &Settings| format!("{s:?}");
+        let mut checked = 0;
+        // Defaults that are values, not descriptions: read back as the variable.
+        for s in SETTINGS
+            .iter()
+            .filter(|s| !matches!(s.default, "unset" | "ignored") && !s.default.starts_with('$'))
+        {
+            let set = Settings::from_vars(builder(), |name| {
+                (name == s.variable).then(|| s.default.to_owned())
+            })
+            .unwrap_or_else(|e| panic!("{}={}: {e}", s.variable, s.default));
+            assert_eq!(shown(&set), shown(&unset), "{}", s.variable);
+            checked += 1;
+        }
+        assert!(checked >= 5, "only {checked} defaults checked");
+    }
 }
