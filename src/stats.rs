@@ -143,7 +143,8 @@ impl Counters {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// The listener is connected and listening.
+    /// The listener is connected and listening (and, with history channels, the
+    /// history store is ready).
     pub listening: bool,
     /// Sockets open now, all modes.
     pub open_sockets: u64,

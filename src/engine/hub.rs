@@ -230,6 +230,11 @@ impl Hub {
         self.channels.keys().map(String::as_str)
     }
 
+    /// Whether `channel` has readers.
+    pub(crate) fn has_readers(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
+    }
+
     /// How many channels have readers.
     pub(crate) fn channel_count(&self) -> usize {
         self.channels.len()

@@ -26,10 +26,22 @@ use crate::{
     time::sleep_until_opt,
 };
 
-use super::hub::{Hub, Join, Signal};
+use super::{
+    history::History,
+    hub::{Hub, Join, Signal},
+};
+use crate::history::Reference;
 
 type Conn = Connection<Socket, TlsStream>;
 type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+/// A frame for a channel's readers, in notification order: a stored message
+/// being fetched, or a plain notification queued behind one. `Ok(None)`: nothing
+/// to deliver (the message is gone); `Err`: the database did not answer.
+type Delivery = Pin<Box<dyn Future<Output = (String, Result<Option<Bytes>, String>)> + Send>>;
+
+/// Deliveries waiting for their fetch, at most; beyond it the listener stops
+/// reading notifications (PostgreSQL queues them) until some are done.
+const MAX_DELIVERIES: usize = 1024;
 
 /// What sockets ask of the listener.
 pub(crate) enum Command {
@@ -123,6 +135,7 @@ pub(crate) fn spawn(
     mapping: Mapping,
     probe: Option<Duration>,
     counters: Arc<Counters>,
+    history: Option<Arc<History>>,
 ) -> ListenerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
@@ -137,6 +150,7 @@ pub(crate) fn spawn(
         connected: connected_tx,
         counters,
         pending_reported: 0,
+        history,
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -175,6 +189,8 @@ struct Listener {
     counters: Arc<Counters>,
     /// The last `pending_joins` figure reported.
     pending_reported: usize,
+    /// History channels: their announcements are listened to always.
+    history: Option<Arc<History>>,
 }
 
 /// What a batch does to its channels.
@@ -282,6 +298,7 @@ impl Listener {
     async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
         let client = Arc::new(client);
         let mut queries = FuturesOrdered::<Query>::new();
+        let mut deliveries = FuturesOrdered::<Delivery>::new();
         let first = self.initial_listens();
         // Joins that waited while offline are acked by this first batch.
         self.hub.retag_pending(self.seq + 1);
@@ -290,9 +307,10 @@ impl Listener {
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
         loop {
             tokio::select! {
-                msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
+                msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
+                    if deliveries.len() < MAX_DELIVERIES => match msg {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        let emptied = self.deliver(n.channel(), n.payload());
+                        let emptied = self.deliver(n.channel(), n.payload(), &mut deliveries);
                         self.unlisten(&mut queries, &client, emptied);
                     }
                     Some(Ok(_)) => {}
@@ -302,6 +320,20 @@ impl Listener {
                     }
                     None => return End::Lost,
                 },
+                Some((channel, frame)) = deliveries.next(), if !deliveries.is_empty() => {
+                    match frame {
+                        Ok(Some(frame)) => {
+                            let emptied = self.hub.dispatch(&channel, &frame);
+                            self.unlisten(&mut queries, &client, emptied);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            // Its readers would miss it: as for a lost connection.
+                            tracing::warn!(error = %e, channel, "history fetch failed");
+                            return End::Lost;
+                        }
+                    }
+                }
                 cmd = self.commands.recv() => match cmd {
                     None => return End::Stopped,
                     Some(cmd) => {
@@ -349,10 +381,21 @@ impl Listener {
     }
 
     fn initial_listens(&self) -> Vec<String> {
-        match self.mapping.fixed_listen() {
+        let mut channels: Vec<String> = match self.mapping.fixed_listen() {
             Some(c) => vec![c.to_owned()],
             None => self.hub.channels().map(str::to_owned).collect(),
+        };
+        if let Some(announced) = self.announcements()
+            && !channels.iter().any(|c| c == announced)
+        {
+            channels.push(announced.to_owned());
         }
+        channels
+    }
+
+    /// The channel announcing stored messages, with history.
+    fn announcements(&self) -> Option<&str> {
+        self.history.as_ref().map(|h| h.store.notify_channel())
     }
 
     fn apply(&mut self, cmd: Command, queries: &mut FuturesOrdered<Query>, client: &Arc<Client>) {
@@ -395,7 +438,11 @@ impl Listener {
         client: &Arc<Client>,
         emptied: Vec<String>,
     ) {
-        let emptied = self.per_channel(emptied);
+        let mut emptied = self.per_channel(emptied);
+        // Announcements stay listened to, even when a socket read that channel too.
+        if let Some(announced) = self.announcements() {
+            emptied.retain(|c| c != announced);
+        }
         if !emptied.is_empty() {
             self.push(queries, client, Verb::Unlisten, emptied);
         }
@@ -440,13 +487,46 @@ impl Listener {
         }));
     }
 
-    fn deliver(&mut self, pg_channel: &str, payload: &str) -> Vec<String> {
+    /// Hands a notification to its readers: now, or, behind a stored message
+    /// being fetched, in turn.
+    fn deliver(
+        &mut self,
+        pg_channel: &str,
+        payload: &str,
+        deliveries: &mut FuturesOrdered<Delivery>,
+    ) -> Vec<String> {
+        if self.announcements() == Some(pg_channel) {
+            self.fetch(payload, deliveries);
+            return Vec::new();
+        }
         let Some(channel) = self.mapping.route(pg_channel, payload) else {
             return Vec::new();
         };
         self.counters.notification_received();
         let frame = Bytes::copy_from_slice(payload.as_bytes());
-        self.hub.dispatch(&channel, &frame)
+        if deliveries.is_empty() {
+            return self.hub.dispatch(&channel, &frame);
+        }
+        let channel = channel.into_owned();
+        deliveries.push_back(Box::pin(std::future::ready((channel, Ok(Some(frame))))));
+        Vec::new()
+    }
+
+    /// Queues the fetch of an announced message whose channel has readers: once
+    /// per message, whatever the number of readers, off the listener's loop.
+    fn fetch(&mut self, announcement: &str, deliveries: &mut FuturesOrdered<Delivery>) {
+        let (Some(history), Ok(reference)) = (&self.history, Reference::parse(announcement)) else {
+            return;
+        };
+        if !self.hub.has_readers(&reference.channel) {
+            return;
+        }
+        self.counters.notification_received();
+        let history = history.clone();
+        deliveries.push_back(Box::pin(async move {
+            let channel = reference.channel.clone();
+            (channel, history.fetch(reference).await)
+        }));
     }
 }
 

@@ -48,6 +48,11 @@ impl Publisher {
         Self { pool }
     }
 
+    /// A connection of the pool, for the history store.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, String> {
+        self.pool.get().await.map_err(|e| error_chain(&e))
+    }
+
     /// Runs the NOTIFYs in one statement: all or nothing. Waiting for a connection
     /// and running the statement take at most 5 s together, so a stuck database
     /// is answered like a down one.

@@ -1,0 +1,129 @@
+//! History channels in the engine: the store's migration at start-up and the
+//! fetch of announced messages for the listener.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::{sync::watch, time::timeout};
+
+use super::publisher::Publisher;
+use crate::{
+    config::Values,
+    error::error_chain,
+    history::{HistoryChannels, HistoryError, Reference, Retention, Store},
+};
+
+/// What the engine knows of history: which channels, the store, the pool.
+pub(crate) struct History {
+    /// The channels whose messages are kept (`PGWS_HISTORY`).
+    #[allow(dead_code)] // Used by socket writes and resumes, which come next.
+    pub(crate) channels: HistoryChannels,
+    pub(crate) store: Store,
+    #[allow(dead_code)] // Used by the pruning task and replays, which come next.
+    pub(crate) retention: Retention,
+    publisher: Publisher,
+    /// Whether the store has been migrated (or found current).
+    ready: watch::Receiver<bool>,
+}
+
+/// How long one fetch of announced messages may take before the listener
+/// counts its database as lost.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl History {
+    /// `None` when `PGWS_HISTORY` is unset. Starts the migration task, which
+    /// retries until the store is current.
+    pub(crate) fn start(values: &Values, publisher: &Publisher) -> Option<Arc<Self>> {
+        let channels = HistoryChannels::parse(values.history.as_deref()?)
+            .expect("checked by the configuration");
+        let store = Store::new(&values.history_schema).expect("checked by the configuration");
+        let retention = Retention {
+            ttl: values.history_ttl,
+            max_count: i64::try_from(values.history_size).unwrap_or(i64::MAX),
+        };
+        let (ready_tx, ready) = watch::channel(false);
+        tokio::spawn(migrate(store.clone(), publisher.clone(), ready_tx));
+        Some(Arc::new(Self {
+            channels,
+            store,
+            retention,
+            publisher: publisher.clone(),
+            ready,
+        }))
+    }
+
+    /// Whether the store is ready for use.
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// The payload of an announced message, as a frame; `None` when it is gone
+    /// (pruned, reset, or the announcement was forged). `Err` when the database
+    /// did not answer.
+    pub(crate) async fn fetch(&self, reference: Reference) -> Result<Option<Bytes>, String> {
+        let work = async {
+            let client = self.publisher.client().await?;
+            let found = self
+                .store
+                .fetch(&**client, std::slice::from_ref(&reference))
+                .await
+                .map_err(|e| error_chain(&e))?;
+            Ok(found.into_iter().next().flatten().map(Bytes::from))
+        };
+        match timeout(FETCH_TIMEOUT, work).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// Migrates the store, retrying while the database is down or the store is
+/// missing and this role may not create it (a DBA may apply the SQL file
+/// meanwhile). Ends once done, or when the engine is gone.
+async fn migrate(store: Store, publisher: Publisher, ready: watch::Sender<bool>) {
+    let mut backoff = BACKOFF_START;
+    let mut missing_reported = false;
+    loop {
+        let attempt = async {
+            let client = publisher.client().await.map_err(Failure::Down)?;
+            store.migrate(&**client).await.map_err(Failure::Store)
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            () = ready.closed() => return,
+        };
+        match result {
+            Ok(version) => {
+                tracing::info!(schema = store.schema(), version, "history store ready");
+                ready.send_replace(true);
+                return;
+            }
+            Err(Failure::Store(HistoryError::Missing(what))) => {
+                // Once as an error: the operator must act. Then quietly retried.
+                if !missing_reported {
+                    tracing::error!(schema = store.schema(), "history store unusable: {what}");
+                    missing_reported = true;
+                }
+                backoff = BACKOFF_MAX;
+            }
+            Err(Failure::Store(e)) => {
+                tracing::warn!(error = %error_chain(&e), retry_in = ?backoff, "history store migration failed")
+            }
+            Err(Failure::Down(e)) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "history store unreachable")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = ready.closed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Failure {
+    Down(String),
+    Store(HistoryError),
+}
