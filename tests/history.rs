@@ -251,3 +251,242 @@ fn pgws_store(schema: &str) -> String {
         schema.replace('\'', "''")
     )
 }
+
+/// A socket for `channel` asking for positions with `query`.
+async fn resumed(server: &TestServer, channel: &str, query: &str) -> Ws {
+    server
+        .connect(&format!("/{}?{query}", token(claims("r", Some(channel)))))
+        .await
+}
+
+/// The next frame, as JSON.
+async fn recv_json(ws: &mut Ws) -> serde_json::Value {
+    let text = recv_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+async fn epoch_of(schema: &Schema, channel: &str) -> String {
+    db().await
+        .query_one(
+            &format!(
+                "select epoch from {}.channels where channel = $1",
+                schema.q()
+            ),
+            &[&channel],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_positioned_socket_gets_json_frames_with_positions() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chan = unique("chat");
+    let mut ws = resumed(&server, &chan, "history=0").await;
+    let mut plain = reader(&server, &chan).await;
+    let db = db().await;
+    schema.publish(&db, &chan, "one \"quoted\"").await;
+    notify(&chan, "plain").await;
+    let epoch = epoch_of(&schema, &chan).await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        serde_json::json!({"channel": chan, "epoch": epoch, "offset": 1, "payload": "one \"quoted\""})
+    );
+    assert_eq!(
+        recv_json(&mut ws).await,
+        serde_json::json!({"channel": chan, "payload": "plain"})
+    );
+    // A socket that asked for nothing gets the payloads as they are.
+    assert_eq!(recv_text(&mut plain).await, "one \"quoted\"");
+    assert_eq!(recv_text(&mut plain).await, "plain");
+}
+
+#[tokio::test]
+async fn since_replays_what_follows_the_position_then_live_messages() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chan = unique("chat");
+    let db = db().await;
+    for i in 1..=5 {
+        schema.publish(&db, &chan, &format!("m{i}")).await;
+    }
+    let epoch = epoch_of(&schema, &chan).await;
+    let mut ws = resumed(&server, &chan, &format!("since={epoch}:2")).await;
+    let mut last = resumed(&server, &chan, "history=2").await;
+    // The replay reads the store after the 101: publish once both are read.
+    for offset in 4..=5 {
+        assert_eq!(recv_json(&mut last).await["offset"], offset);
+    }
+    for offset in 3..=5 {
+        let frame = recv_json(&mut ws).await;
+        assert_eq!(frame["offset"], offset, "{frame}");
+        assert_eq!(frame["payload"], format!("m{offset}"));
+        assert_eq!(frame["epoch"], epoch.as_str());
+    }
+    schema.publish(&db, &chan, "m6").await;
+    assert_eq!(recv_json(&mut ws).await["offset"], 6);
+    assert_eq!(recv_json(&mut last).await["offset"], 6);
+}
+
+#[tokio::test]
+async fn since_on_a_multi_channel_socket_names_its_channel() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "room*").await;
+    let (a, b) = (unique("room a"), unique("room_b"));
+    let db = db().await;
+    schema.publish(&db, &a, "a1").await;
+    schema.publish(&db, &a, "a2").await;
+    schema.publish(&db, &b, "b1").await;
+    let epoch = epoch_of(&schema, &a).await;
+    let encoded = a.replace(' ', "%20");
+    let t = token(serde_json::json!({"mode": "r", "channels": [a, b], "exp": now() + 3600}));
+    let mut ws = server
+        .connect(&format!("/{t}?since={epoch}:1:{encoded}&history=1"))
+        .await;
+    // Replays in the grant's order: a after offset 1, then the last one of b.
+    let first = recv_json(&mut ws).await;
+    assert_eq!(
+        (first["channel"].as_str(), first["offset"].as_i64()),
+        (Some(a.as_str()), Some(2))
+    );
+    let second = recv_json(&mut ws).await;
+    assert_eq!(
+        (second["channel"].as_str(), second["offset"].as_i64()),
+        (Some(b.as_str()), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn replay_and_live_meet_without_gap_or_duplicate_under_continuous_publishing() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chan = unique("chat");
+    schema.publish(&db().await, &chan, "1").await;
+    let epoch = epoch_of(&schema, &chan).await;
+    const TOTAL: i64 = 300;
+    let publisher = {
+        let (chan, sql) = (
+            chan.clone(),
+            format!("select {}.publish($1, $2)", schema.q()),
+        );
+        tokio::spawn(async move {
+            let db = db().await;
+            for i in 2..=TOTAL {
+                db.query_one(&sql, &[&chan, &i.to_string()]).await.unwrap();
+            }
+        })
+    };
+    // Sockets resuming from the start while the publisher runs.
+    let mut sockets = Vec::new();
+    for i in 0..6 {
+        let query = if i % 2 == 0 {
+            format!("since={epoch}:0")
+        } else {
+            "history=1000".to_owned()
+        };
+        sockets.push(resumed(&server, &chan, &query).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publisher.await.unwrap();
+    for ws in &mut sockets {
+        for offset in 1..=TOTAL {
+            let frame = recv_json(ws).await;
+            assert_eq!(frame["offset"], offset, "{frame}");
+            assert_eq!(frame["payload"], offset.to_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_position_that_cannot_be_honoured_gets_a_gap_first() {
+    let schema = Schema::new();
+    let server = TestServer::start(
+        config()
+            .history("chat*")
+            .history_size(3)
+            .history_schema(schema.name.clone()),
+    )
+    .await;
+    wait_ready(&server).await;
+    let chan = unique("chat");
+    let db = db().await;
+    for i in 1..=10 {
+        schema.publish(&db, &chan, &format!("m{i}")).await;
+    }
+    let epoch = epoch_of(&schema, &chan).await;
+    // Older than what is kept (3 messages: 8, 9, 10), another epoch, ahead.
+    for since in [
+        format!("{epoch}:2"),
+        "AAAAAAAAAAAA:9".to_owned(),
+        format!("{epoch}:99"),
+    ] {
+        let mut ws = resumed(&server, &chan, &format!("since={since}")).await;
+        assert_eq!(
+            recv_json(&mut ws).await,
+            serde_json::json!({"channel": chan, "event": "Gap", "epoch": epoch, "from": 8}),
+            "since={since}"
+        );
+        for offset in 8..=10 {
+            assert_eq!(recv_json(&mut ws).await["offset"], offset);
+        }
+    }
+    // Kept in full: no gap.
+    let mut ws = resumed(&server, &chan, &format!("since={epoch}:7")).await;
+    assert_eq!(recv_json(&mut ws).await["offset"], 8);
+
+    // The history starts over: an old position is told the new epoch.
+    db.execute(
+        &format!("delete from {}.channels where channel = $1", schema.q()),
+        &[&chan],
+    )
+    .await
+    .unwrap();
+    schema.publish(&db, &chan, "new").await;
+    let renewed = epoch_of(&schema, &chan).await;
+    assert_ne!(renewed, epoch);
+    let mut ws = resumed(&server, &chan, &format!("since={epoch}:10")).await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        serde_json::json!({"channel": chan, "event": "Gap", "epoch": renewed, "from": 1})
+    );
+    assert_eq!(recv_json(&mut ws).await["payload"], "new");
+}
+
+#[tokio::test]
+async fn positions_are_checked_against_the_grant_and_their_form() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chan = unique("chat");
+    let t = token(claims("r", Some(&chan)));
+    let (status, body) = server
+        .handshake(&format!(
+            "/{t}?since=AAAAAAAAAAAA:1:{}",
+            unique("chat_other")
+        ))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.starts_with("No allowed channels"), "{body}");
+    // Malformed, and a position for a granted channel that keeps no history.
+    let plain = unique("plain");
+    for (query, channel) in [
+        ("since=nope", &chan),
+        ("history=-2", &chan),
+        ("since=A:1", &plain),
+    ] {
+        let t = token(claims("r", Some(channel)));
+        let (status, body) = server.handshake(&format!("/{t}?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.starts_with("Invalid position"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn without_history_position_parameters_are_ignored() {
+    let server = TestServer::start(config()).await;
+    let chan = unique("plain");
+    let mut ws = resumed(&server, &chan, "since=garbage&history=x").await;
+    notify(&chan, "as today").await;
+    assert_eq!(recv_text(&mut ws).await, "as today");
+}

@@ -10,16 +10,15 @@ use super::publisher::Publisher;
 use crate::{
     config::Values,
     error::error_chain,
-    history::{HistoryChannels, HistoryError, Reference, Retention, Store},
+    history::{HistoryChannels, HistoryError, Position, Read, Reference, Retention, Store},
 };
 
 /// What the engine knows of history: which channels, the store, the pool.
 pub(crate) struct History {
     /// The channels whose messages are kept (`PGWS_HISTORY`).
-    #[allow(dead_code)] // Used by socket writes and resumes, which come next.
     pub(crate) channels: HistoryChannels,
     pub(crate) store: Store,
-    #[allow(dead_code)] // Used by the pruning task and replays, which come next.
+    #[allow(dead_code)] // Used by the pruning task, which comes next.
     pub(crate) retention: Retention,
     publisher: Publisher,
     /// Whether the store has been migrated (or found current).
@@ -29,6 +28,8 @@ pub(crate) struct History {
 /// How long one fetch of announced messages may take before the listener
 /// counts its database as lost.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages read from the store at once for a replay.
+pub(crate) const PAGE: i64 = 500;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -57,6 +58,40 @@ impl History {
     /// Whether the store is ready for use.
     pub(crate) fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// Up to [`PAGE`] kept messages of `channel` after `after` (see
+    /// [`Store::read_after`]).
+    pub(crate) async fn read_after(&self, channel: &str, after: &Position) -> Result<Read, String> {
+        self.with_client(async |client| {
+            self.store
+                .read_after(client, channel, after, PAGE, &self.retention)
+                .await
+        })
+        .await
+    }
+
+    /// Up to the last `n` kept messages of `channel`; `None` without a history.
+    pub(crate) async fn last_n(&self, channel: &str, n: i64) -> Result<Option<Read>, String> {
+        self.with_client(async |client| {
+            self.store.last_n(client, channel, n, &self.retention).await
+        })
+        .await
+    }
+
+    /// Runs `work` on a pooled connection within [`FETCH_TIMEOUT`].
+    async fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, HistoryError>,
+    ) -> Result<T, String> {
+        let run = async {
+            let client = self.publisher.client().await?;
+            work(&client).await.map_err(|e| error_chain(&e))
+        };
+        match timeout(FETCH_TIMEOUT, run).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+        }
     }
 
     /// The payload of an announced message, as a frame; `None` when it is gone

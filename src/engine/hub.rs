@@ -14,6 +14,33 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::history::Position;
+
+/// One notification for a channel's readers, shared by all of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    /// The payload, as sent.
+    pub(crate) payload: Bytes,
+    /// With history on: where it comes from, for sockets that asked for positions.
+    pub(crate) origin: Option<Arc<Origin>>,
+}
+
+/// The channel of a notification and, for a stored message, its position.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) channel: String,
+    pub(crate) position: Option<Position>,
+}
+
+impl From<Bytes> for Frame {
+    fn from(payload: Bytes) -> Self {
+        Self {
+            payload,
+            origin: None,
+        }
+    }
+}
+
 /// Why the hub let go of a socket; the socket closes with the matching code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -63,7 +90,7 @@ pub(crate) struct Join {
     pub(crate) id: u64,
     /// Distinct channels (grants hold no repeats): a repeat is delivered twice.
     pub(crate) channels: Vec<String>,
-    pub(crate) queue: mpsc::Sender<Bytes>,
+    pub(crate) queue: mpsc::Sender<Frame>,
     pub(crate) signal: Arc<Signal>,
     pub(crate) ack: oneshot::Sender<()>,
 }
@@ -74,7 +101,7 @@ struct Subscriber {
     /// Where this channel sits in the member's `channels`, to update its index
     /// there when a leave moves this entry.
     slot: usize,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Frame>,
     signal: Arc<Signal>,
 }
 
@@ -171,7 +198,7 @@ impl Hub {
 
     /// Queues one shared frame for every reader of `channel`. A reader whose queue
     /// is full is let go as a slow consumer; returns the channels that emptied.
-    pub(crate) fn dispatch(&mut self, channel: &str, frame: &Bytes) -> Vec<String> {
+    pub(crate) fn dispatch(&mut self, channel: &str, frame: &Frame) -> Vec<String> {
         let Some(subs) = self.channels.get(channel) else {
             return Vec::new();
         };
@@ -279,7 +306,7 @@ mod tests {
     }
 
     struct Parts {
-        rx: mpsc::Receiver<Bytes>,
+        rx: mpsc::Receiver<Frame>,
         ack_rx: oneshot::Receiver<()>,
         signal: Arc<Signal>,
         fresh: Vec<String>,
@@ -316,11 +343,14 @@ mod tests {
         let mut hub = Hub::default();
         let mut fast = join(&mut hub, 1, &["x"], 4, 1);
         let slow = join(&mut hub, 2, &["x"], 1, 1);
-        let frame = Bytes::from_static(b"hello");
+        let frame = Frame::from(Bytes::from_static(b"hello"));
         assert!(hub.dispatch("x", &frame).is_empty());
         assert!(hub.dispatch("x", &frame).is_empty());
         assert_eq!(slow.signal.ending(), Some(Ending::SlowConsumer));
-        assert_eq!(fast.rx.try_recv().unwrap().as_ptr(), frame.as_ptr());
+        assert_eq!(
+            fast.rx.try_recv().unwrap().payload.as_ptr(),
+            frame.payload.as_ptr()
+        );
         assert_eq!(fast.signal.ending(), None);
         assert_eq!(hub.len(), 1);
     }
@@ -391,7 +421,7 @@ mod tests {
             hub.leave(id);
             parts.remove(&id);
             assert_indexes_hold(&hub);
-            let frame = Bytes::from(format!("after {step}"));
+            let frame = Frame::from(Bytes::from(format!("after {step}")));
             hub.dispatch("a", &frame);
             for (id, p) in &mut parts {
                 let reads_a = id % 3 != 0;

@@ -28,7 +28,7 @@ use crate::{
 
 use super::{
     history::History,
-    hub::{Hub, Join, Signal},
+    hub::{Frame, Hub, Join, Origin, Signal},
 };
 use crate::history::Reference;
 
@@ -37,7 +37,7 @@ type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + S
 /// A frame for a channel's readers, in notification order: a stored message
 /// being fetched, or a plain notification queued behind one. `Ok(None)`: nothing
 /// to deliver (the message is gone); `Err`: the database did not answer.
-type Delivery = Pin<Box<dyn Future<Output = (String, Result<Option<Bytes>, String>)> + Send>>;
+type Delivery = Pin<Box<dyn Future<Output = (String, Result<Option<Frame>, String>)> + Send>>;
 
 /// Deliveries waiting for their fetch, at most; beyond it the listener stops
 /// reading notifications (PostgreSQL queues them) until some are done.
@@ -62,7 +62,7 @@ pub(crate) struct ListenerHandle {
 /// A socket's place in the hub; leaving the hub when dropped.
 pub(crate) struct Subscription {
     id: u64,
-    pub(crate) queue: mpsc::Receiver<Bytes>,
+    pub(crate) queue: mpsc::Receiver<Frame>,
     pub(crate) signal: Arc<Signal>,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -76,7 +76,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 impl Subscription {
     /// A subscription that a test feeds instead of the hub.
-    pub(crate) fn detached(queue: mpsc::Receiver<Bytes>) -> Self {
+    pub(crate) fn detached(queue: mpsc::Receiver<Frame>) -> Self {
         Self {
             id: 0,
             queue,
@@ -503,7 +503,13 @@ impl Listener {
             return Vec::new();
         };
         self.counters.notification_received();
-        let frame = Bytes::copy_from_slice(payload.as_bytes());
+        let mut frame = Frame::from(Bytes::copy_from_slice(payload.as_bytes()));
+        if self.history.is_some() {
+            frame.origin = Some(Arc::new(Origin {
+                channel: channel.clone().into_owned(),
+                position: None,
+            }));
+        }
         if deliveries.is_empty() {
             return self.hub.dispatch(&channel, &frame);
         }
@@ -525,7 +531,17 @@ impl Listener {
         let history = history.clone();
         deliveries.push_back(Box::pin(async move {
             let channel = reference.channel.clone();
-            (channel, history.fetch(reference).await)
+            let origin = Arc::new(Origin {
+                channel: reference.channel.clone(),
+                position: Some(reference.position()),
+            });
+            let frame = history.fetch(reference).await.map(|found| {
+                found.map(|payload| Frame {
+                    payload,
+                    origin: Some(origin),
+                })
+            });
+            (channel, frame)
         }));
     }
 }

@@ -6,6 +6,7 @@ pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod meta;
 pub(crate) mod publisher;
+pub(crate) mod resume;
 pub(crate) mod socket;
 
 use std::sync::{

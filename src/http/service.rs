@@ -14,7 +14,8 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::{
-    engine::{Engine, socket::Socket},
+    auth::Grant,
+    engine::{Engine, resume::Resume, socket::Socket},
     refusal::Refusal,
 };
 
@@ -22,6 +23,7 @@ use super::{
     body::PgWsBody,
     future::ResponseFuture,
     handshake::{self, Route},
+    positions,
 };
 
 /// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
@@ -70,8 +72,16 @@ where
             let res = refuse(&self.engine, Refusal::OriginNotAllowed);
             return ResponseFuture::own(Box::pin(std::future::ready(res)));
         }
+        // Positions are read only with history on: otherwise the query is not ours.
+        let query = self
+            .engine
+            .history
+            .as_ref()
+            .and(req.uri().query())
+            .map(str::to_owned);
         let accept_req = Accept {
             channel,
+            query,
             token,
             key: req.headers()[header::SEC_WEBSOCKET_KEY].clone(),
             upgrade: hyper::upgrade::on(&mut req),
@@ -84,6 +94,8 @@ where
 /// What a handshake needs once it has been taken.
 struct Accept {
     channel: Option<String>,
+    /// The query string, with history on.
+    query: Option<String>,
     token: String,
     key: HeaderValue,
     upgrade: OnUpgrade,
@@ -94,6 +106,7 @@ struct Accept {
 async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let Accept {
         channel,
+        query,
         token,
         key,
         upgrade,
@@ -107,6 +120,10 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     };
     let grant = match engine.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
+        Err(refusal) => return refuse(&engine, refusal),
+    };
+    let resume = match resume(&engine, query.as_deref(), &grant) {
+        Ok(resume) => resume,
         Err(refusal) => return refuse(&engine, refusal),
     };
     let subscription = if grant.mode.reads() {
@@ -125,6 +142,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let socket = Socket {
         grant,
         subscription,
+        resume,
         shutdown: engine.shutdown.subscribe(),
         engine,
         _permit: permit,
@@ -138,6 +156,19 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     );
     tokio::spawn(socket.serve(upgrade).instrument(span));
     handshake::switching_protocols(&key, pgws_protocol)
+}
+
+/// The replay and positions a reading socket asked for with `since=` or
+/// `history=`, with history on; `None` when it asked for neither.
+fn resume(engine: &Engine, query: Option<&str>, grant: &Grant) -> Result<Option<Resume>, Refusal> {
+    let (Some(history), true) = (&engine.history, grant.mode.reads()) else {
+        return Ok(None);
+    };
+    let Some(asked) = positions::parse(query)? else {
+        return Ok(None);
+    };
+    let starts = asked.starts(&grant.channels, &history.channels)?;
+    Ok(Some(Resume::new(starts)))
 }
 
 /// A refusal, counted by reason.
