@@ -490,3 +490,62 @@ async fn without_history_position_parameters_are_ignored() {
     notify(&chan, "as today").await;
     assert_eq!(recv_text(&mut ws).await, "as today");
 }
+
+#[tokio::test]
+async fn a_socket_write_to_a_history_channel_is_kept_and_may_pass_8000_bytes() {
+    let schema = Schema::new();
+    let server = TestServer::start(
+        config()
+            .history("chat*")
+            .max_message_bytes(100_000)
+            .history_schema(schema.name.clone()),
+    )
+    .await;
+    wait_ready(&server).await;
+    let (chat, plain) = (unique("chat"), unique("plain"));
+    let t =
+        token(serde_json::json!({"mode": "rw", "channels": [chat, plain], "exp": now() + 3600}));
+    let mut writer = server.connect(&format!("/{t}")).await;
+    let mut chat_reader = resumed(&server, &chat, "history=0").await;
+    let mut plain_reader = reader(&server, &plain).await;
+
+    // One message to both channels: kept on the history one, NOTIFYd on the other.
+    send_text(&mut writer, "hello").await;
+    let frame = recv_json(&mut chat_reader).await;
+    assert_eq!(frame["offset"], 1, "{frame}");
+    let envelope: serde_json::Value =
+        serde_json::from_str(frame["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["payload"], "hello");
+    assert_eq!(envelope["channel"], chat.as_str());
+    let envelope: serde_json::Value =
+        serde_json::from_str(&recv_text(&mut plain_reader).await).unwrap();
+    assert_eq!(envelope["payload"], "hello");
+    let kept: i64 = db()
+        .await
+        .query_one(
+            &format!(
+                "select count(*) from {s}.messages m join {s}.channels c on c.id = m.channel_id \
+                 where c.channel = $1",
+                s = schema.q()
+            ),
+            &[&chat],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1);
+
+    // 64 KiB to the history channel alone: past NOTIFY's 8000 bytes.
+    let only_chat = token(serde_json::json!({"mode": "w", "channel": chat, "exp": now() + 3600}));
+    let mut big_writer = server.connect(&format!("/{only_chat}")).await;
+    let big = "x".repeat(65_536);
+    send_text(&mut big_writer, &big).await;
+    let frame = recv_json(&mut chat_reader).await;
+    assert_eq!(frame["offset"], 2);
+    let envelope: serde_json::Value =
+        serde_json::from_str(frame["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(envelope["payload"], big.as_str());
+    // A big one to a plain channel is still refused as before.
+    send_text(&mut writer, &big).await;
+    assert_eq!(recv_close(&mut writer).await.0, 1009);
+}

@@ -23,6 +23,7 @@ use crate::{
     auth::Grant,
     close::Close,
     envelope::Event,
+    mapping::Notify,
     stats::Counters,
     time::{instant_at, sleep_until_opt},
 };
@@ -215,11 +216,25 @@ impl Socket {
             &self.grant.claims,
             SystemTime::now(),
         );
+        let (stored, notifies) = self.split_stored(notifies);
         if notifies.iter().any(|n| n.payload.len() >= NOTIFY_LIMIT) {
             return Err(Outcome::Close(Close::NotifyTooBig));
         }
         let counters = &self.engine.counters;
-        match self.engine.publisher.publish(&notifies).await {
+        let publisher = &self.engine.publisher;
+        let published = match (&self.engine.history, stored.is_empty()) {
+            (Some(history), false) => {
+                let stored: Vec<(&str, &str)> = stored
+                    .iter()
+                    .map(|(c, n)| (c.as_str(), n.payload.as_str()))
+                    .collect();
+                publisher
+                    .publish_stored(&history.store, &stored, &notifies)
+                    .await
+            }
+            _ => publisher.publish(&notifies).await,
+        };
+        match published {
             Ok(()) => {
                 counters.message_notified();
                 Ok(())
@@ -230,6 +245,25 @@ impl Socket {
                 Err(Outcome::Close(Close::DatabaseUnavailable))
             }
         }
+    }
+
+    /// Sets apart the messages for history channels, to be kept in the store
+    /// (with the WebSocket channel they are for) rather than `NOTIFY`d.
+    fn split_stored(&self, notifies: Vec<Notify>) -> (Vec<(String, Notify)>, Vec<Notify>) {
+        let Some(history) = &self.engine.history else {
+            return (Vec::new(), notifies);
+        };
+        // One notify per channel of the grant, in its order.
+        let mut stored = Vec::new();
+        let mut plain = Vec::new();
+        for (channel, notify) in self.grant.channels.iter().zip(notifies) {
+            if history.channels.matches(channel) {
+                stored.push((channel.clone(), notify));
+            } else {
+                plain.push(notify);
+            }
+        }
+        (stored, plain)
     }
 
     /// Queues the meta event, when a meta channel is configured; the receiver
