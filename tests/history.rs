@@ -549,3 +549,83 @@ async fn a_socket_write_to_a_history_channel_is_kept_and_may_pass_8000_bytes() {
     send_text(&mut writer, &big).await;
     assert_eq!(recv_close(&mut writer).await.0, 1009);
 }
+
+#[tokio::test]
+async fn a_lost_listener_is_caught_up_for_history_only_sockets_and_others_get_1012() {
+    let schema = Schema::new();
+    // Connections tagged for this test alone, so it kills only its own listener.
+    let app = unique("pgws_app");
+    let sep = if db_uri().contains('?') { '&' } else { '?' };
+    let uri = format!("{}{sep}application_name={app}", db_uri());
+    let server = TestServer::start(
+        config()
+            .database_url(uri)
+            .history("chat*")
+            .history_schema(schema.name.clone()),
+    )
+    .await;
+    wait_ready(&server).await;
+    let (chan, plain) = (unique("chat"), unique("plain"));
+    let mut raw = reader(&server, &chan).await;
+    let mut positioned = resumed(&server, &chan, "history=0").await;
+    let t = token(serde_json::json!({"mode": "r", "channels": [chan, plain], "exp": now() + 3600}));
+    let mut mixed = server.connect(&format!("/{t}")).await;
+
+    const TOTAL: i64 = 400;
+    let publisher = {
+        let (chan, sql) = (
+            chan.clone(),
+            format!("select {}.publish($1, $2)", schema.q()),
+        );
+        tokio::spawn(async move {
+            let db = db().await;
+            for i in 1..=TOTAL {
+                db.query_one(&sql, &[&chan, &i.to_string()]).await.unwrap();
+            }
+        })
+    };
+    // Mid-stream: the listener goes while messages keep coming.
+    for i in 1..=50 {
+        assert_eq!(recv_text(&mut raw).await, i.to_string());
+    }
+    assert!(terminate_backends(&app).await >= 1);
+    publisher.await.unwrap();
+
+    for i in 51..=TOTAL {
+        assert_eq!(recv_text(&mut raw).await, i.to_string());
+    }
+    for offset in 1..=TOTAL {
+        let frame = recv_json(&mut positioned).await;
+        assert_eq!(frame["offset"], offset, "{frame}");
+    }
+    // Nothing more: the next frame is the next message.
+    schema.publish(&db().await, &chan, "after").await;
+    assert_eq!(recv_text(&mut raw).await, "after");
+    assert_eq!(recv_json(&mut positioned).await["offset"], TOTAL + 1);
+
+    // A socket that also reads a plain channel may have missed NOTIFYs: 1012.
+    let (code, reason) = recv_close(&mut mixed).await;
+    assert_eq!(code, 1012, "{reason}");
+}
+
+#[tokio::test]
+async fn a_message_committed_right_after_the_101_reaches_a_socket_asking_for_history() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let db = db().await;
+    for n in [0_i64, 1, 5] {
+        for i in 0..10 {
+            let chan = unique("chat");
+            for m in 1..=3 {
+                schema.publish(&db, &chan, &format!("m{m}")).await;
+            }
+            let mut ws = resumed(&server, &chan, &format!("history={n}")).await;
+            schema.publish(&db, &chan, &format!("x{i}")).await;
+            // The last n before the 101 (at most the 3 there are), then the new one.
+            for offset in (4 - n.min(3))..=4 {
+                let frame = recv_json(&mut ws).await;
+                assert_eq!(frame["offset"], offset, "history={n}: {frame}");
+            }
+        }
+    }
+}

@@ -79,6 +79,12 @@ impl History {
         .await
     }
 
+    /// The channel's epoch and last offset; `None` without a history.
+    pub(crate) async fn head(&self, channel: &str) -> Result<Option<Position>, String> {
+        self.with_client(async |client| self.store.head(client, channel).await)
+            .await
+    }
+
     /// Runs `work` on a pooled connection within [`FETCH_TIMEOUT`].
     async fn with_client<T>(
         &self,

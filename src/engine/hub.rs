@@ -235,21 +235,44 @@ impl Hub {
         }
     }
 
-    /// After a lost connection: lets go of every acknowledged socket (1012);
-    /// sockets still waiting for their ack stay for the next connection.
-    pub(crate) fn drop_live(&mut self) {
+    /// After a lost connection: lets go of every acknowledged socket (1012) but
+    /// those whose channels all satisfy `kept` (history channels, caught up from
+    /// the store); sockets still waiting for their ack stay for the next
+    /// connection.
+    /// Returns the channels that emptied.
+    pub(crate) fn drop_live(&mut self, kept: impl Fn(&str) -> bool) -> Vec<String> {
         let live: Vec<u64> = self
             .members
             .iter()
             .filter(|(_, m)| m.waiting.is_none())
+            .filter(|(_, m)| !m.channels.iter().all(|(c, _)| kept(c)))
             .map(|(id, _)| *id)
             .collect();
+        let mut emptied = Vec::new();
         for id in live {
             if let Some(m) = self.members.get(&id) {
                 m.signal.end(Ending::ListenerRestarted);
             }
-            self.leave(id);
+            emptied.extend(self.leave(id));
         }
+        emptied
+    }
+
+    /// Lets go of every reader of `channel` (1012: they missed messages);
+    /// returns the channels that emptied.
+    pub(crate) fn end_channel(&mut self, channel: &str) -> Vec<String> {
+        let ids: Vec<u64> = match self.channels.get(channel) {
+            Some(subs) => subs.iter().map(|s| s.id).collect(),
+            None => return Vec::new(),
+        };
+        let mut emptied = Vec::new();
+        for id in ids {
+            if let Some(m) = self.members.get(&id) {
+                m.signal.end(Ending::ListenerRestarted);
+            }
+            emptied.extend(self.leave(id));
+        }
+        emptied
     }
 
     /// The channels that have readers.
@@ -361,7 +384,7 @@ mod tests {
         let live = join(&mut hub, 1, &["x"], 4, 1);
         let waiting = join(&mut hub, 2, &["x"], 4, 2);
         hub.ack_through(1);
-        hub.drop_live();
+        hub.drop_live(|_| false);
         assert_eq!(live.signal.ending(), Some(Ending::ListenerRestarted));
         assert_eq!(waiting.signal.ending(), None);
         assert_eq!(hub.channels().collect::<Vec<_>>(), ["x"]);

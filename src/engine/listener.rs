@@ -27,6 +27,7 @@ use crate::{
 };
 
 use super::{
+    catchup::{self, Delivery, Done, Seen},
     history::History,
     hub::{Frame, Hub, Join, Origin, Signal},
 };
@@ -34,10 +35,6 @@ use crate::history::Reference;
 
 type Conn = Connection<Socket, TlsStream>;
 type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
-/// A frame for a channel's readers, in notification order: a stored message
-/// being fetched, or a plain notification queued behind one. `Ok(None)`: nothing
-/// to deliver (the message is gone); `Err`: the database did not answer.
-type Delivery = Pin<Box<dyn Future<Output = (String, Result<Option<Frame>, String>)> + Send>>;
 
 /// Deliveries waiting for their fetch, at most; beyond it the listener stops
 /// reading notifications (PostgreSQL queues them) until some are done.
@@ -151,6 +148,7 @@ pub(crate) fn spawn(
         counters,
         pending_reported: 0,
         history,
+        seen: Seen::default(),
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -191,6 +189,16 @@ struct Listener {
     pending_reported: usize,
     /// History channels: their announcements are listened to always.
     history: Option<Arc<History>>,
+    /// The last position delivered on each history channel with readers.
+    seen: Seen,
+}
+
+/// Work on history channels waiting to be applied, in notification order.
+struct Pipe {
+    deliveries: FuturesOrdered<Delivery>,
+    /// Whether this connection's first `LISTEN` batch is done: reads of the
+    /// store that must not miss a notification wait for it.
+    listening: watch::Sender<bool>,
 }
 
 /// What a batch does to its channels.
@@ -227,7 +235,11 @@ impl Listener {
             lost = true;
             self.connected.send_replace(false);
             self.counters.channels_listened(0);
-            self.hub.drop_live();
+            let history = self.history.clone();
+            let kept = |c: &str| history.as_ref().is_some_and(|h| h.channels.matches(c));
+            for channel in self.hub.drop_live(kept) {
+                self.seen.forget(&channel);
+            }
             match end {
                 End::Stopped => return,
                 End::Lost => tracing::warn!("listener connection lost; reconnecting"),
@@ -298,19 +310,24 @@ impl Listener {
     async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
         let client = Arc::new(client);
         let mut queries = FuturesOrdered::<Query>::new();
-        let mut deliveries = FuturesOrdered::<Delivery>::new();
+        let mut pipe = Pipe {
+            deliveries: FuturesOrdered::new(),
+            listening: watch::channel(false).0,
+        };
         let first = self.initial_listens();
         // Joins that waited while offline are acked by this first batch.
         self.hub.retag_pending(self.seq + 1);
         self.push(&mut queries, &client, Verb::Listen, first);
+        self.catch_up(&mut pipe);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
         loop {
             tokio::select! {
+                // Until the first batch is done, catch-ups wait for it: read on.
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
-                    if deliveries.len() < MAX_DELIVERIES => match msg {
+                    if pipe.deliveries.len() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        let emptied = self.deliver(n.channel(), n.payload(), &mut deliveries);
+                        let emptied = self.deliver(n.channel(), n.payload(), &mut pipe);
                         self.unlisten(&mut queries, &client, emptied);
                     }
                     Some(Ok(_)) => {}
@@ -320,24 +337,21 @@ impl Listener {
                     }
                     None => return End::Lost,
                 },
-                Some((channel, frame)) = deliveries.next(), if !deliveries.is_empty() => {
-                    match frame {
-                        Ok(Some(frame)) => {
-                            let emptied = self.hub.dispatch(&channel, &frame);
-                            self.unlisten(&mut queries, &client, emptied);
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            // Its readers would miss it: as for a lost connection.
-                            tracing::warn!(error = %e, channel, "history fetch failed");
-                            return End::Lost;
-                        }
+                Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {
+                    Ok(done) => {
+                        let emptied = self.apply_done(done);
+                        self.unlisten(&mut queries, &client, emptied);
                     }
-                }
+                    Err(e) => {
+                        // Its readers would miss messages: as for a lost connection.
+                        tracing::warn!(error = %e, "history store read failed");
+                        return End::Lost;
+                    }
+                },
                 cmd = self.commands.recv() => match cmd {
                     None => return End::Stopped,
                     Some(cmd) => {
-                        self.apply(cmd, &mut queries, &client);
+                        self.apply(cmd, &mut queries, &client, &mut pipe);
                         self.report_pending();
                     }
                 },
@@ -346,6 +360,7 @@ impl Listener {
                         // The first batch to finish is the re-LISTEN of everything.
                         if !*self.connected.borrow() {
                             self.connected.send_replace(true);
+                            pipe.listening.send_replace(true);
                         }
                         self.hub.ack_through(seq);
                         self.report_pending();
@@ -398,10 +413,17 @@ impl Listener {
         self.history.as_ref().map(|h| h.store.notify_channel())
     }
 
-    fn apply(&mut self, cmd: Command, queries: &mut FuturesOrdered<Query>, client: &Arc<Client>) {
+    fn apply(
+        &mut self,
+        cmd: Command,
+        queries: &mut FuturesOrdered<Query>,
+        client: &Arc<Client>,
+        pipe: &mut Pipe,
+    ) {
         match cmd {
             Command::Join(join) => {
                 let fresh = self.hub.join(join, self.seq + 1);
+                self.baselines(&fresh, pipe);
                 let fresh = self.per_channel(fresh);
                 self.push(queries, client, Verb::Listen, fresh);
             }
@@ -438,6 +460,9 @@ impl Listener {
         client: &Arc<Client>,
         emptied: Vec<String>,
     ) {
+        for channel in &emptied {
+            self.seen.forget(channel);
+        }
         let mut emptied = self.per_channel(emptied);
         // Announcements stay listened to, even when a socket read that channel too.
         if let Some(announced) = self.announcements() {
@@ -489,14 +514,9 @@ impl Listener {
 
     /// Hands a notification to its readers: now, or, behind a stored message
     /// being fetched, in turn.
-    fn deliver(
-        &mut self,
-        pg_channel: &str,
-        payload: &str,
-        deliveries: &mut FuturesOrdered<Delivery>,
-    ) -> Vec<String> {
+    fn deliver(&mut self, pg_channel: &str, payload: &str, pipe: &mut Pipe) -> Vec<String> {
         if self.announcements() == Some(pg_channel) {
-            self.fetch(payload, deliveries);
+            self.fetch(payload, pipe);
             return Vec::new();
         }
         let Some(channel) = self.mapping.route(pg_channel, payload) else {
@@ -510,17 +530,17 @@ impl Listener {
                 position: None,
             }));
         }
-        if deliveries.is_empty() {
+        if pipe.deliveries.is_empty() {
             return self.hub.dispatch(&channel, &frame);
         }
         let channel = channel.into_owned();
-        deliveries.push_back(Box::pin(std::future::ready((channel, Ok(Some(frame))))));
+        pipe.deliveries.push_back(catchup::ready(channel, frame));
         Vec::new()
     }
 
     /// Queues the fetch of an announced message whose channel has readers: once
     /// per message, whatever the number of readers, off the listener's loop.
-    fn fetch(&mut self, announcement: &str, deliveries: &mut FuturesOrdered<Delivery>) {
+    fn fetch(&mut self, announcement: &str, pipe: &mut Pipe) {
         let (Some(history), Ok(reference)) = (&self.history, Reference::parse(announcement)) else {
             return;
         };
@@ -528,21 +548,71 @@ impl Listener {
             return;
         }
         self.counters.notification_received();
-        let history = history.clone();
-        deliveries.push_back(Box::pin(async move {
-            let channel = reference.channel.clone();
-            let origin = Arc::new(Origin {
-                channel: reference.channel.clone(),
-                position: Some(reference.position()),
-            });
-            let frame = history.fetch(reference).await.map(|found| {
-                found.map(|payload| Frame {
-                    payload,
-                    origin: Some(origin),
-                })
-            });
-            (channel, frame)
-        }));
+        let work = catchup::fetch(history.clone(), reference);
+        pipe.deliveries.push_back(work);
+    }
+
+    /// Reads where the history of channels that got their first reader stands,
+    /// so that a lost connection can be caught up from there.
+    fn baselines(&mut self, fresh: &[String], pipe: &mut Pipe) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        for channel in fresh {
+            if history.channels.matches(channel) && !self.seen.knows(channel) {
+                let listening = pipe.listening.subscribe();
+                let work = catchup::baseline(history.clone(), channel.clone(), listening);
+                pipe.deliveries.push_back(work);
+            }
+        }
+    }
+
+    /// On a new connection: catches up each history channel that has readers
+    /// from its last delivered position, once this connection listens, and
+    /// reads the baselines of those that have none yet.
+    fn catch_up(&mut self, pipe: &mut Pipe) {
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let hub = &self.hub;
+        self.seen.retain(|channel| hub.has_readers(channel));
+        for (channel, after) in self.seen.positions() {
+            let listening = pipe.listening.subscribe();
+            let work =
+                catchup::catch_up(history.clone(), channel.clone(), after.clone(), listening);
+            pipe.deliveries.push_back(work);
+        }
+        let fresh: Vec<String> = self.hub.channels().map(str::to_owned).collect();
+        self.baselines(&fresh, pipe);
+    }
+
+    /// Applies finished store work, in order; returns the channels that emptied.
+    fn apply_done(&mut self, done: Done) -> Vec<String> {
+        match done {
+            Done::Frames(channel, frames) => {
+                let mut emptied = Vec::new();
+                for frame in &frames {
+                    if self.hub.has_readers(&channel) && !self.seen.check(&channel, frame) {
+                        emptied.extend(self.hub.dispatch(&channel, frame));
+                    }
+                }
+                emptied
+            }
+            Done::Baseline(channel, Ok(head)) => {
+                if self.hub.has_readers(&channel) {
+                    self.seen.baseline(channel, head);
+                }
+                Vec::new()
+            }
+            Done::Baseline(channel, Err(e)) => {
+                tracing::warn!(error = %e, channel, "history head not read");
+                Vec::new()
+            }
+            Done::Missed(channel) => {
+                tracing::warn!(channel, "history catch-up found messages no longer kept");
+                self.hub.end_channel(&channel)
+            }
+        }
     }
 }
 

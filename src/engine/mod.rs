@@ -1,6 +1,7 @@
 //! The running bridge: the listener task and its hub, the write pool, the meta
 //! task and the socket tasks, and [`Engine`], the state they share.
 
+pub(crate) mod catchup;
 pub(crate) mod history;
 pub(crate) mod hub;
 pub(crate) mod listener;

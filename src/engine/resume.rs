@@ -17,8 +17,35 @@ use crate::history::{Message, Position, Read};
 pub(crate) enum Start {
     /// After this position (`since=`).
     After(Position),
-    /// With up to the last n kept messages (`history=`).
+    /// With up to the last n kept messages (`history=`); made a
+    /// [`Start::Window`] before the socket subscribes.
     Last(i64),
+    /// After this position, the head before subscribing less n: every message
+    /// after it is replayed or queued live, and a position older than what is
+    /// kept is no gap (the client asked for at most n).
+    Window(Position),
+}
+
+/// The epoch of the position before any history: matches no real epoch.
+pub(crate) const NONE_YET: &str = "-";
+
+impl Start {
+    /// A `history=n` start as a window after `head` (`None`: no history yet),
+    /// read before subscribing, so that nothing committed after the
+    /// subscription falls outside the replay.
+    pub(crate) fn window(head: Option<Position>, n: i64) -> Start {
+        let position = match head {
+            Some(head) => Position {
+                offset: head.offset.saturating_sub(n).max(0),
+                epoch: head.epoch,
+            },
+            None => Position {
+                epoch: NONE_YET.into(),
+                offset: 0,
+            },
+        };
+        Start::Window(position)
+    }
 }
 
 /// The replay still to do, and the last position sent on each channel.
@@ -44,17 +71,23 @@ impl Resume {
         history: &History,
     ) -> Result<Option<Vec<Bytes>>, String> {
         while let Some((channel, start)) = self.todo.pop_front() {
-            let (read, after) = match start {
+            let (read, after, gaps) = match start {
                 Start::Last(n) => match history.last_n(&channel, n).await? {
-                    Some(read) => (read, None),
+                    Some(read) => (read, None, false),
                     None => continue,
                 },
                 Start::After(position) => (
                     history.read_after(&channel, &position).await?,
                     Some(position),
+                    true,
+                ),
+                Start::Window(position) => (
+                    history.read_after(&channel, &position).await?,
+                    Some(position),
+                    false,
                 ),
             };
-            let frames = self.page(&channel, &read, after.as_ref());
+            let frames = self.page(&channel, &read, after.as_ref(), gaps);
             if frames.is_empty() {
                 continue;
             }
@@ -64,9 +97,15 @@ impl Resume {
     }
 
     /// The frames of one read; queues the next page when the read was cut.
-    fn page(&mut self, channel: &str, read: &Read, after: Option<&Position>) -> Vec<Bytes> {
+    fn page(
+        &mut self,
+        channel: &str,
+        read: &Read,
+        after: Option<&Position>,
+        gaps: bool,
+    ) -> Vec<Bytes> {
         let mut frames = Vec::with_capacity(read.messages.len() + 1);
-        if let Some(from) = read.gap {
+        if let Some(from) = read.gap.filter(|_| gaps) {
             frames.push(gap(channel, &read.epoch, from));
         }
         for Message { offset, payload } in &read.messages {
@@ -190,7 +229,7 @@ mod tests {
             epoch: "E".into(),
             offset: 1,
         };
-        let frames = r.page("c\"x", &read("E", 3, None, &[2, 3]), Some(&after));
+        let frames = r.page("c\"x", &read("E", 3, None, &[2, 3]), Some(&after), true);
         assert_eq!(frames.len(), 2);
         assert_eq!(
             std::str::from_utf8(&frames[0]).unwrap(),
@@ -216,7 +255,7 @@ mod tests {
             epoch: "OLD".into(),
             offset: 9,
         };
-        let frames = r.page("c", &read("E", 5, Some(6), &[]), Some(&after));
+        let frames = r.page("c", &read("E", 5, Some(6), &[]), Some(&after), true);
         assert_eq!(
             std::str::from_utf8(&frames[0]).unwrap(),
             r#"{"channel":"c","event":"Gap","epoch":"E","from":6}"#
@@ -233,7 +272,12 @@ mod tests {
             epoch: "E".into(),
             offset: 0,
         };
-        r.page("c", &read("E", PAGE + 3, None, &offsets), Some(&after));
+        r.page(
+            "c",
+            &read("E", PAGE + 3, None, &offsets),
+            Some(&after),
+            true,
+        );
         assert_eq!(
             r.todo.front(),
             Some(&(

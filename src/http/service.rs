@@ -15,7 +15,11 @@ use tracing::Instrument;
 
 use crate::{
     auth::Grant,
-    engine::{Engine, resume::Resume, socket::Socket},
+    engine::{
+        Engine,
+        resume::{Resume, Start},
+        socket::Socket,
+    },
     refusal::Refusal,
 };
 
@@ -122,7 +126,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         Ok(grant) => grant,
         Err(refusal) => return refuse(&engine, refusal),
     };
-    let resume = match resume(&engine, query.as_deref(), &grant) {
+    let resume = match resume(&engine, query.as_deref(), &grant).await {
         Ok(resume) => resume,
         Err(refusal) => return refuse(&engine, refusal),
     };
@@ -160,14 +164,29 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
 
 /// The replay and positions a reading socket asked for with `since=` or
 /// `history=`, with history on; `None` when it asked for neither.
-fn resume(engine: &Engine, query: Option<&str>, grant: &Grant) -> Result<Option<Resume>, Refusal> {
+/// A `history=n` start is read here, before subscribing, as a window after the
+/// head: what is committed after the subscription is then replayed or queued.
+async fn resume(
+    engine: &Engine,
+    query: Option<&str>,
+    grant: &Grant,
+) -> Result<Option<Resume>, Refusal> {
     let (Some(history), true) = (&engine.history, grant.mode.reads()) else {
         return Ok(None);
     };
     let Some(asked) = positions::parse(query)? else {
         return Ok(None);
     };
-    let starts = asked.starts(&grant.channels, &history.channels)?;
+    let mut starts = asked.starts(&grant.channels, &history.channels)?;
+    for (channel, start) in &mut starts {
+        if let Start::Last(n) = *start {
+            let head = history.head(channel).await.map_err(|e| {
+                tracing::warn!(error = %e, "history head not read");
+                Refusal::DatabaseUnavailable
+            })?;
+            *start = Start::window(head, n);
+        }
+    }
     Ok(Some(Resume::new(starts)))
 }
 
