@@ -452,6 +452,10 @@ async fn a_position_that_cannot_be_honoured_gets_a_gap_first() {
         serde_json::json!({"channel": chan, "event": "Gap", "epoch": renewed, "from": 1})
     );
     assert_eq!(recv_json(&mut ws).await["payload"], "new");
+    // Counted before they are sent: 5 replays, 4 of them with a Gap.
+    let stats = server.layer.stats();
+    assert_eq!((stats.history_replays, stats.history_gaps), (5, 4));
+    assert!(stats.history_store_calls >= 5, "{stats:?}");
 }
 
 #[tokio::test]
@@ -606,6 +610,7 @@ async fn a_lost_listener_is_caught_up_for_history_only_sockets_and_others_get_10
     // A socket that also reads a plain channel may have missed NOTIFYs: 1012.
     let (code, reason) = recv_close(&mut mixed).await;
     assert_eq!(code, 1012, "{reason}");
+    assert!(server.layer.stats().history_catch_ups >= 1);
 }
 
 #[tokio::test]
@@ -628,4 +633,40 @@ async fn a_message_committed_right_after_the_101_reaches_a_socket_asking_for_his
             }
         }
     }
+}
+
+#[tokio::test]
+async fn messages_beyond_the_retention_are_deleted_once_the_store_is_ready() {
+    let schema = Schema::new();
+    let db = db().await;
+    db.batch_execute(&pgws_store(&schema.name)).await.unwrap();
+    let chan = unique("chat");
+    for i in 1..=5 {
+        schema.publish(&db, &chan, &format!("m{i}")).await;
+    }
+    let kept = async || -> i64 {
+        db.query_one(
+            &format!("select count(*) from {}.messages", schema.q()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(kept().await, 5);
+    let server = TestServer::start(
+        config()
+            .history("chat*")
+            .history_size(2)
+            .history_schema(schema.name.clone()),
+    )
+    .await;
+    wait_ready(&server).await;
+    tokio::time::timeout(WAIT, async {
+        while kept().await != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the retention was not applied");
 }

@@ -123,10 +123,14 @@ pub(crate) fn catch_up(
 
 /// The last position delivered on each history channel that has readers: a
 /// stored message at or before it is not delivered again, and a lost
-/// connection is caught up from it.
+/// connection is caught up from it (from the channel's baseline, the head
+/// when it got its first reader, while nothing was delivered).
 #[derive(Default)]
 pub(crate) struct Seen {
     last: HashMap<String, Position>,
+    /// Only where to catch up from: a baseline read while messages were being
+    /// committed may be ahead of what is still on its way, so it drops nothing.
+    baselines: HashMap<String, Position>,
 }
 
 impl Seen {
@@ -151,27 +155,34 @@ impl Seen {
     /// A channel's head when its readers started to count on it; a delivered
     /// position, if any, is newer or the same.
     pub(crate) fn baseline(&mut self, channel: String, head: Position) {
-        self.last.entry(channel).or_insert(head);
+        self.baselines.insert(channel, head);
     }
 
     /// The channel has no readers any more.
     pub(crate) fn forget(&mut self, channel: &str) {
         self.last.remove(channel);
+        self.baselines.remove(channel);
     }
 
     /// Keeps the channels `keep` says yes to.
     pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.last.retain(|channel, _| keep(channel));
+        self.baselines.retain(|channel, _| keep(channel));
     }
 
     /// Whether the channel has a baseline or a delivered position.
     pub(crate) fn knows(&self, channel: &str) -> bool {
-        self.last.contains_key(channel)
+        self.last.contains_key(channel) || self.baselines.contains_key(channel)
     }
 
-    /// Each channel and where its catch-up starts.
+    /// Each channel and where its catch-up starts: the last delivered
+    /// position, else the baseline.
     pub(crate) fn positions(&self) -> impl Iterator<Item = (&String, &Position)> {
-        self.last.iter()
+        let baselines = self
+            .baselines
+            .iter()
+            .filter(|(channel, _)| !self.last.contains_key(*channel));
+        self.last.iter().chain(baselines)
     }
 }
 
@@ -202,6 +213,8 @@ mod tests {
                 offset: 3,
             },
         );
+        // A baseline drops nothing: it may be ahead of messages on their way.
+        assert!(!seen.check("c", &stored("c", "E", 3)));
         assert!(seen.check("c", &stored("c", "E", 3)));
         assert!(!seen.check("c", &stored("c", "E", 4)));
         assert!(seen.check("c", &stored("c", "E", 4)));

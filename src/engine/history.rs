@@ -1,16 +1,23 @@
 //! History channels in the engine: the store's migration at start-up and the
 //! fetch of announced messages for the listener.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use bytes::Bytes;
-use tokio::{sync::watch, time::timeout};
+use tokio::{
+    sync::watch,
+    time::{Instant, MissedTickBehavior, interval, timeout},
+};
 
 use super::publisher::Publisher;
 use crate::{
     config::Values,
     error::error_chain,
     history::{HistoryChannels, HistoryError, Position, Read, Reference, Retention, Store},
+    stats::Counters,
 };
 
 /// What the engine knows of history: which channels, the store, the pool.
@@ -18,9 +25,9 @@ pub(crate) struct History {
     /// The channels whose messages are kept (`PGWS_HISTORY`).
     pub(crate) channels: HistoryChannels,
     pub(crate) store: Store,
-    #[allow(dead_code)] // Used by the pruning task, which comes next.
     pub(crate) retention: Retention,
     publisher: Publisher,
+    counters: Arc<Counters>,
     /// Whether the store has been migrated (or found current).
     ready: watch::Receiver<bool>,
 }
@@ -30,13 +37,19 @@ pub(crate) struct History {
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages read from the store at once for a replay.
 pub(crate) const PAGE: i64 = 500;
+/// How often expired history messages are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl History {
     /// `None` when `PGWS_HISTORY` is unset. Starts the migration task, which
     /// retries until the store is current.
-    pub(crate) fn start(values: &Values, publisher: &Publisher) -> Option<Arc<Self>> {
+    pub(crate) fn start(
+        values: &Values,
+        publisher: &Publisher,
+        counters: &Arc<Counters>,
+    ) -> Option<Arc<Self>> {
         let channels = HistoryChannels::parse(values.history.as_deref()?)
             .expect("checked by the configuration");
         let store = Store::new(&values.history_schema).expect("checked by the configuration");
@@ -46,13 +59,16 @@ impl History {
         };
         let (ready_tx, ready) = watch::channel(false);
         tokio::spawn(migrate(store.clone(), publisher.clone(), ready_tx));
-        Some(Arc::new(Self {
+        let history = Arc::new(Self {
             channels,
             store,
             retention,
             publisher: publisher.clone(),
+            counters: counters.clone(),
             ready,
-        }))
+        });
+        tokio::spawn(prune(Arc::downgrade(&history)));
+        Some(history)
     }
 
     /// Whether the store is ready for use.
@@ -92,7 +108,11 @@ impl History {
     ) -> Result<T, String> {
         let run = async {
             let client = self.publisher.client().await?;
-            work(&client).await.map_err(|e| error_chain(&e))
+            let started = Instant::now();
+            let result = work(&client).await.map_err(|e| error_chain(&e));
+            self.counters
+                .history_store_call(started.elapsed().as_secs_f64());
+            result
         };
         match timeout(FETCH_TIMEOUT, run).await {
             Ok(result) => result,
@@ -104,19 +124,14 @@ impl History {
     /// (pruned, reset, or the announcement was forged). `Err` when the database
     /// did not answer.
     pub(crate) async fn fetch(&self, reference: Reference) -> Result<Option<Bytes>, String> {
-        let work = async {
-            let client = self.publisher.client().await?;
-            let found = self
-                .store
-                .fetch(&**client, std::slice::from_ref(&reference))
-                .await
-                .map_err(|e| error_chain(&e))?;
-            Ok(found.into_iter().next().flatten().map(Bytes::from))
-        };
-        match timeout(FETCH_TIMEOUT, work).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
-        }
+        let found = self
+            .with_client(async |client| {
+                self.store
+                    .fetch(client, std::slice::from_ref(&reference))
+                    .await
+            })
+            .await?;
+        Ok(found.into_iter().next().flatten().map(Bytes::from))
     }
 }
 
@@ -161,6 +176,41 @@ async fn migrate(store: Store, publisher: Publisher, ready: watch::Sender<bool>)
             () = ready.closed() => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Deletes what the retention drops, once the store is ready and then every
+/// [`PRUNE_EVERY`], until the engine is gone. The store's prune works in
+/// bounded batches and lets one instance at a time do it.
+async fn prune(history: Weak<History>) {
+    let Some(mut ready) = history.upgrade().map(|h| h.ready.clone()) else {
+        return;
+    };
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    let mut every = interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(history) = history.upgrade() else {
+            return;
+        };
+        // Not bounded like a read: a backlog is deleted batch after batch.
+        let result = async {
+            let client = history.publisher.client().await?;
+            let started = Instant::now();
+            let result = history.store.prune(&**client, &history.retention).await;
+            history
+                .counters
+                .history_store_call(started.elapsed().as_secs_f64());
+            result.map_err(|e| error_chain(&e))
+        };
+        match result.await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "history pruned"),
+            Err(e) => tracing::warn!(error = %e, "history pruning failed; retried later"),
+        }
     }
 }
 

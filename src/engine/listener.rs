@@ -310,15 +310,19 @@ impl Listener {
     async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
         let client = Arc::new(client);
         let mut queries = FuturesOrdered::<Query>::new();
+        // Store work of a lost connection is dropped: the catch-up reads those
+        // messages again from the last one delivered, and delivering one of them
+        // first would make the catch-up skip the others.
         let mut pipe = Pipe {
             deliveries: FuturesOrdered::new(),
             listening: watch::channel(false).0,
         };
+        let pipe = &mut pipe;
         let first = self.initial_listens();
         // Joins that waited while offline are acked by this first batch.
         self.hub.retag_pending(self.seq + 1);
         self.push(&mut queries, &client, Verb::Listen, first);
-        self.catch_up(&mut pipe);
+        self.catch_up(pipe);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
         loop {
@@ -327,7 +331,7 @@ impl Listener {
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
                     if pipe.deliveries.len() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        let emptied = self.deliver(n.channel(), n.payload(), &mut pipe);
+                        let emptied = self.deliver(n.channel(), n.payload(), pipe);
                         self.unlisten(&mut queries, &client, emptied);
                     }
                     Some(Ok(_)) => {}
@@ -351,7 +355,7 @@ impl Listener {
                 cmd = self.commands.recv() => match cmd {
                     None => return End::Stopped,
                     Some(cmd) => {
-                        self.apply(cmd, &mut queries, &client, &mut pipe);
+                        self.apply(cmd, &mut queries, &client, pipe);
                         self.report_pending();
                     }
                 },
@@ -577,6 +581,7 @@ impl Listener {
         let hub = &self.hub;
         self.seen.retain(|channel| hub.has_readers(channel));
         for (channel, after) in self.seen.positions() {
+            self.counters.history_caught_up();
             let listening = pipe.listening.subscribe();
             let work =
                 catchup::catch_up(history.clone(), channel.clone(), after.clone(), listening);

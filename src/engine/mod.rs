@@ -60,7 +60,7 @@ impl Engine {
         let mapping = Mapping::new(values.listen_channel.as_deref());
         let counters = Arc::new(Counters::default());
         let publisher = Publisher::new(db.clone(), values.pool_size);
-        let history = History::start(&values, &publisher);
+        let history = History::start(&values, &publisher, &counters);
         let listener = listener::spawn(
             db,
             mapping.clone(),

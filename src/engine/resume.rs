@@ -53,6 +53,8 @@ impl Start {
 pub(crate) struct Resume {
     todo: VecDeque<(String, Start)>,
     sent: HashMap<String, Position>,
+    /// Gap frames sent.
+    gaps: u64,
 }
 
 impl Resume {
@@ -61,7 +63,13 @@ impl Resume {
         Self {
             todo: starts.into(),
             sent: HashMap::new(),
+            gaps: 0,
         }
+    }
+
+    /// How many Gap frames the replay made since last asked.
+    pub(crate) fn take_gaps(&mut self) -> u64 {
+        std::mem::take(&mut self.gaps)
     }
 
     /// The next frames of the replay, in order; `None` once it is done. A Gap
@@ -107,6 +115,7 @@ impl Resume {
         let mut frames = Vec::with_capacity(read.messages.len() + 1);
         if let Some(from) = read.gap.filter(|_| gaps) {
             frames.push(gap(channel, &read.epoch, from));
+            self.gaps += 1;
         }
         for Message { offset, payload } in &read.messages {
             frames.push(stored(channel, &read.epoch, *offset, payload));

@@ -377,6 +377,7 @@ where
         let (Some(resume), Some(history)) = (self.resume.as_deref_mut(), self.history) else {
             return Ok(());
         };
+        self.counters.history_replay();
         loop {
             let page = match resume.next_page(history).await {
                 Ok(Some(page)) => page,
@@ -386,6 +387,7 @@ where
                     return Err(Outcome::Close(Close::DatabaseUnavailable));
                 }
             };
+            self.counters.history_gaps(resume.take_gaps());
             let sent = page.len() as u64;
             let sink = &mut *self.sink;
             let write = async {
