@@ -670,3 +670,35 @@ async fn messages_beyond_the_retention_are_deleted_once_the_store_is_ready() {
     .await
     .expect("the retention was not applied");
 }
+
+#[tokio::test]
+async fn an_announcement_that_skips_ahead_is_preceded_by_what_it_skipped() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chan = unique("chat");
+    let mut raw = reader(&server, &chan).await;
+    let mut positioned = resumed(&server, &chan, "history=0").await;
+    let db = db().await;
+    schema.publish(&db, &chan, "m1").await;
+    assert_eq!(recv_text(&mut raw).await, "m1");
+    assert_eq!(recv_json(&mut positioned).await["offset"], 1);
+    // Kept without its announcement, as if the NOTIFY had been lost.
+    let s = schema.q();
+    db.execute(
+        &format!(
+            "with c as (update {s}.channels set last_offset = last_offset + 1 \
+               where channel = $1 returning id, last_offset) \
+             insert into {s}.messages (channel_id, \"offset\", created_at, payload) \
+             select id, last_offset, now(), 'm2' from c"
+        ),
+        &[&chan],
+    )
+    .await
+    .unwrap();
+    schema.publish(&db, &chan, "m3").await;
+    assert_eq!(recv_text(&mut raw).await, "m2");
+    assert_eq!(recv_text(&mut raw).await, "m3");
+    for offset in 2..=3 {
+        assert_eq!(recv_json(&mut positioned).await["offset"], offset);
+    }
+}

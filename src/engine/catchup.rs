@@ -152,6 +152,15 @@ impl Seen {
         }
     }
 
+    /// The last delivered position when `frame` comes after a hole: a stored
+    /// message of the same epoch more than one offset ahead.
+    pub(crate) fn skipped(&self, channel: &str, frame: &Frame) -> Option<Position> {
+        let position = frame.origin.as_ref()?.position.as_ref()?;
+        let last = self.last.get(channel)?;
+        (last.epoch == position.epoch && position.offset > last.offset.saturating_add(1))
+            .then(|| last.clone())
+    }
+
     /// A channel's head when its readers started to count on it; a delivered
     /// position, if any, is newer or the same.
     pub(crate) fn baseline(&mut self, channel: String, head: Position) {
@@ -216,6 +225,12 @@ mod tests {
         // A baseline drops nothing: it may be ahead of messages on their way.
         assert!(!seen.check("c", &stored("c", "E", 3)));
         assert!(seen.check("c", &stored("c", "E", 3)));
+        assert_eq!(seen.skipped("c", &stored("c", "E", 4)), None);
+        assert_eq!(
+            seen.skipped("c", &stored("c", "E", 5)).map(|p| p.offset),
+            Some(3)
+        );
+        assert_eq!(seen.skipped("c", &stored("c", "F", 5)), None);
         assert!(!seen.check("c", &stored("c", "E", 4)));
         assert!(seen.check("c", &stored("c", "E", 4)));
         // A new epoch starts over.

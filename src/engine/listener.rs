@@ -343,7 +343,7 @@ impl Listener {
                 },
                 Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {
                     Ok(done) => {
-                        let emptied = self.apply_done(done);
+                        let emptied = self.apply_done(done, pipe);
                         self.unlisten(&mut queries, &client, emptied);
                     }
                     Err(e) => {
@@ -592,12 +592,25 @@ impl Listener {
     }
 
     /// Applies finished store work, in order; returns the channels that emptied.
-    fn apply_done(&mut self, done: Done) -> Vec<String> {
+    fn apply_done(&mut self, done: Done, pipe: &mut Pipe) -> Vec<String> {
         match done {
             Done::Frames(channel, frames) => {
                 let mut emptied = Vec::new();
                 for frame in &frames {
-                    if self.hub.has_readers(&channel) && !self.seen.check(&channel, frame) {
+                    if !self.hub.has_readers(&channel) {
+                        break;
+                    }
+                    if let (Some(after), Some(history)) =
+                        (self.seen.skipped(&channel, frame), &self.history)
+                    {
+                        // A lost announcement: read what it skipped (and this
+                        // one, and on) from the store before anything else.
+                        let listening = pipe.listening.subscribe();
+                        let work = catchup::catch_up(history.clone(), channel, after, listening);
+                        pipe.deliveries.push_front(work);
+                        break;
+                    }
+                    if !self.seen.check(&channel, frame) {
                         emptied.extend(self.hub.dispatch(&channel, frame));
                     }
                 }
