@@ -68,7 +68,7 @@
 //! |---|---|
 //! | bad signature, malformed token, `exp` passed, `nbf`/`iat` in the future | 401 |
 //! | `mode` missing or invalid, no allowed channel, too many channels | 403 |
-//! | invalid channel name, malformed `Sec-WebSocket-Key` | 400 |
+//! | invalid channel name, malformed `Sec-WebSocket-Key`, invalid `since`/`history` | 400 |
 //! | channels not listened to within the subscribe timeout | 503 |
 //!
 //! | close | code |

@@ -1,5 +1,7 @@
 //! The running bridge: the listener task and its hub, the write pool, the meta
-//! task and the socket tasks, and [`Engine`], the state they share.
+//! task and the socket tasks, and [`Engine`], the state they share; with history
+//! channels, the store's tasks (migration, pruning), the listener's store work
+//! (`catchup`) and the sockets' replays (`resume`).
 
 pub(crate) mod catchup;
 pub(crate) mod history;

@@ -1,7 +1,8 @@
 //! History channels: messages kept in PostgreSQL, resumable by position.
 //!
-//! This is the store and its types; the engine (`engine::history`) migrates it,
-//! fetches announced messages, and, in time, serves resumes from it.
+//! This is the store and its types; the engine migrates it, fetches announced
+//! messages, replays and catches up from it, and prunes it (`engine::history`,
+//! `engine::resume`, `engine::catchup`).
 //!
 //! # Schema
 //!
@@ -80,8 +81,8 @@
 //! [`HistoryChannels`] holds `PGWS_HISTORY`'s comma-separated patterns, where `*`
 //! matches any run of characters.
 
-// Parts of the store the engine does not call yet (resumes, pruning) are used
-// by the `internals` tests and benchmarks only.
+// A few items of the store's API (`Store::publish`, `Position::new`, the
+// limits' constants, …) serve the `internals` tests and benchmarks only.
 #![cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
 
 mod patterns;
