@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     auth::Authorizer,
     config::Config,
-    engine::hub::{Hub, Join, Signal},
+    engine::hub::{Frame, Hub, Join, Signal},
     envelope::{self, Claims, Event},
     http::handshake::{self, Route},
     mapping::Mapping,
@@ -88,7 +88,7 @@ pub fn route_multiplexed(listen_channel: &str, pg_channel: &str, payload: &str) 
 #[derive(Default)]
 pub struct BenchHub {
     hub: Hub,
-    receivers: HashMap<u64, mpsc::Receiver<Bytes>>,
+    receivers: HashMap<u64, mpsc::Receiver<Frame>>,
     next_id: u64,
 }
 
@@ -132,20 +132,22 @@ impl BenchHub {
     /// go of every acknowledged socket; returns how many channels still have readers.
     /// The sockets' queue ends stay with this hub, as a socket drops its own later.
     pub fn drop_live(&mut self) -> usize {
-        self.hub.drop_live();
+        self.hub.drop_live(|_| false);
         self.hub.channel_count()
     }
 
     /// Queues one shared frame for every reader of `channel` (`Hub::dispatch`);
     /// returns how many channels emptied because of slow consumers.
     pub fn dispatch(&mut self, channel: &str, frame: &Bytes) -> usize {
-        self.hub.dispatch(channel, frame).len()
+        self.hub
+            .dispatch(channel, &Frame::from(frame.clone()))
+            .len()
     }
 
     /// What the listener does per notification: copy the payload into one shared
     /// frame and dispatch it to the readers of `channel`.
     pub fn deliver(&mut self, channel: &str, payload: &str) -> usize {
-        let frame = Bytes::copy_from_slice(payload.as_bytes());
+        let frame = Frame::from(Bytes::copy_from_slice(payload.as_bytes()));
         self.hub.dispatch(channel, &frame).len()
     }
 

@@ -68,7 +68,7 @@
 //! |---|---|
 //! | bad signature, malformed token, `exp` passed, `nbf`/`iat` in the future | 401 |
 //! | `mode` missing or invalid, no allowed channel, too many channels | 403 |
-//! | invalid channel name, malformed `Sec-WebSocket-Key` | 400 |
+//! | invalid channel name, malformed `Sec-WebSocket-Key`, invalid `since`/`history` | 400 |
 //! | channels not listened to within the subscribe timeout | 503 |
 //!
 //! | close | code |
@@ -93,8 +93,6 @@ mod database;
 mod engine;
 mod envelope;
 mod error;
-/// The history store (not wired into the layer yet): reached only through `__bench`.
-#[cfg(feature = "internals")]
 mod history;
 mod http;
 mod mapping;
@@ -127,7 +125,7 @@ struct ReadmeDoctests;
 pub mod __bench {
     pub use crate::bench_api::*;
 
-    /// The history store (not wired into the layer yet).
+    /// The history store.
     pub mod history {
         pub use crate::history::*;
     }

@@ -85,6 +85,12 @@ refusals! {
     OriginNotAllowed => FORBIDDEN, "origin_not_allowed", "Origin not allowed";
     /// `max_sockets` sockets already open.
     TooManySockets => SERVICE_UNAVAILABLE, "too_many_sockets", "Too many connections";
+    /// A `since=` or `history=` query value that does not parse or does not fit
+    /// the socket (the text starts with `Invalid position`).
+    InvalidPosition(why: String) => BAD_REQUEST, "invalid_position", "{why}";
+    /// A `since=` position for a channel the token does not grant.
+    PositionNotAllowed => FORBIDDEN, "no_allowed_channels",
+        "No allowed channels: a since position names a channel the token does not grant";
     /// The channels were not listened to within the subscribe timeout.
     DatabaseUnavailable => SERVICE_UNAVAILABLE, "database_unavailable", "Database unavailable";
     /// The layer is shutting down.

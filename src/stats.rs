@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, histogram};
 
 use crate::{auth::Mode, refusal::Refusal};
 
@@ -24,6 +24,10 @@ pub(crate) struct Counters {
     refusals: [AtomicU64; Refusal::LABELS.len()],
     listener_reconnects: AtomicU64,
     queue_usage_bits: AtomicU64,
+    history_replays: AtomicU64,
+    history_gaps: AtomicU64,
+    history_catch_ups: AtomicU64,
+    history_store_calls: AtomicU64,
 }
 
 fn mode_index(mode: Mode) -> usize {
@@ -107,6 +111,32 @@ impl Counters {
         self.queue_usage_bits.store(usage.to_bits(), Relaxed);
     }
 
+    /// A socket's replay from the store starts.
+    pub(crate) fn history_replay(&self) {
+        counter!("pgws_history_replays_total").increment(1);
+        self.history_replays.fetch_add(1, Relaxed);
+    }
+
+    /// Gap frames about to be sent.
+    pub(crate) fn history_gaps(&self, gaps: u64) {
+        if gaps > 0 {
+            counter!("pgws_history_gaps_total").increment(gaps);
+            self.history_gaps.fetch_add(gaps, Relaxed);
+        }
+    }
+
+    /// A history channel is being caught up after the listener was away.
+    pub(crate) fn history_caught_up(&self) {
+        counter!("pgws_history_catch_ups_total").increment(1);
+        self.history_catch_ups.fetch_add(1, Relaxed);
+    }
+
+    /// One call to the history store took `seconds`.
+    pub(crate) fn history_store_call(&self, seconds: f64) {
+        histogram!("pgws_history_store_seconds").record(seconds);
+        self.history_store_calls.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, listening: bool) -> Stats {
         let open = |m: Mode| self.open[mode_index(m)].load(Relaxed).max(0) as u64;
         Stats {
@@ -132,6 +162,10 @@ impl Counters {
                 .collect(),
             listener_reconnects: self.listener_reconnects.load(Relaxed),
             notification_queue_usage: f64::from_bits(self.queue_usage_bits.load(Relaxed)),
+            history_replays: self.history_replays.load(Relaxed),
+            history_gaps: self.history_gaps.load(Relaxed),
+            history_catch_ups: self.history_catch_ups.load(Relaxed),
+            history_store_calls: self.history_store_calls.load(Relaxed),
         }
     }
 }
@@ -143,7 +177,8 @@ impl Counters {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// The listener is connected and listening.
+    /// The listener is connected and listening (and, with history channels, the
+    /// history store is ready).
     pub listening: bool,
     /// Sockets open now, all modes.
     pub open_sockets: u64,
@@ -178,4 +213,13 @@ pub struct Stats {
     pub listener_reconnects: u64,
     /// The last sampled `pg_notification_queue_usage()` (0 to 1).
     pub notification_queue_usage: f64,
+    /// Sockets that got a replay from the history store (`since=`, `history=`).
+    pub history_replays: u64,
+    /// Gap frames sent: positions that could not be honoured.
+    pub history_gaps: u64,
+    /// History channels caught up from the store after the listener was away.
+    pub history_catch_ups: u64,
+    /// Calls to the history store (fetches, reads, heads, prunes); their
+    /// durations go to the `pgws_history_store_seconds` histogram.
+    pub history_store_calls: u64,
 }

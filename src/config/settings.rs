@@ -16,8 +16,12 @@ use super::{
     normalize_origin, parse_bool,
 };
 use crate::{
-    DEFAULT_DATABASE_URL, auth::Keys, auth::check_channel_name, database::Database,
+    DEFAULT_DATABASE_URL,
+    auth::Keys,
+    auth::check_channel_name,
+    database::Database,
     error::ConfigError,
+    history::{DEFAULT_SCHEMA, HistoryChannels, Store},
 };
 
 /// One setting of the layer, as [`Config::SETTINGS`] lists it.
@@ -293,6 +297,18 @@ settings! {
     /// Connections in the write pool (default 10); writes wait up to 5 s for one,
     /// then `1013`.
     pool_size: count = 10, "PGWS_POOL_SIZE", "10", at_least_one;
+    /// History channels: comma-separated channel patterns (`*` matches any run of
+    /// characters) whose messages are kept in PostgreSQL and can be resumed. Unset:
+    /// no history, and nothing of it is started.
+    history: opt_text = None, "PGWS_HISTORY", "unset", history_patterns;
+    /// How long history messages are kept (default 86400 s); above zero.
+    history_ttl: secs = Duration::from_secs(86_400), "PGWS_HISTORY_TTL", "86400", above_zero;
+    /// How many messages each history channel keeps (default 1000).
+    history_size: count = 1000, "PGWS_HISTORY_SIZE", "1000", at_least_one;
+    /// The schema of the history store, created and migrated at start-up when the
+    /// role may (1 to 55 bytes, no `$`).
+    history_schema: text = DEFAULT_SCHEMA.to_owned(), "PGWS_HISTORY_SCHEMA", "pgws",
+        history_schema_name;
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -372,6 +388,29 @@ fn channel_name(setting: &'static str, name: &Option<String>) -> Result<(), Conf
         }),
         None => Ok(()),
     }
+}
+
+fn history_patterns(setting: &'static str, text: &Option<String>) -> Result<(), ConfigError> {
+    match text {
+        Some(text) => {
+            HistoryChannels::parse(text)
+                .map(drop)
+                .map_err(|e| ConfigError::InvalidValue {
+                    setting,
+                    reason: e.to_string(),
+                })
+        }
+        None => Ok(()),
+    }
+}
+
+fn history_schema_name(setting: &'static str, schema: &str) -> Result<(), ConfigError> {
+    Store::new(schema)
+        .map(drop)
+        .map_err(|e| ConfigError::InvalidValue {
+            setting,
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -468,6 +507,9 @@ mod tests {
             shown("check_listener_interval"),
             d.check_listener_interval.as_millis().to_string()
         );
+        assert_eq!(shown("history_size"), d.history_size.to_string());
+        assert_eq!(shown("history_schema"), d.history_schema);
+        assert_eq!(shown("history_ttl"), d.history_ttl.as_secs().to_string());
         assert_eq!(
             shown("jwt_secret_is_base64"),
             d.jwt_secret_is_base64.to_string()

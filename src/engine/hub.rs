@@ -14,6 +14,33 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::history::Position;
+
+/// One notification for a channel's readers, shared by all of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    /// The payload, as sent.
+    pub(crate) payload: Bytes,
+    /// With history on: where it comes from, for sockets that asked for positions.
+    pub(crate) origin: Option<Arc<Origin>>,
+}
+
+/// The channel of a notification and, for a stored message, its position.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub(crate) channel: String,
+    pub(crate) position: Option<Position>,
+}
+
+impl From<Bytes> for Frame {
+    fn from(payload: Bytes) -> Self {
+        Self {
+            payload,
+            origin: None,
+        }
+    }
+}
+
 /// Why the hub let go of a socket; the socket closes with the matching code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -63,7 +90,7 @@ pub(crate) struct Join {
     pub(crate) id: u64,
     /// Distinct channels (grants hold no repeats): a repeat is delivered twice.
     pub(crate) channels: Vec<String>,
-    pub(crate) queue: mpsc::Sender<Bytes>,
+    pub(crate) queue: mpsc::Sender<Frame>,
     pub(crate) signal: Arc<Signal>,
     pub(crate) ack: oneshot::Sender<()>,
 }
@@ -74,7 +101,7 @@ struct Subscriber {
     /// Where this channel sits in the member's `channels`, to update its index
     /// there when a leave moves this entry.
     slot: usize,
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Frame>,
     signal: Arc<Signal>,
 }
 
@@ -171,7 +198,7 @@ impl Hub {
 
     /// Queues one shared frame for every reader of `channel`. A reader whose queue
     /// is full is let go as a slow consumer; returns the channels that emptied.
-    pub(crate) fn dispatch(&mut self, channel: &str, frame: &Bytes) -> Vec<String> {
+    pub(crate) fn dispatch(&mut self, channel: &str, frame: &Frame) -> Vec<String> {
         let Some(subs) = self.channels.get(channel) else {
             return Vec::new();
         };
@@ -208,26 +235,54 @@ impl Hub {
         }
     }
 
-    /// After a lost connection: lets go of every acknowledged socket (1012);
-    /// sockets still waiting for their ack stay for the next connection.
-    pub(crate) fn drop_live(&mut self) {
+    /// After a lost connection: lets go of every acknowledged socket (1012) but
+    /// those whose channels all satisfy `kept` (history channels, caught up from
+    /// the store); sockets still waiting for their ack stay for the next
+    /// connection.
+    /// Returns the channels that emptied.
+    pub(crate) fn drop_live(&mut self, kept: impl Fn(&str) -> bool) -> Vec<String> {
         let live: Vec<u64> = self
             .members
             .iter()
             .filter(|(_, m)| m.waiting.is_none())
+            .filter(|(_, m)| !m.channels.iter().all(|(c, _)| kept(c)))
             .map(|(id, _)| *id)
             .collect();
+        let mut emptied = Vec::new();
         for id in live {
             if let Some(m) = self.members.get(&id) {
                 m.signal.end(Ending::ListenerRestarted);
             }
-            self.leave(id);
+            emptied.extend(self.leave(id));
         }
+        emptied
+    }
+
+    /// Lets go of every reader of `channel` (1012: they missed messages);
+    /// returns the channels that emptied.
+    pub(crate) fn end_channel(&mut self, channel: &str) -> Vec<String> {
+        let ids: Vec<u64> = match self.channels.get(channel) {
+            Some(subs) => subs.iter().map(|s| s.id).collect(),
+            None => return Vec::new(),
+        };
+        let mut emptied = Vec::new();
+        for id in ids {
+            if let Some(m) = self.members.get(&id) {
+                m.signal.end(Ending::ListenerRestarted);
+            }
+            emptied.extend(self.leave(id));
+        }
+        emptied
     }
 
     /// The channels that have readers.
     pub(crate) fn channels(&self) -> impl Iterator<Item = &str> {
         self.channels.keys().map(String::as_str)
+    }
+
+    /// Whether `channel` has readers.
+    pub(crate) fn has_readers(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
     }
 
     /// How many channels have readers.
@@ -274,7 +329,7 @@ mod tests {
     }
 
     struct Parts {
-        rx: mpsc::Receiver<Bytes>,
+        rx: mpsc::Receiver<Frame>,
         ack_rx: oneshot::Receiver<()>,
         signal: Arc<Signal>,
         fresh: Vec<String>,
@@ -311,11 +366,14 @@ mod tests {
         let mut hub = Hub::default();
         let mut fast = join(&mut hub, 1, &["x"], 4, 1);
         let slow = join(&mut hub, 2, &["x"], 1, 1);
-        let frame = Bytes::from_static(b"hello");
+        let frame = Frame::from(Bytes::from_static(b"hello"));
         assert!(hub.dispatch("x", &frame).is_empty());
         assert!(hub.dispatch("x", &frame).is_empty());
         assert_eq!(slow.signal.ending(), Some(Ending::SlowConsumer));
-        assert_eq!(fast.rx.try_recv().unwrap().as_ptr(), frame.as_ptr());
+        assert_eq!(
+            fast.rx.try_recv().unwrap().payload.as_ptr(),
+            frame.payload.as_ptr()
+        );
         assert_eq!(fast.signal.ending(), None);
         assert_eq!(hub.len(), 1);
     }
@@ -326,7 +384,7 @@ mod tests {
         let live = join(&mut hub, 1, &["x"], 4, 1);
         let waiting = join(&mut hub, 2, &["x"], 4, 2);
         hub.ack_through(1);
-        hub.drop_live();
+        hub.drop_live(|_| false);
         assert_eq!(live.signal.ending(), Some(Ending::ListenerRestarted));
         assert_eq!(waiting.signal.ending(), None);
         assert_eq!(hub.channels().collect::<Vec<_>>(), ["x"]);
@@ -386,7 +444,7 @@ mod tests {
             hub.leave(id);
             parts.remove(&id);
             assert_indexes_hold(&hub);
-            let frame = Bytes::from(format!("after {step}"));
+            let frame = Frame::from(Bytes::from(format!("after {step}")));
             hub.dispatch("a", &frame);
             for (id, p) in &mut parts {
                 let reads_a = id % 3 != 0;

@@ -26,10 +26,19 @@ use crate::{
     time::sleep_until_opt,
 };
 
-use super::hub::{Hub, Join, Signal};
+use super::{
+    catchup::{self, Delivery, Done, Seen},
+    history::History,
+    hub::{Frame, Hub, Join, Origin, Signal},
+};
+use crate::history::Reference;
 
 type Conn = Connection<Socket, TlsStream>;
 type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// Deliveries waiting for their fetch, at most; beyond it the listener stops
+/// reading notifications (PostgreSQL queues them) until some are done.
+const MAX_DELIVERIES: usize = 1024;
 
 /// What sockets ask of the listener.
 pub(crate) enum Command {
@@ -50,7 +59,7 @@ pub(crate) struct ListenerHandle {
 /// A socket's place in the hub; leaving the hub when dropped.
 pub(crate) struct Subscription {
     id: u64,
-    pub(crate) queue: mpsc::Receiver<Bytes>,
+    pub(crate) queue: mpsc::Receiver<Frame>,
     pub(crate) signal: Arc<Signal>,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -64,7 +73,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 impl Subscription {
     /// A subscription that a test feeds instead of the hub.
-    pub(crate) fn detached(queue: mpsc::Receiver<Bytes>) -> Self {
+    pub(crate) fn detached(queue: mpsc::Receiver<Frame>) -> Self {
         Self {
             id: 0,
             queue,
@@ -123,6 +132,7 @@ pub(crate) fn spawn(
     mapping: Mapping,
     probe: Option<Duration>,
     counters: Arc<Counters>,
+    history: Option<Arc<History>>,
 ) -> ListenerHandle {
     let (commands, rx) = mpsc::unbounded_channel();
     let (connected_tx, connected) = watch::channel(false);
@@ -137,6 +147,8 @@ pub(crate) fn spawn(
         connected: connected_tx,
         counters,
         pending_reported: 0,
+        history,
+        seen: Seen::default(),
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -175,6 +187,18 @@ struct Listener {
     counters: Arc<Counters>,
     /// The last `pending_joins` figure reported.
     pending_reported: usize,
+    /// History channels: their announcements are listened to always.
+    history: Option<Arc<History>>,
+    /// The last position delivered on each history channel with readers.
+    seen: Seen,
+}
+
+/// Work on history channels waiting to be applied, in notification order.
+struct Pipe {
+    deliveries: FuturesOrdered<Delivery>,
+    /// Whether this connection's first `LISTEN` batch is done: reads of the
+    /// store that must not miss a notification wait for it.
+    listening: watch::Sender<bool>,
 }
 
 /// What a batch does to its channels.
@@ -211,7 +235,11 @@ impl Listener {
             lost = true;
             self.connected.send_replace(false);
             self.counters.channels_listened(0);
-            self.hub.drop_live();
+            let history = self.history.clone();
+            let kept = |c: &str| history.as_ref().is_some_and(|h| h.channels.matches(c));
+            for channel in self.hub.drop_live(kept) {
+                self.seen.forget(&channel);
+            }
             match end {
                 End::Stopped => return,
                 End::Lost => tracing::warn!("listener connection lost; reconnecting"),
@@ -282,17 +310,28 @@ impl Listener {
     async fn serve(&mut self, client: Client, mut conn: Conn) -> End {
         let client = Arc::new(client);
         let mut queries = FuturesOrdered::<Query>::new();
+        // Store work of a lost connection is dropped: the catch-up reads those
+        // messages again from the last one delivered, and delivering one of them
+        // first would make the catch-up skip the others.
+        let mut pipe = Pipe {
+            deliveries: FuturesOrdered::new(),
+            listening: watch::channel(false).0,
+        };
+        let pipe = &mut pipe;
         let first = self.initial_listens();
         // Joins that waited while offline are acked by this first batch.
         self.hub.retag_pending(self.seq + 1);
         self.push(&mut queries, &client, Verb::Listen, first);
+        self.catch_up(pipe);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
         loop {
             tokio::select! {
-                msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
+                // Until the first batch is done, catch-ups wait for it: read on.
+                msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
+                    if pipe.deliveries.len() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        let emptied = self.deliver(n.channel(), n.payload());
+                        let emptied = self.deliver(n.channel(), n.payload(), pipe);
                         self.unlisten(&mut queries, &client, emptied);
                     }
                     Some(Ok(_)) => {}
@@ -302,10 +341,21 @@ impl Listener {
                     }
                     None => return End::Lost,
                 },
+                Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {
+                    Ok(done) => {
+                        let emptied = self.apply_done(done, pipe);
+                        self.unlisten(&mut queries, &client, emptied);
+                    }
+                    Err(e) => {
+                        // Its readers would miss messages: as for a lost connection.
+                        tracing::warn!(error = %e, "history store read failed");
+                        return End::Lost;
+                    }
+                },
                 cmd = self.commands.recv() => match cmd {
                     None => return End::Stopped,
                     Some(cmd) => {
-                        self.apply(cmd, &mut queries, &client);
+                        self.apply(cmd, &mut queries, &client, pipe);
                         self.report_pending();
                     }
                 },
@@ -314,6 +364,7 @@ impl Listener {
                         // The first batch to finish is the re-LISTEN of everything.
                         if !*self.connected.borrow() {
                             self.connected.send_replace(true);
+                            pipe.listening.send_replace(true);
                         }
                         self.hub.ack_through(seq);
                         self.report_pending();
@@ -349,16 +400,34 @@ impl Listener {
     }
 
     fn initial_listens(&self) -> Vec<String> {
-        match self.mapping.fixed_listen() {
+        let mut channels: Vec<String> = match self.mapping.fixed_listen() {
             Some(c) => vec![c.to_owned()],
             None => self.hub.channels().map(str::to_owned).collect(),
+        };
+        if let Some(announced) = self.announcements()
+            && !channels.iter().any(|c| c == announced)
+        {
+            channels.push(announced.to_owned());
         }
+        channels
     }
 
-    fn apply(&mut self, cmd: Command, queries: &mut FuturesOrdered<Query>, client: &Arc<Client>) {
+    /// The channel announcing stored messages, with history.
+    fn announcements(&self) -> Option<&str> {
+        self.history.as_ref().map(|h| h.store.notify_channel())
+    }
+
+    fn apply(
+        &mut self,
+        cmd: Command,
+        queries: &mut FuturesOrdered<Query>,
+        client: &Arc<Client>,
+        pipe: &mut Pipe,
+    ) {
         match cmd {
             Command::Join(join) => {
                 let fresh = self.hub.join(join, self.seq + 1);
+                self.baselines(&fresh, pipe);
                 let fresh = self.per_channel(fresh);
                 self.push(queries, client, Verb::Listen, fresh);
             }
@@ -395,7 +464,14 @@ impl Listener {
         client: &Arc<Client>,
         emptied: Vec<String>,
     ) {
-        let emptied = self.per_channel(emptied);
+        for channel in &emptied {
+            self.seen.forget(channel);
+        }
+        let mut emptied = self.per_channel(emptied);
+        // Announcements stay listened to, even when a socket read that channel too.
+        if let Some(announced) = self.announcements() {
+            emptied.retain(|c| c != announced);
+        }
         if !emptied.is_empty() {
             self.push(queries, client, Verb::Unlisten, emptied);
         }
@@ -440,13 +516,121 @@ impl Listener {
         }));
     }
 
-    fn deliver(&mut self, pg_channel: &str, payload: &str) -> Vec<String> {
+    /// Hands a notification to its readers: now, or, behind a stored message
+    /// being fetched, in turn.
+    fn deliver(&mut self, pg_channel: &str, payload: &str, pipe: &mut Pipe) -> Vec<String> {
+        if self.announcements() == Some(pg_channel) {
+            self.fetch(payload, pipe);
+            return Vec::new();
+        }
         let Some(channel) = self.mapping.route(pg_channel, payload) else {
             return Vec::new();
         };
         self.counters.notification_received();
-        let frame = Bytes::copy_from_slice(payload.as_bytes());
-        self.hub.dispatch(&channel, &frame)
+        let mut frame = Frame::from(Bytes::copy_from_slice(payload.as_bytes()));
+        if self.history.is_some() {
+            frame.origin = Some(Arc::new(Origin {
+                channel: channel.clone().into_owned(),
+                position: None,
+            }));
+        }
+        if pipe.deliveries.is_empty() {
+            return self.hub.dispatch(&channel, &frame);
+        }
+        let channel = channel.into_owned();
+        pipe.deliveries.push_back(catchup::ready(channel, frame));
+        Vec::new()
+    }
+
+    /// Queues the fetch of an announced message whose channel has readers: once
+    /// per message, whatever the number of readers, off the listener's loop.
+    fn fetch(&mut self, announcement: &str, pipe: &mut Pipe) {
+        let (Some(history), Ok(reference)) = (&self.history, Reference::parse(announcement)) else {
+            return;
+        };
+        if !self.hub.has_readers(&reference.channel) {
+            return;
+        }
+        self.counters.notification_received();
+        let work = catchup::fetch(history.clone(), reference);
+        pipe.deliveries.push_back(work);
+    }
+
+    /// Reads where the history of channels that got their first reader stands,
+    /// so that a lost connection can be caught up from there.
+    fn baselines(&mut self, fresh: &[String], pipe: &mut Pipe) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        for channel in fresh {
+            if history.channels.matches(channel) && !self.seen.knows(channel) {
+                let listening = pipe.listening.subscribe();
+                let work = catchup::baseline(history.clone(), channel.clone(), listening);
+                pipe.deliveries.push_back(work);
+            }
+        }
+    }
+
+    /// On a new connection: catches up each history channel that has readers
+    /// from its last delivered position, once this connection listens, and
+    /// reads the baselines of those that have none yet.
+    fn catch_up(&mut self, pipe: &mut Pipe) {
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let hub = &self.hub;
+        self.seen.retain(|channel| hub.has_readers(channel));
+        for (channel, after) in self.seen.positions() {
+            self.counters.history_caught_up();
+            let listening = pipe.listening.subscribe();
+            let work =
+                catchup::catch_up(history.clone(), channel.clone(), after.clone(), listening);
+            pipe.deliveries.push_back(work);
+        }
+        let fresh: Vec<String> = self.hub.channels().map(str::to_owned).collect();
+        self.baselines(&fresh, pipe);
+    }
+
+    /// Applies finished store work, in order; returns the channels that emptied.
+    fn apply_done(&mut self, done: Done, pipe: &mut Pipe) -> Vec<String> {
+        match done {
+            Done::Frames(channel, frames) => {
+                let mut emptied = Vec::new();
+                for frame in &frames {
+                    if !self.hub.has_readers(&channel) {
+                        break;
+                    }
+                    if let (Some(after), Some(history)) =
+                        (self.seen.skipped(&channel, frame), &self.history)
+                    {
+                        // A lost announcement: read what it skipped (and this
+                        // one, and on) from the store before anything else.
+                        let listening = pipe.listening.subscribe();
+                        let work = catchup::catch_up(history.clone(), channel, after, listening);
+                        pipe.deliveries.push_front(work);
+                        break;
+                    }
+                    if !self.seen.check(&channel, frame) {
+                        emptied.extend(self.hub.dispatch(&channel, frame));
+                    }
+                }
+                emptied
+            }
+            Done::Baseline(channel, Ok(head)) => {
+                if self.hub.has_readers(&channel) {
+                    self.seen.baseline(channel, head);
+                }
+                Vec::new()
+            }
+            Done::Baseline(channel, Err(e)) => {
+                tracing::warn!(error = %e, channel, "history head not read");
+                Vec::new()
+            }
+            Done::Missed(channel) => {
+                tracing::warn!(channel, "history catch-up found messages no longer kept");
+                self.hub.end_channel(&channel)
+            }
+        }
     }
 }
 

@@ -1,10 +1,15 @@
 //! The running bridge: the listener task and its hub, the write pool, the meta
-//! task and the socket tasks, and [`Engine`], the state they share.
+//! task and the socket tasks, and [`Engine`], the state they share; with history
+//! channels, the store's tasks (migration, pruning), the listener's store work
+//! (`catchup`) and the sockets' replays (`resume`).
 
+pub(crate) mod catchup;
+pub(crate) mod history;
 pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod meta;
 pub(crate) mod publisher;
+pub(crate) mod resume;
 pub(crate) mod socket;
 
 use std::sync::{
@@ -25,7 +30,10 @@ use crate::{
     stats::{Counters, Stats},
 };
 
-use self::{listener::ListenerHandle, meta::Meta, publisher::Publisher, socket::CLOSE_TIMEOUT};
+use self::{
+    history::History, listener::ListenerHandle, meta::Meta, publisher::Publisher,
+    socket::CLOSE_TIMEOUT,
+};
 
 /// What every service and socket of one layer shares.
 pub(crate) struct Engine {
@@ -33,6 +41,8 @@ pub(crate) struct Engine {
     pub(crate) listener: ListenerHandle,
     pub(crate) publisher: Publisher,
     pub(crate) mapping: Mapping,
+    /// History channels, when `PGWS_HISTORY` is set.
+    pub(crate) history: Option<Arc<History>>,
     /// The meta task, when a meta channel is configured.
     pub(crate) meta: Option<Meta>,
     /// The checked settings.
@@ -51,13 +61,15 @@ impl Engine {
         let Config { values, db, keys } = config;
         let mapping = Mapping::new(values.listen_channel.as_deref());
         let counters = Arc::new(Counters::default());
+        let publisher = Publisher::new(db.clone(), values.pool_size);
+        let history = History::start(&values, &publisher, &counters);
         let listener = listener::spawn(
-            db.clone(),
+            db,
             mapping.clone(),
             values.check_listener_interval(),
             counters.clone(),
+            history.clone(),
         );
-        let publisher = Publisher::new(db, values.pool_size);
         let meta = values
             .meta_channel
             .clone()
@@ -72,6 +84,7 @@ impl Engine {
             ),
             listener,
             publisher,
+            history,
             mapping,
             meta,
             shutdown: watch::channel(false).0,
@@ -105,6 +118,11 @@ impl Engine {
 
     /// The figures now.
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(self.listener.is_connected())
+        self.counters.snapshot(self.is_listening())
+    }
+
+    /// Whether the listener is listening and, with history, the store is ready.
+    pub(crate) fn is_listening(&self) -> bool {
+        self.listener.is_connected() && self.history.as_ref().is_none_or(|h| h.is_ready())
     }
 }

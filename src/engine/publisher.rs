@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
-use crate::{database::Database, error::error_chain, mapping::Notify};
+use crate::{database::Database, error::error_chain, history::Store, mapping::Notify};
 
 /// Runs NOTIFYs through a `deadpool-postgres` pool.
 #[derive(Clone)]
@@ -48,6 +48,11 @@ impl Publisher {
         Self { pool }
     }
 
+    /// A connection of the pool, for the history store.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, String> {
+        self.pool.get().await.map_err(|e| error_chain(&e))
+    }
+
     /// Runs the NOTIFYs in one statement: all or nothing. Waiting for a connection
     /// and running the statement take at most 5 s together, so a stuck database
     /// is answered like a down one.
@@ -60,30 +65,78 @@ impl Publisher {
         }
     }
 
+    /// Keeps `stored` `(channel, payload)` messages in the history store and
+    /// runs the other NOTIFYs, all in one transaction: all or nothing. Bounded
+    /// like [`publish`](Self::publish).
+    pub(crate) async fn publish_stored(
+        &self,
+        store: &Store,
+        stored: &[(&str, &str)],
+        notifies: &[Notify],
+    ) -> Result<(), PublishError> {
+        let run = async {
+            let mut client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| PublishError(error_chain(&e)))?;
+            let failed = |e: &(dyn std::error::Error + 'static)| PublishError(error_chain(e));
+            if notifies.is_empty() {
+                // One statement is a transaction of its own.
+                return store
+                    .publish_many(&**client, stored)
+                    .await
+                    .map(drop)
+                    .map_err(|e| failed(&e));
+            }
+            let tx = client.transaction().await.map_err(|e| failed(&e))?;
+            store
+                .publish_many(&*tx, stored)
+                .await
+                .map_err(|e| failed(&e))?;
+            notify(&tx, notifies).await.map_err(|e| failed(&e))?;
+            tx.commit().await.map_err(|e| failed(&e))
+        };
+        match Box::pin(tokio::time::timeout(POOL_TIMEOUT, run)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError("timed out".into())),
+        }
+    }
+
     async fn run(&self, notifies: &[Notify]) -> Result<(), PublishError> {
         let client = self
             .pool
             .get()
             .await
             .map_err(|e| PublishError(error_chain(&e)))?;
-        let result = match notifies {
-            [] => return Ok(()),
-            [one] => {
-                let stmt = client.prepare_cached(ONE).await;
-                match stmt {
-                    Ok(stmt) => client.execute(&stmt, &[&one.channel, &one.payload]).await,
-                    Err(e) => Err(e),
-                }
-            }
-            many => {
-                let channels: Vec<&str> = many.iter().map(|n| n.channel.as_str()).collect();
-                let payloads: Vec<&str> = many.iter().map(|n| n.payload.as_str()).collect();
-                match client.prepare_cached(MANY).await {
-                    Ok(stmt) => client.execute(&stmt, &[&channels, &payloads]).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        result.map(drop).map_err(|e| PublishError(error_chain(&e)))
+        notify(&client, notifies)
+            .await
+            .map_err(|e| PublishError(error_chain(&e)))
     }
+}
+
+/// Runs the NOTIFYs in one statement, with statements cached per connection.
+async fn notify<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    notifies: &[Notify],
+) -> Result<(), tokio_postgres::Error> {
+    let result = match notifies {
+        [] => return Ok(()),
+        [one] => {
+            let stmt = client.prepare_cached(ONE).await;
+            match stmt {
+                Ok(stmt) => client.execute(&stmt, &[&one.channel, &one.payload]).await,
+                Err(e) => Err(e),
+            }
+        }
+        many => {
+            let channels: Vec<&str> = many.iter().map(|n| n.channel.as_str()).collect();
+            let payloads: Vec<&str> = many.iter().map(|n| n.payload.as_str()).collect();
+            match client.prepare_cached(MANY).await {
+                Ok(stmt) => client.execute(&stmt, &[&channels, &payloads]).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    result.map(drop)
 }

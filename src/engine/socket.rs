@@ -23,15 +23,18 @@ use crate::{
     auth::Grant,
     close::Close,
     envelope::Event,
+    mapping::Notify,
     stats::Counters,
     time::{instant_at, sleep_until_opt},
 };
 
 use super::{
     Engine,
-    hub::{Ending, Signal},
+    history::History,
+    hub::{Ending, Frame, Signal},
     listener::Subscription,
     meta,
+    resume::Resume,
 };
 
 /// How long a close waits for the peer's answer, and how long shutdown drains.
@@ -56,6 +59,8 @@ const GOING_AWAY: Outcome = Outcome::Close(Close::GoingAway);
 pub(crate) struct Socket {
     pub(crate) grant: Grant,
     pub(crate) subscription: Option<Subscription>,
+    /// When the socket asked for positions: its replay and what it was sent.
+    pub(crate) resume: Option<Resume>,
     pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Held while the socket lives: counts against the socket limit.
@@ -127,10 +132,13 @@ impl Socket {
         let mut subscription = self.subscription.take();
         let expiry = self.grant.expires_at.and_then(instant_at);
         let ping = self.engine.settings.ping_interval();
+        let mut resume = self.resume.take();
         let writer = Writer {
             sink,
             signal: subscription.as_ref().map(|s| s.signal.clone()),
             sub: subscription.as_mut(),
+            resume: resume.as_mut(),
+            history: self.engine.history.as_deref(),
             pong: &pong,
             counters: &self.engine.counters,
         }
@@ -208,11 +216,25 @@ impl Socket {
             &self.grant.claims,
             SystemTime::now(),
         );
+        let (stored, notifies) = self.split_stored(notifies);
         if notifies.iter().any(|n| n.payload.len() >= NOTIFY_LIMIT) {
             return Err(Outcome::Close(Close::NotifyTooBig));
         }
         let counters = &self.engine.counters;
-        match self.engine.publisher.publish(&notifies).await {
+        let publisher = &self.engine.publisher;
+        let published = match (&self.engine.history, stored.is_empty()) {
+            (Some(history), false) => {
+                let stored: Vec<(&str, &str)> = stored
+                    .iter()
+                    .map(|(c, n)| (c.as_str(), n.payload.as_str()))
+                    .collect();
+                publisher
+                    .publish_stored(&history.store, &stored, &notifies)
+                    .await
+            }
+            _ => publisher.publish(&notifies).await,
+        };
+        match published {
             Ok(()) => {
                 counters.message_notified();
                 Ok(())
@@ -223,6 +245,25 @@ impl Socket {
                 Err(Outcome::Close(Close::DatabaseUnavailable))
             }
         }
+    }
+
+    /// Sets apart the messages for history channels, to be kept in the store
+    /// (with the WebSocket channel they are for) rather than `NOTIFY`d.
+    fn split_stored(&self, notifies: Vec<Notify>) -> (Vec<(String, Notify)>, Vec<Notify>) {
+        let Some(history) = &self.engine.history else {
+            return (Vec::new(), notifies);
+        };
+        // One notify per channel of the grant, in its order.
+        let mut stored = Vec::new();
+        let mut plain = Vec::new();
+        for (channel, notify) in self.grant.channels.iter().zip(notifies) {
+            if history.channels.matches(channel) {
+                stored.push((channel.clone(), notify));
+            } else {
+                plain.push(notify);
+            }
+        }
+        (stored, plain)
     }
 
     /// Queues the meta event, when a meta channel is configured; the receiver
@@ -250,6 +291,9 @@ impl Socket {
 struct Writer<'a, S> {
     sink: &'a mut Sink<S>,
     sub: Option<&'a mut Subscription>,
+    /// Sockets that asked for positions: replayed first, then frames as JSON.
+    resume: Option<&'a mut Resume>,
+    history: Option<&'a History>,
     signal: Option<Arc<Signal>>,
     pong: &'a AtomicBool,
     counters: &'a Counters,
@@ -271,6 +315,10 @@ where
             i
         });
         let mut pinged = false;
+        // The replay comes before live frames, which wait in the queue meanwhile.
+        if let Err(outcome) = self.replay(ping_every).await {
+            return outcome;
+        }
         loop {
             tokio::select! {
                 biased;
@@ -323,9 +371,39 @@ where
         }
     }
 
+    /// Sends the replay of a socket that asked for positions, page by page, each
+    /// page's write bounded like any other.
+    async fn replay(&mut self, ping_every: Option<Duration>) -> Result<(), Outcome> {
+        let (Some(resume), Some(history)) = (self.resume.as_deref_mut(), self.history) else {
+            return Ok(());
+        };
+        self.counters.history_replay();
+        loop {
+            let page = match resume.next_page(history).await {
+                Ok(Some(page)) => page,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "history replay failed");
+                    return Err(Outcome::Close(Close::DatabaseUnavailable));
+                }
+            };
+            self.counters.history_gaps(resume.take_gaps());
+            let sent = page.len() as u64;
+            let sink = &mut *self.sink;
+            let write = async {
+                for frame in page {
+                    sink.feed(text(frame)).await?;
+                }
+                sink.flush().await
+            };
+            written(within(ping_every, write).await)?;
+            self.counters.frames_delivered(sent);
+        }
+    }
+
     /// Feeds a frame and whatever else is queued (up to a batch), then flushes once.
     /// A hub signal arriving meanwhile wins, since a slow consumer may never flush.
-    async fn send_batch(&mut self, first: Bytes) -> Result<(), tokio_websockets::Error> {
+    async fn send_batch(&mut self, first: Frame) -> Result<(), tokio_websockets::Error> {
         let sub = self
             .sub
             .as_deref_mut()
@@ -333,15 +411,18 @@ where
         let signal = self.signal.as_deref();
         let counters = self.counters;
         let sink = &mut *self.sink;
+        let resume = &mut self.resume;
         let send = async {
-            let mut sent = 1u64;
-            sink.feed(text(first)).await?;
-            while sent < BATCH as u64 {
-                let Ok(frame) = sub.queue.try_recv() else {
+            let mut sent = 0u64;
+            let mut next = Some(first);
+            for _ in 0..BATCH {
+                let Some(frame) = next.take().or_else(|| sub.queue.try_recv().ok()) else {
                     break;
                 };
-                sink.feed(text(frame)).await?;
-                sent += 1;
+                if let Some(bytes) = render(resume, frame) {
+                    sink.feed(text(bytes)).await?;
+                    sent += 1;
+                }
             }
             sink.flush().await?;
             counters.frames_delivered(sent);
@@ -360,8 +441,10 @@ where
         };
         let mut sent = 0;
         while let Ok(frame) = sub.queue.try_recv() {
-            self.sink.feed(text(frame)).await?;
-            sent += 1;
+            if let Some(bytes) = render(&mut self.resume, frame) {
+                self.sink.feed(text(bytes)).await?;
+                sent += 1;
+            }
         }
         self.sink.flush().await?;
         self.counters.frames_delivered(sent);
@@ -392,6 +475,15 @@ fn text(frame: Bytes) -> Message {
     Message::text(Payload::from(frame))
 }
 
+/// A queued frame as this socket sends it: its payload, or, for a socket that
+/// asked for positions, a JSON object (`None` for an offset already sent).
+fn render(resume: &mut Option<&mut Resume>, frame: Frame) -> Option<Bytes> {
+    match resume {
+        Some(resume) => resume.live(&frame),
+        None => Some(frame.payload),
+    }
+}
+
 /// Sends our close (if any) and waits at most [`CLOSE_TIMEOUT`] for the peer's answer.
 async fn finish<S>(sink: &mut Sink<S>, stream: &mut Stream<S>, outcome: Outcome)
 where
@@ -417,7 +509,7 @@ async fn ended(signal: Option<&Signal>) -> Ending {
     }
 }
 
-async fn recv(sub: Option<&mut Subscription>) -> Option<Bytes> {
+async fn recv(sub: Option<&mut Subscription>) -> Option<Frame> {
     match sub {
         Some(sub) => sub.queue.recv().await,
         None => std::future::pending().await,
@@ -462,7 +554,7 @@ mod tests {
 
     struct Setup {
         client: Client,
-        queue: mpsc::Sender<Bytes>,
+        queue: mpsc::Sender<Frame>,
         shutdown: watch::Sender<bool>,
         writer: JoinHandle<Outcome>,
     }
@@ -483,6 +575,8 @@ mod tests {
                 sink: &mut sink,
                 signal: Some(sub.signal.clone()),
                 sub: Some(&mut sub),
+                resume: None,
+                history: None,
                 pong: &pong,
                 counters: &counters,
             }
@@ -523,8 +617,8 @@ mod tests {
         }
     }
 
-    fn big_frame() -> Bytes {
-        Bytes::from(vec![b'x'; 4 * PIPE])
+    fn big_frame() -> Frame {
+        Frame::from(Bytes::from(vec![b'x'; 4 * PIPE]))
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,8 @@
 //! History channels: messages kept in PostgreSQL, resumable by position.
 //!
-//! This is the store and its types; the engine does not use them yet.
+//! This is the store and its types; the engine migrates it, fetches announced
+//! messages, replays and catches up from it, and prunes it (`engine::history`,
+//! `engine::resume`, `engine::catchup`).
 //!
 //! # Schema
 //!
@@ -78,6 +80,10 @@
 //!
 //! [`HistoryChannels`] holds `PGWS_HISTORY`'s comma-separated patterns, where `*`
 //! matches any run of characters.
+
+// A few items of the store's API (`Store::publish`, `Position::new`, the
+// limits' constants, …) serve the `internals` tests and benchmarks only.
+#![cfg_attr(not(feature = "internals"), allow(dead_code, unused_imports))]
 
 mod patterns;
 mod position;

@@ -45,9 +45,11 @@ impl PgWsLayer {
         self.engine.stats()
     }
 
-    /// Whether the listener is connected and listening.
+    /// Whether the listener is connected and listening, and, with history
+    /// channels, the history store is ready (migrated, or found current when
+    /// this role may not migrate it).
     pub fn is_listening(&self) -> bool {
-        self.engine.listener.is_connected()
+        self.engine.is_listening()
     }
 
     /// `pg_listening_channels()` of the listener's own session, or `None` while it is

@@ -6,4 +6,5 @@ pub(crate) mod body;
 pub(crate) mod future;
 pub(crate) mod handshake;
 pub(crate) mod layer;
+pub(crate) mod positions;
 pub(crate) mod service;

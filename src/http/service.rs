@@ -14,7 +14,12 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::{
-    engine::{Engine, socket::Socket},
+    auth::Grant,
+    engine::{
+        Engine,
+        resume::{Resume, Start},
+        socket::Socket,
+    },
     refusal::Refusal,
 };
 
@@ -22,6 +27,7 @@ use super::{
     body::PgWsBody,
     future::ResponseFuture,
     handshake::{self, Route},
+    positions,
 };
 
 /// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
@@ -70,8 +76,16 @@ where
             let res = refuse(&self.engine, Refusal::OriginNotAllowed);
             return ResponseFuture::own(Box::pin(std::future::ready(res)));
         }
+        // Positions are read only with history on: otherwise the query is not ours.
+        let query = self
+            .engine
+            .history
+            .as_ref()
+            .and(req.uri().query())
+            .map(str::to_owned);
         let accept_req = Accept {
             channel,
+            query,
             token,
             key: req.headers()[header::SEC_WEBSOCKET_KEY].clone(),
             upgrade: hyper::upgrade::on(&mut req),
@@ -84,6 +98,8 @@ where
 /// What a handshake needs once it has been taken.
 struct Accept {
     channel: Option<String>,
+    /// The query string, with history on.
+    query: Option<String>,
     token: String,
     key: HeaderValue,
     upgrade: OnUpgrade,
@@ -94,6 +110,7 @@ struct Accept {
 async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let Accept {
         channel,
+        query,
         token,
         key,
         upgrade,
@@ -107,6 +124,10 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     };
     let grant = match engine.authorizer.authorize(channel.as_deref(), &token) {
         Ok(grant) => grant,
+        Err(refusal) => return refuse(&engine, refusal),
+    };
+    let resume = match resume(&engine, query.as_deref(), &grant).await {
+        Ok(resume) => resume,
         Err(refusal) => return refuse(&engine, refusal),
     };
     let subscription = if grant.mode.reads() {
@@ -125,6 +146,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let socket = Socket {
         grant,
         subscription,
+        resume,
         shutdown: engine.shutdown.subscribe(),
         engine,
         _permit: permit,
@@ -138,6 +160,34 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     );
     tokio::spawn(socket.serve(upgrade).instrument(span));
     handshake::switching_protocols(&key, pgws_protocol)
+}
+
+/// The replay and positions a reading socket asked for with `since=` or
+/// `history=`, with history on; `None` when it asked for neither.
+/// A `history=n` start is read here, before subscribing, as a window after the
+/// head: what is committed after the subscription is then replayed or queued.
+async fn resume(
+    engine: &Engine,
+    query: Option<&str>,
+    grant: &Grant,
+) -> Result<Option<Resume>, Refusal> {
+    let (Some(history), true) = (&engine.history, grant.mode.reads()) else {
+        return Ok(None);
+    };
+    let Some(asked) = positions::parse(query)? else {
+        return Ok(None);
+    };
+    let mut starts = asked.starts(&grant.channels, &history.channels)?;
+    for (channel, start) in &mut starts {
+        if let Start::Last(n) = *start {
+            let head = history.head(channel).await.map_err(|e| {
+                tracing::warn!(error = %e, "history head not read");
+                Refusal::DatabaseUnavailable
+            })?;
+            *start = Start::window(head, n);
+        }
+    }
+    Ok(Some(Resume::new(starts)))
 }
 
 /// A refusal, counted by reason.

@@ -73,7 +73,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// `/health`: the process is up. `/ready`: the listener is connected and listening.
+/// `/health`: the process is up. `/ready`: the listener is connected and listening
+/// (and, with history channels, the history store is ready).
 /// `/metrics`: Prometheus text.
 fn admin_route<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -1,0 +1,220 @@
+//! History channels in the engine: the store's migration at start-up and the
+//! fetch of announced messages for the listener.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    sync::watch,
+    time::{Instant, MissedTickBehavior, interval, timeout},
+};
+
+use super::publisher::Publisher;
+use crate::{
+    config::Values,
+    error::error_chain,
+    history::{HistoryChannels, HistoryError, Position, Read, Reference, Retention, Store},
+    stats::Counters,
+};
+
+/// What the engine knows of history: which channels, the store, the pool.
+pub(crate) struct History {
+    /// The channels whose messages are kept (`PGWS_HISTORY`).
+    pub(crate) channels: HistoryChannels,
+    pub(crate) store: Store,
+    pub(crate) retention: Retention,
+    publisher: Publisher,
+    counters: Arc<Counters>,
+    /// Whether the store has been migrated (or found current).
+    ready: watch::Receiver<bool>,
+}
+
+/// How long one fetch of announced messages may take before the listener
+/// counts its database as lost.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages read from the store at once for a replay.
+pub(crate) const PAGE: i64 = 500;
+/// How often expired history messages are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl History {
+    /// `None` when `PGWS_HISTORY` is unset. Starts the migration task, which
+    /// retries until the store is current.
+    pub(crate) fn start(
+        values: &Values,
+        publisher: &Publisher,
+        counters: &Arc<Counters>,
+    ) -> Option<Arc<Self>> {
+        let channels = HistoryChannels::parse(values.history.as_deref()?)
+            .expect("checked by the configuration");
+        let store = Store::new(&values.history_schema).expect("checked by the configuration");
+        let retention = Retention {
+            ttl: values.history_ttl,
+            max_count: i64::try_from(values.history_size).unwrap_or(i64::MAX),
+        };
+        let (ready_tx, ready) = watch::channel(false);
+        tokio::spawn(migrate(store.clone(), publisher.clone(), ready_tx));
+        let history = Arc::new(Self {
+            channels,
+            store,
+            retention,
+            publisher: publisher.clone(),
+            counters: counters.clone(),
+            ready,
+        });
+        tokio::spawn(prune(Arc::downgrade(&history)));
+        Some(history)
+    }
+
+    /// Whether the store is ready for use.
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Up to [`PAGE`] kept messages of `channel` after `after` (see
+    /// [`Store::read_after`]).
+    pub(crate) async fn read_after(&self, channel: &str, after: &Position) -> Result<Read, String> {
+        self.with_client(async |client| {
+            self.store
+                .read_after(client, channel, after, PAGE, &self.retention)
+                .await
+        })
+        .await
+    }
+
+    /// Up to the last `n` kept messages of `channel`; `None` without a history.
+    pub(crate) async fn last_n(&self, channel: &str, n: i64) -> Result<Option<Read>, String> {
+        self.with_client(async |client| {
+            self.store.last_n(client, channel, n, &self.retention).await
+        })
+        .await
+    }
+
+    /// The channel's epoch and last offset; `None` without a history.
+    pub(crate) async fn head(&self, channel: &str) -> Result<Option<Position>, String> {
+        self.with_client(async |client| self.store.head(client, channel).await)
+            .await
+    }
+
+    /// Runs `work` on a pooled connection within [`FETCH_TIMEOUT`].
+    async fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, HistoryError>,
+    ) -> Result<T, String> {
+        let run = async {
+            let client = self.publisher.client().await?;
+            let started = Instant::now();
+            let result = work(&client).await.map_err(|e| error_chain(&e));
+            self.counters
+                .history_store_call(started.elapsed().as_secs_f64());
+            result
+        };
+        match timeout(FETCH_TIMEOUT, run).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+        }
+    }
+
+    /// The payload of an announced message, as a frame; `None` when it is gone
+    /// (pruned, reset, or the announcement was forged). `Err` when the database
+    /// did not answer.
+    pub(crate) async fn fetch(&self, reference: Reference) -> Result<Option<Bytes>, String> {
+        let found = self
+            .with_client(async |client| {
+                self.store
+                    .fetch(client, std::slice::from_ref(&reference))
+                    .await
+            })
+            .await?;
+        Ok(found.into_iter().next().flatten().map(Bytes::from))
+    }
+}
+
+/// Migrates the store, retrying while the database is down or the store is
+/// missing and this role may not create it (a DBA may apply the SQL file
+/// meanwhile). Ends once done, or when the engine is gone.
+async fn migrate(store: Store, publisher: Publisher, ready: watch::Sender<bool>) {
+    let mut backoff = BACKOFF_START;
+    let mut missing_reported = false;
+    loop {
+        let attempt = async {
+            let client = publisher.client().await.map_err(Failure::Down)?;
+            store.migrate(&**client).await.map_err(Failure::Store)
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            () = ready.closed() => return,
+        };
+        match result {
+            Ok(version) => {
+                tracing::info!(schema = store.schema(), version, "history store ready");
+                ready.send_replace(true);
+                return;
+            }
+            Err(Failure::Store(HistoryError::Missing(what))) => {
+                // Once as an error: the operator must act. Then quietly retried.
+                if !missing_reported {
+                    tracing::error!(schema = store.schema(), "history store unusable: {what}");
+                    missing_reported = true;
+                }
+                backoff = BACKOFF_MAX;
+            }
+            Err(Failure::Store(e)) => {
+                tracing::warn!(error = %error_chain(&e), retry_in = ?backoff, "history store migration failed")
+            }
+            Err(Failure::Down(e)) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "history store unreachable")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = ready.closed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Deletes what the retention drops, once the store is ready and then every
+/// [`PRUNE_EVERY`], until the engine is gone. The store's prune works in
+/// bounded batches and lets one instance at a time do it.
+async fn prune(history: Weak<History>) {
+    let Some(mut ready) = history.upgrade().map(|h| h.ready.clone()) else {
+        return;
+    };
+    if ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    let mut every = interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(history) = history.upgrade() else {
+            return;
+        };
+        // Not bounded like a read: a backlog is deleted batch after batch.
+        let result = async {
+            let client = history.publisher.client().await?;
+            let started = Instant::now();
+            let result = history.store.prune(&**client, &history.retention).await;
+            history
+                .counters
+                .history_store_call(started.elapsed().as_secs_f64());
+            result.map_err(|e| error_chain(&e))
+        };
+        match result.await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "history pruned"),
+            Err(e) => tracing::warn!(error = %e, "history pruning failed; retried later"),
+        }
+    }
+}
+
+enum Failure {
+    Down(String),
+    Store(HistoryError),
+}

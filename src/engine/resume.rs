@@ -1,0 +1,301 @@
+//! A socket that asked for positions (`since=`, `history=`): its replay from the
+//! store, then its live frames as JSON objects, without the offsets it already
+//! sent.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::{
+    history::{History, PAGE},
+    hub::Frame,
+};
+use crate::history::{Message, Position, Read};
+
+/// Where a channel's replay starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// After this position (`since=`).
+    After(Position),
+    /// With up to the last n kept messages (`history=`); made a
+    /// [`Start::Window`] before the socket subscribes.
+    Last(i64),
+    /// After this position, the head before subscribing less n: every message
+    /// after it is replayed or queued live, and a position older than what is
+    /// kept is no gap (the client asked for at most n).
+    Window(Position),
+}
+
+/// The epoch of the position before any history: matches no real epoch.
+pub(crate) const NONE_YET: &str = "-";
+
+impl Start {
+    /// A `history=n` start as a window after `head` (`None`: no history yet),
+    /// read before subscribing, so that nothing committed after the
+    /// subscription falls outside the replay.
+    pub(crate) fn window(head: Option<Position>, n: i64) -> Start {
+        let position = match head {
+            Some(head) => Position {
+                offset: head.offset.saturating_sub(n).max(0),
+                epoch: head.epoch,
+            },
+            None => Position {
+                epoch: NONE_YET.into(),
+                offset: 0,
+            },
+        };
+        Start::Window(position)
+    }
+}
+
+/// The replay still to do, and the last position sent on each channel.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    todo: VecDeque<(String, Start)>,
+    sent: HashMap<String, Position>,
+    /// Gap frames sent.
+    gaps: u64,
+}
+
+impl Resume {
+    /// Replays `starts`, in order, before any live frame.
+    pub(crate) fn new(starts: Vec<(String, Start)>) -> Self {
+        Self {
+            todo: starts.into(),
+            sent: HashMap::new(),
+            gaps: 0,
+        }
+    }
+
+    /// How many Gap frames the replay made since last asked.
+    pub(crate) fn take_gaps(&mut self) -> u64 {
+        std::mem::take(&mut self.gaps)
+    }
+
+    /// The next frames of the replay, in order; `None` once it is done. A Gap
+    /// frame comes first when a position cannot be honoured.
+    pub(crate) async fn next_page(
+        &mut self,
+        history: &History,
+    ) -> Result<Option<Vec<Bytes>>, String> {
+        while let Some((channel, start)) = self.todo.pop_front() {
+            let (read, after, gaps) = match start {
+                Start::Last(n) => match history.last_n(&channel, n).await? {
+                    Some(read) => (read, None, false),
+                    None => continue,
+                },
+                Start::After(position) => (
+                    history.read_after(&channel, &position).await?,
+                    Some(position),
+                    true,
+                ),
+                Start::Window(position) => (
+                    history.read_after(&channel, &position).await?,
+                    Some(position),
+                    false,
+                ),
+            };
+            let frames = self.page(&channel, &read, after.as_ref(), gaps);
+            if frames.is_empty() {
+                continue;
+            }
+            return Ok(Some(frames));
+        }
+        Ok(None)
+    }
+
+    /// The frames of one read; queues the next page when the read was cut.
+    fn page(
+        &mut self,
+        channel: &str,
+        read: &Read,
+        after: Option<&Position>,
+        gaps: bool,
+    ) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(read.messages.len() + 1);
+        if let Some(from) = read.gap.filter(|_| gaps) {
+            frames.push(gap(channel, &read.epoch, from));
+            self.gaps += 1;
+        }
+        for Message { offset, payload } in &read.messages {
+            frames.push(stored(channel, &read.epoch, *offset, payload));
+        }
+        // What the client has now: live offsets up to here are not sent again.
+        let last = match (read.messages.last(), read.gap, after) {
+            (Some(m), _, _) => m.offset,
+            (None, Some(from), _) => from - 1,
+            (None, None, Some(after)) => after.offset,
+            // `history=`: nothing kept, so nothing before the head is wanted.
+            (None, None, None) => read.last_offset,
+        };
+        let position = Position {
+            epoch: read.epoch.clone(),
+            offset: last,
+        };
+        let cut = after.is_some() && read.messages.len() as i64 >= PAGE && last < read.last_offset;
+        if cut {
+            self.todo
+                .push_front((channel.to_owned(), Start::After(position.clone())));
+        }
+        self.sent.insert(channel.to_owned(), position);
+        frames
+    }
+
+    /// A live frame as this socket gets it; `None` for an offset already sent.
+    pub(crate) fn live(&mut self, frame: &Frame) -> Option<Bytes> {
+        let Some(origin) = &frame.origin else {
+            return Some(frame.payload.clone());
+        };
+        let payload = String::from_utf8_lossy(&frame.payload);
+        let Some(position) = &origin.position else {
+            return Some(Bytes::from(format!(
+                r#"{{"channel":{},"payload":{}}}"#,
+                quoted(&origin.channel),
+                quoted(&payload)
+            )));
+        };
+        if let Some(sent) = self.sent.get(&origin.channel)
+            && sent.epoch == position.epoch
+            && position.offset <= sent.offset
+        {
+            return None;
+        }
+        self.sent.insert(origin.channel.clone(), position.clone());
+        Some(stored(
+            &origin.channel,
+            &position.epoch,
+            position.offset,
+            &payload,
+        ))
+    }
+}
+
+fn stored(channel: &str, epoch: &str, offset: i64, payload: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"channel":{},"epoch":{},"offset":{offset},"payload":{}}}"#,
+        quoted(channel),
+        quoted(epoch),
+        quoted(payload)
+    ))
+}
+
+fn gap(channel: &str, epoch: &str, from: i64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"channel":{},"event":"Gap","epoch":{},"from":{from}}}"#,
+        quoted(channel),
+        quoted(epoch)
+    ))
+}
+
+/// A JSON string.
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::hub::Origin;
+
+    fn frame(channel: &str, position: Option<(&str, i64)>, payload: &str) -> Frame {
+        Frame {
+            payload: Bytes::from(payload.to_owned()),
+            origin: Some(Arc::new(Origin {
+                channel: channel.into(),
+                position: position.map(|(epoch, offset)| Position {
+                    epoch: epoch.into(),
+                    offset,
+                }),
+            })),
+        }
+    }
+
+    fn read(epoch: &str, last: i64, gap: Option<i64>, offsets: &[i64]) -> Read {
+        Read {
+            epoch: epoch.into(),
+            last_offset: last,
+            gap,
+            messages: offsets
+                .iter()
+                .map(|&offset| Message {
+                    offset,
+                    payload: format!("m{offset}"),
+                })
+                .collect(),
+        }
+    }
+
+    fn text(b: Option<Bytes>) -> Option<String> {
+        b.map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn live_frames_already_replayed_are_dropped_and_the_rest_are_json() {
+        let mut r = Resume::default();
+        let after = Position {
+            epoch: "E".into(),
+            offset: 1,
+        };
+        let frames = r.page("c\"x", &read("E", 3, None, &[2, 3]), Some(&after), true);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            std::str::from_utf8(&frames[0]).unwrap(),
+            r#"{"channel":"c\"x","epoch":"E","offset":2,"payload":"m2"}"#
+        );
+        assert_eq!(text(r.live(&frame("c\"x", Some(("E", 3)), "m3"))), None);
+        assert_eq!(
+            text(r.live(&frame("c\"x", Some(("E", 4)), "m4"))).unwrap(),
+            r#"{"channel":"c\"x","epoch":"E","offset":4,"payload":"m4"}"#
+        );
+        assert_eq!(
+            text(r.live(&frame("c\"x", None, "plain"))).unwrap(),
+            r#"{"channel":"c\"x","payload":"plain"}"#
+        );
+        // Another epoch: the history started over, so offsets start over too.
+        assert!(r.live(&frame("c\"x", Some(("F", 1)), "n1")).is_some());
+    }
+
+    #[test]
+    fn a_gap_comes_first_and_counts_as_sent_up_to_before_it() {
+        let mut r = Resume::default();
+        let after = Position {
+            epoch: "OLD".into(),
+            offset: 9,
+        };
+        let frames = r.page("c", &read("E", 5, Some(6), &[]), Some(&after), true);
+        assert_eq!(
+            std::str::from_utf8(&frames[0]).unwrap(),
+            r#"{"channel":"c","event":"Gap","epoch":"E","from":6}"#
+        );
+        assert_eq!(r.live(&frame("c", Some(("E", 5)), "m5")), None);
+        assert!(r.live(&frame("c", Some(("E", 6)), "m6")).is_some());
+    }
+
+    #[test]
+    fn a_cut_read_queues_the_next_page() {
+        let mut r = Resume::default();
+        let offsets: Vec<i64> = (1..=PAGE).collect();
+        let after = Position {
+            epoch: "E".into(),
+            offset: 0,
+        };
+        r.page(
+            "c",
+            &read("E", PAGE + 3, None, &offsets),
+            Some(&after),
+            true,
+        );
+        assert_eq!(
+            r.todo.front(),
+            Some(&(
+                "c".to_owned(),
+                Start::After(Position {
+                    epoch: "E".into(),
+                    offset: PAGE
+                })
+            ))
+        );
+    }
+}
