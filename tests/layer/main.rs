@@ -9,6 +9,7 @@ mod common;
 mod access;
 mod delivery;
 mod handshake;
+mod history;
 mod hostile;
 mod limits;
 mod listener;

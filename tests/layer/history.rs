@@ -3,11 +3,9 @@
 //! Each test has its own schema (and so its own announcing channel), dropped
 //! at the end.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// A history schema no other test uses, dropped (with the roles made for the
 /// test) at the end, even after a panic.
@@ -245,7 +243,7 @@ async fn a_role_that_may_not_create_the_store_is_not_ready_until_it_exists() {
 
 /// The SQL file, as a DBA would apply it to `schema`.
 fn pgws_store(schema: &str) -> String {
-    let sql = include_str!("../sql/history.sql");
+    let sql = include_str!("../../sql/history.sql");
     format!(
         "select set_config('pgws.history_schema', '{}', false);\n{sql}",
         schema.replace('\'', "''")
