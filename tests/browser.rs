@@ -171,6 +171,170 @@ fn the_chat_page_works_in_a_real_browser() {
     });
 }
 
+#[test]
+fn the_chat_page_replays_a_history_channel() {
+    let Some(tools) = BrowserTools::find() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let chan = unique("browser_hist");
+    let schema = DropSchema(unique("pgws_browser_hist"));
+    let settings = || {
+        let config = config().history(&chan).history_schema(schema.0.clone());
+        let mut settings = server::Settings::new(config.build().unwrap());
+        settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat"));
+        settings
+    };
+    let (addr, admin, first) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (
+            listener.local_addr().unwrap(),
+            admin.local_addr().unwrap(),
+            Serving::start(listener, Some(admin), settings()),
+        )
+    });
+    wait_ready(admin);
+    let publish = |payload: &str| rt.block_on(schema.publish(&chan, payload));
+
+    let driver = ChromeDriver::start(&tools);
+    let carol = driver.session("carol");
+    let jwt = token(json!({"mode": "r", "name": "carol", "exp": now() + 3600}));
+    let page = format!("http://{addr}/#token={jwt}&channel={chan}");
+
+    // Kept before the page opens: shown on load (history=50), then live ones.
+    publish("kept before");
+    carol.goto(&page);
+    carol.wait_for_text("#status-text", "Connected to");
+    carol.wait_for_text("#messages", "notification: kept before");
+    publish("live one");
+    carol.wait_for_text("#messages", "notification: live one");
+    // A plain NOTIFY comes as {"channel","payload"} on such a socket: its payload shows.
+    rt.block_on(notify(&chan, "a plain NOTIFY"));
+    carol.wait_for_text("#messages", "notification: a plain NOTIFY");
+
+    // The server restarts (1001); what is published meanwhile is replayed once the
+    // page is back (since=), with no duplicate and no "may have been missed".
+    rt.block_on(first.stop());
+    let away = ["away 1", "away 2", "away 3"];
+    for text in away {
+        publish(text);
+    }
+    let second = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Serving::start(listener, None, settings())
+    });
+    for text in away {
+        carol.wait_for_text("#messages", &format!("notification: {text}"));
+    }
+    carol.wait_for_text("#status-text", "Connected to");
+    let shown = carol.text("#messages");
+    for text in ["kept before", "live one"].iter().chain(&away) {
+        // Each entry's text is followed by its time on a line of its own.
+        assert_eq!(
+            shown.matches(&format!("notification: {text}\n")).count(),
+            1,
+            "{text:?} is not shown exactly once in {shown:?}"
+        );
+    }
+    assert!(!shown.contains("may have been missed"), "{shown}");
+    carol.screenshot("chat-history.png");
+
+    // A fresh page load shows the kept messages.
+    carol.goto("about:blank");
+    carol.goto(&page);
+    carol.wait_for_text("#status-text", "Connected to");
+    for text in ["kept before", "live one"].iter().chain(&away) {
+        carol.wait_for_text("#messages", &format!("notification: {text}"));
+    }
+
+    drop(carol);
+    rt.block_on(second.stop());
+}
+
+/// A schema of the history store, dropped at the end (also after a failure).
+struct DropSchema(String);
+
+impl DropSchema {
+    async fn publish(&self, channel: &str, payload: &str) -> i64 {
+        let sql = format!("select \"{}\".publish($1, $2)", self.0);
+        db().await
+            .query_one(&sql, &[&channel, &payload])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let sql = format!("drop schema if exists \"{}\" cascade", self.0);
+        // A runtime of its own: this also runs when the test panicked.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { db().await.batch_execute(&sql).await })
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    }
+}
+
+/// The standalone server, stopped on demand.
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    fn start(
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        settings: server::Settings,
+    ) -> Serving {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, admin, settings, async {
+            let _ = stopped.await;
+        }));
+        Serving { stop, task }
+    }
+
+    /// Closes the sockets (1001) and waits until the server is done.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT * 3, self.task)
+            .await
+            .expect("the server did not stop")
+            .unwrap();
+    }
+}
+
+/// Waits until the admin listener's `/ready` answers 200 (store and listener ready).
+fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let mut answer = String::new();
+        if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_secs(5)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let _ = s.read_to_string(&mut answer);
+        }
+        if answer.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The standalone server with TLS (a certificate made here) on the same database and
 /// meta channel; it runs until the runtime ends.
 async fn start_tls_server(meta: String) -> SocketAddr {

@@ -38,6 +38,8 @@
   const MAX_FAILED_RETRIES = 10;
   const NOTIFY_LIMIT = 8000;
   const CHANNEL_LIMIT = 63;
+  // Kept messages shown on connecting, when the channel keeps history (§15).
+  const HISTORY_ON_LOAD = 50;
 
   function closeInWords(code, reason) {
     let words = CLOSE_WORDS[code] || "The connection closed.";
@@ -158,15 +160,36 @@
   // One socket that reconnects with backoff
   // ---------------------------------------------------------------------------
 
+  /** A positioned frame of a history channel (§15), a Gap frame, or null. */
+  function positioned(data) {
+    if (!data.startsWith("{")) return null;
+    let v;
+    try {
+      v = JSON.parse(data);
+    } catch (_) {
+      return null;
+    }
+    if (!v || typeof v !== "object" || typeof v.epoch !== "string") return null;
+    if (v.event === "Gap" && Number.isInteger(v.from)) return v;
+    if (Number.isInteger(v.offset) && typeof v.payload === "string") return v;
+    return null;
+  }
+
   /**
    * A socket to one channel. `handlers`: onStatus(state, text), onMessage(text),
-   * onReopen(since), onOpen().
+   * onReopen(since), onOpen(), onGap(). With `history`, it asks for the last
+   * `history` kept messages, then resumes after the last position it got (§15); a
+   * server without history ignores both.
    */
   class Channel {
-    constructor(url, token, handlers) {
+    constructor(url, token, handlers, history) {
       this.url = url;
       this.token = token;
       this.h = handlers;
+      this.history = history || 0;
+      // The last {epoch, offset} received; `positioned` once any frame had one.
+      this.position = null;
+      this.positioned = false;
       this.ws = null;
       this.everOpened = false;
       this.failedRetries = 0;
@@ -185,7 +208,7 @@
       this.timer = null;
       let ws;
       try {
-        ws = new WebSocket(this.url, ["pgws", "pgws.bearer." + this.token]);
+        ws = new WebSocket(this.urlNow(), ["pgws", "pgws.bearer." + this.token]);
       } catch (e) {
         this.h.onStatus("error", `Cannot open a WebSocket: ${e.message}`);
         return;
@@ -201,10 +224,11 @@
         this.backoff = BACKOFF_START_MS;
         this.lostAt = null;
         this.h.onOpen();
-        if (wasLost) this.h.onReopen(wasLost);
+        // A history channel replays what was missed: nothing to warn about.
+        if (wasLost && !this.positioned) this.h.onReopen(wasLost);
       };
       ws.onmessage = (ev) => {
-        if (typeof ev.data === "string") this.h.onMessage(ev.data);
+        if (typeof ev.data === "string") this.frame(ev.data);
       };
       ws.onclose = (ev) => {
         if (this.ws === ws) this.ws = null;
@@ -212,6 +236,47 @@
         if (opened) this.closedAfterOpen(ev.code, ev.reason);
         else this.failedToOpen();
       };
+    }
+
+    /** The URL with `since=` after a position, else `history=`. */
+    urlNow() {
+      if (!this.history) return this.url;
+      const query = this.position
+        ? `since=${encodeURIComponent(this.position.epoch)}:${this.position.offset}`
+        : `history=${this.history}`;
+      return `${this.url}?${query}`;
+    }
+
+    /** Unwraps positioned frames, dropping one already shown. */
+    frame(data) {
+      const p = this.history ? positioned(data) : null;
+      if (!p) {
+        // Such a socket gets a plain NOTIFY as {"channel","payload"}.
+        if (this.positioned) {
+          try {
+            const v = JSON.parse(data);
+            const keys = v && typeof v === "object" ? Object.keys(v).sort().join(",") : "";
+            if (keys === "channel,payload" && typeof v.payload === "string") {
+              this.h.onMessage(v.payload);
+              return;
+            }
+          } catch (_) {
+            /* not JSON: shown as it is */
+          }
+        }
+        this.h.onMessage(data);
+        return;
+      }
+      this.positioned = true;
+      if (p.event === "Gap") {
+        this.position = { epoch: p.epoch, offset: p.from - 1 };
+        this.h.onGap();
+        return;
+      }
+      const last = this.position;
+      if (last && last.epoch === p.epoch && p.offset <= last.offset) return;
+      this.position = { epoch: p.epoch, offset: p.offset };
+      this.h.onMessage(p.payload);
     }
 
     closedAfterOpen(code, reason) {
@@ -239,10 +304,8 @@
       const delay = Math.round(this.backoff * (0.75 + Math.random() * 0.5));
       this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
       const seconds = Math.max(1, Math.round(delay / 1000));
-      this.h.onStatus(
-        "reconnecting",
-        `${prefix} in ${seconds} s. Messages sent while disconnected may have been missed.`,
-      );
+      const missed = this.positioned ? "" : " Messages sent while disconnected may have been missed.";
+      this.h.onStatus("reconnecting", `${prefix} in ${seconds} s.${missed}`);
       this.timer = setTimeout(() => this.open(), delay);
     }
 
@@ -509,6 +572,8 @@
       onReopen: (since) => notice(el.messages, "warning",
         `Reconnected. Messages published since ${timeOf(since)} may have been missed.`),
       onMessage: showFrame,
+      onGap: () => notice(el.messages, "warning",
+        "Some messages were too old to replay: the oldest kept ones follow."),
       onEnd: () => {
         setConnected(false);
         showConnection();
@@ -519,7 +584,7 @@
         showConnection();
         explainRefusal(el.status, el.statusText, channel, reconnecting);
       },
-    });
+    }, HISTORY_ON_LOAD);
     state.main.start();
 
     el.metaPanel.hidden = !meta;
