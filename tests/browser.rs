@@ -273,18 +273,10 @@ impl DropSchema {
 
 impl Drop for DropSchema {
     fn drop(&mut self) {
-        let sql = format!("drop schema if exists \"{}\" cascade", self.0);
-        // A runtime of its own: this also runs when the test panicked.
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { db().await.batch_execute(&sql).await })
-        })
-        .join()
-        .unwrap()
-        .unwrap();
+        cleanup_sql(vec![format!(
+            "drop schema if exists \"{}\" cascade",
+            self.0
+        )]);
     }
 }
 

@@ -89,21 +89,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let mut sql = vec![format!("drop schema if exists {} cascade", self.s())];
         sql.append(&mut self.cleanup);
-        // A runtime of its own: this also runs when the test panicked.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let client = db().await;
-                for statement in sql {
-                    let _ = client.batch_execute(&statement).await;
-                }
-            });
-        })
-        .join()
-        .unwrap();
+        cleanup_sql(sql);
     }
 }
 

@@ -266,6 +266,25 @@ pub async fn notify(channel: &str, payload: &str) {
         .unwrap();
 }
 
+/// Runs `statements` on the test database from a thread and runtime of its own, so
+/// that a `Drop` can clean up, also while a test panics. Errors are ignored.
+pub fn cleanup_sql(statements: Vec<String>) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let client = db().await;
+                for statement in statements {
+                    let _ = client.batch_execute(&statement).await;
+                }
+            });
+    })
+    .join()
+    .unwrap();
+}
+
 /// A fresh client whose connection is driven in the background.
 pub async fn db() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&db_uri(), tokio_postgres::NoTls)
