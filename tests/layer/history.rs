@@ -48,12 +48,12 @@ impl Drop for Schema {
 /// A server keeping the history of channels matching `patterns` in `schema`,
 /// once ready (store migrated, announcements listened to).
 async fn history_server(schema: &Schema, patterns: &str) -> TestServer {
-    let server = TestServer::start(
-        config()
-            .history(patterns)
-            .history_schema(schema.name.clone()),
-    )
-    .await;
+    history_server_with(schema, config().history(patterns)).await
+}
+
+/// The same with more settings on `builder`, which names the history channels.
+async fn history_server_with(schema: &Schema, builder: pgws::ConfigBuilder) -> TestServer {
+    let server = TestServer::start(builder.history_schema(schema.name.clone())).await;
     wait_ready(&server).await;
     server
 }
@@ -386,14 +386,7 @@ async fn replay_and_live_meet_without_gap_or_duplicate_under_continuous_publishi
 #[tokio::test]
 async fn a_position_that_cannot_be_honoured_gets_a_gap_first() {
     let schema = Schema::new();
-    let server = TestServer::start(
-        config()
-            .history("chat*")
-            .history_size(3)
-            .history_schema(schema.name.clone()),
-    )
-    .await;
-    wait_ready(&server).await;
+    let server = history_server_with(&schema, config().history("chat*").history_size(3)).await;
     let chan = unique("chat");
     let db = db().await;
     for i in 1..=10 {
@@ -482,14 +475,11 @@ async fn without_history_position_parameters_are_ignored() {
 #[tokio::test]
 async fn a_socket_write_to_a_history_channel_is_kept_and_may_pass_8000_bytes() {
     let schema = Schema::new();
-    let server = TestServer::start(
-        config()
-            .history("chat*")
-            .max_message_bytes(100_000)
-            .history_schema(schema.name.clone()),
+    let server = history_server_with(
+        &schema,
+        config().history("chat*").max_message_bytes(100_000),
     )
     .await;
-    wait_ready(&server).await;
     let (chat, plain) = (unique("chat"), unique("plain"));
     let t =
         token(serde_json::json!({"mode": "rw", "channels": [chat, plain], "exp": now() + 3600}));
@@ -545,14 +535,7 @@ async fn a_lost_listener_is_caught_up_for_history_only_sockets_and_others_get_10
     let app = unique("pgws_app");
     let sep = if db_uri().contains('?') { '&' } else { '?' };
     let uri = format!("{}{sep}application_name={app}", db_uri());
-    let server = TestServer::start(
-        config()
-            .database_url(uri)
-            .history("chat*")
-            .history_schema(schema.name.clone()),
-    )
-    .await;
-    wait_ready(&server).await;
+    let server = history_server_with(&schema, config().database_url(uri).history("chat*")).await;
     let (chan, plain) = (unique("chat"), unique("plain"));
     let mut raw = reader(&server, &chan).await;
     let mut positioned = resumed(&server, &chan, "history=0").await;
@@ -638,14 +621,7 @@ async fn messages_beyond_the_retention_are_deleted_once_the_store_is_ready() {
         .get(0)
     };
     assert_eq!(kept().await, 5);
-    let server = TestServer::start(
-        config()
-            .history("chat*")
-            .history_size(2)
-            .history_schema(schema.name.clone()),
-    )
-    .await;
-    wait_ready(&server).await;
+    let _server = history_server_with(&schema, config().history("chat*").history_size(2)).await;
     tokio::time::timeout(WAIT, async {
         while kept().await != 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
