@@ -22,9 +22,9 @@ pub(crate) type Delivery = Pin<Box<dyn Future<Output = Result<Done, String>> + S
 pub(crate) enum Done {
     /// Frames for a channel's readers, in order (none: the message is gone).
     Frames(String, Vec<Frame>),
-    /// Where a channel's history stood when its readers started to count on
-    /// it (`None`: it has none yet); `Err` when that could not be read.
-    Baseline(String, Result<Position, String>),
+    /// Where a channel's history stood before its readers were told they are
+    /// subscribed: [`NONE_YET`] while it has none.
+    Baseline(String, Position),
     /// A channel's catch-up found messages no longer kept: its readers missed
     /// them.
     Missed(String),
@@ -56,7 +56,8 @@ pub(crate) fn fetch(history: Arc<History>, reference: Reference) -> Delivery {
     })
 }
 
-/// The head of `channel` once `listening` (the channel is listened to).
+/// The head of `channel` once `listening` (announcements are listened to on
+/// this connection): every message after it is announced here or caught up.
 pub(crate) fn baseline(
     history: Arc<History>,
     channel: String,
@@ -64,12 +65,9 @@ pub(crate) fn baseline(
 ) -> Delivery {
     Box::pin(async move {
         let _ = listening.wait_for(|up| *up).await;
-        let head = history.head(&channel).await;
-        let head = head.map(|found| {
-            found.unwrap_or(Position {
-                epoch: NONE_YET.into(),
-                offset: 0,
-            })
+        let head = history.head(&channel).await?.unwrap_or(Position {
+            epoch: NONE_YET.into(),
+            offset: 0,
         });
         Ok(Done::Baseline(channel, head))
     })

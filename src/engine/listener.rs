@@ -29,7 +29,7 @@ use crate::{
 use super::{
     catchup::{self, Delivery, Done, Seen},
     history::History,
-    hub::{Frame, Hub, Join, Origin, Signal},
+    hub::{Frame, HELD, Hub, Join, Origin, Signal},
 };
 use crate::history::Reference;
 
@@ -147,6 +147,7 @@ pub(crate) fn spawn(
         connected: connected_tx,
         counters,
         pending_reported: 0,
+        acked: 0,
         history,
         seen: Seen::default(),
     };
@@ -187,6 +188,8 @@ struct Listener {
     counters: Arc<Counters>,
     /// The last `pending_joins` figure reported.
     pending_reported: usize,
+    /// The newest `LISTEN`/`UNLISTEN` batch done.
+    acked: u64,
     /// History channels: their announcements are listened to always.
     history: Option<Arc<History>>,
     /// The last position delivered on each history channel with readers.
@@ -288,7 +291,7 @@ impl Listener {
     fn apply_offline(&mut self, cmd: Command) {
         match cmd {
             Command::Join(join) => {
-                self.hub.join(join, u64::MAX);
+                self.hub.join(join, HELD);
             }
             Command::Leave(id) => {
                 self.hub.leave(id);
@@ -319,8 +322,10 @@ impl Listener {
         };
         let pipe = &mut pipe;
         let first = self.initial_listens();
-        // Joins that waited while offline are acked by this first batch.
-        self.hub.retag_pending(self.seq + 1);
+        // Joins that waited while offline are acked by this first batch, or,
+        // on a history channel whose baseline is not known, once it is.
+        let known = ready(self.history.as_deref(), &self.seen);
+        self.hub.retag_pending(self.seq + 1, known);
         self.push(&mut queries, &client, Verb::Listen, first);
         self.catch_up(pipe);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
@@ -366,6 +371,7 @@ impl Listener {
                             self.connected.send_replace(true);
                             pipe.listening.send_replace(true);
                         }
+                        self.acked = seq;
                         self.hub.ack_through(seq);
                         self.report_pending();
                     }
@@ -426,7 +432,16 @@ impl Listener {
     ) {
         match cmd {
             Command::Join(join) => {
-                let fresh = self.hub.join(join, self.seq + 1);
+                // Acked once its channels are listened to and, for history
+                // channels, once the listener knows where to catch them up from.
+                let known = ready(self.history.as_deref(), &self.seen);
+                let seq = if join.channels.iter().all(|c| known(c)) {
+                    self.seq + 1
+                } else {
+                    HELD
+                };
+                drop(known);
+                let fresh = self.hub.join(join, seq);
                 self.baselines(&fresh, pipe);
                 let fresh = self.per_channel(fresh);
                 self.push(queries, client, Verb::Listen, fresh);
@@ -616,14 +631,15 @@ impl Listener {
                 }
                 emptied
             }
-            Done::Baseline(channel, Ok(head)) => {
+            Done::Baseline(channel, head) => {
                 if self.hub.has_readers(&channel) {
-                    self.seen.baseline(channel, head);
+                    self.seen.baseline(channel.clone(), head);
+                    // Its held readers are subscribed with the newest batch.
+                    let known = ready(self.history.as_deref(), &self.seen);
+                    self.hub.release(&channel, self.seq, known);
+                    self.hub.ack_through(self.acked);
+                    self.report_pending();
                 }
-                Vec::new()
-            }
-            Done::Baseline(channel, Err(e)) => {
-                tracing::warn!(error = %e, channel, "history head not read");
                 Vec::new()
             }
             Done::Missed(channel) => {
@@ -632,6 +648,14 @@ impl Listener {
             }
         }
     }
+}
+
+/// Whether a socket reading `channel` can be told it is subscribed as soon as
+/// the channel is listened to: a history channel needs its baseline (or a
+/// delivered position) first, so that a connection lost right after the
+/// socket's ack is caught up from a position no later than the ack.
+fn ready<'a>(history: Option<&'a History>, seen: &'a Seen) -> impl Fn(&str) -> bool + 'a {
+    move |channel| history.is_none_or(|h| !h.channels.matches(channel)) || seen.knows(channel)
 }
 
 async fn poll_opt<F: Future + Unpin>(fut: &mut Option<F>) -> F::Output {
