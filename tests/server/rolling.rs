@@ -30,6 +30,9 @@ type Live = Arc<Mutex<Vec<SocketAddr>>>;
 /// What one client got on each of its channels: (offset, payload), in order.
 type Got = HashMap<String, Vec<(i64, String)>>;
 
+/// A client's task: what it got, and how many sockets it took.
+type Client = JoinHandle<(Got, usize)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_client_gets_every_message_once_in_order_through_a_rolling_restart() {
     let schema = unique("roll");
@@ -60,7 +63,7 @@ async fn every_client_gets_every_message_once_in_order_through_a_rolling_restart
     }
 
     let (targets_tx, targets) = watch::channel(None::<HashMap<String, i64>>);
-    let clients: Vec<(Vec<String>, JoinHandle<(Got, usize)>)> = (0..CLIENTS)
+    let clients: Vec<(Vec<String>, Client)> = (0..CLIENTS)
         .map(|k| {
             let mut mine = vec![channels[k % CHANNELS].clone()];
             if k >= CHANNELS {
