@@ -27,7 +27,7 @@ use crate::{
 };
 
 use super::{
-    catchup::{self, Delivery, Done, Seen},
+    catchup::{self, Batches, Delivery, Done, Seen},
     history::History,
     hub::{Frame, HELD, Hub, Join, Origin, Signal},
 };
@@ -199,9 +199,25 @@ struct Listener {
 /// Work on history channels waiting to be applied, in notification order.
 struct Pipe {
     deliveries: FuturesOrdered<Delivery>,
+    /// Deliveries pushed at the back so far: the number of the last one.
+    pushed: u64,
+    /// The fetches of announced messages, coalesced.
+    batches: Batches,
     /// Whether this connection's first `LISTEN` batch is done: reads of the
     /// store that must not miss a notification wait for it.
     listening: watch::Sender<bool>,
+}
+
+impl Pipe {
+    fn push(&mut self, work: Delivery) {
+        self.pushed += 1;
+        self.deliveries.push_back(work);
+    }
+
+    /// Deliveries and announced messages waiting, about: what bounds reading.
+    fn load(&self) -> usize {
+        self.deliveries.len() + self.batches.messages
+    }
 }
 
 /// What a batch does to its channels.
@@ -318,6 +334,8 @@ impl Listener {
         // first would make the catch-up skip the others.
         let mut pipe = Pipe {
             deliveries: FuturesOrdered::new(),
+            pushed: 0,
+            batches: Batches::default(),
             listening: watch::channel(false).0,
         };
         let pipe = &mut pipe;
@@ -334,7 +352,7 @@ impl Listener {
             tokio::select! {
                 // Until the first batch is done, catch-ups wait for it: read on.
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
-                    if pipe.deliveries.len() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
+                    if pipe.load() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         let emptied = self.deliver(n.channel(), n.payload(), pipe);
                         self.unlisten(&mut queries, &client, emptied);
@@ -553,7 +571,7 @@ impl Listener {
             return self.hub.dispatch(&channel, &frame);
         }
         let channel = channel.into_owned();
-        pipe.deliveries.push_back(catchup::ready(channel, frame));
+        pipe.push(catchup::ready(channel, frame));
         Vec::new()
     }
 
@@ -567,8 +585,9 @@ impl Listener {
             return;
         }
         self.counters.notification_received();
-        let work = catchup::fetch(history.clone(), reference);
-        pipe.deliveries.push_back(work);
+        if let Some(refs) = pipe.batches.add(reference, pipe.pushed) {
+            pipe.push(catchup::fetch(history.clone(), refs));
+        }
     }
 
     /// Reads where the history of channels that got their first reader stands,
@@ -581,7 +600,7 @@ impl Listener {
             if history.channels.matches(channel) && !self.seen.knows(channel) {
                 let listening = pipe.listening.subscribe();
                 let work = catchup::baseline(history.clone(), channel.clone(), listening);
-                pipe.deliveries.push_back(work);
+                pipe.push(work);
             }
         }
     }
@@ -600,7 +619,7 @@ impl Listener {
             let listening = pipe.listening.subscribe();
             let work =
                 catchup::catch_up(history.clone(), channel.clone(), after.clone(), listening);
-            pipe.deliveries.push_back(work);
+            pipe.push(work);
         }
         let fresh: Vec<String> = self.hub.channels().map(str::to_owned).collect();
         self.baselines(&fresh, pipe);
@@ -610,26 +629,11 @@ impl Listener {
     fn apply_done(&mut self, done: Done, pipe: &mut Pipe) -> Vec<String> {
         match done {
             Done::Frames(channel, frames) => {
-                let mut emptied = Vec::new();
-                for frame in &frames {
-                    if !self.hub.has_readers(&channel) {
-                        break;
-                    }
-                    if let (Some(after), Some(history)) =
-                        (self.seen.skipped(&channel, frame), &self.history)
-                    {
-                        // A lost announcement: read what it skipped (and this
-                        // one, and on) from the store before anything else.
-                        let listening = pipe.listening.subscribe();
-                        let work = catchup::catch_up(history.clone(), channel, after, listening);
-                        pipe.deliveries.push_front(work);
-                        break;
-                    }
-                    if !self.seen.check(&channel, frame) {
-                        emptied.extend(self.hub.dispatch(&channel, frame));
-                    }
-                }
-                emptied
+                self.apply_frames(frames.iter().map(|f| (channel.as_str(), f)), pipe)
+            }
+            Done::Fetched(frames, n) => {
+                pipe.batches.done(n);
+                self.apply_frames(frames.iter().map(|(c, f)| (c.as_str(), f)), pipe)
             }
             Done::Baseline(channel, head) => {
                 if self.hub.has_readers(&channel) {
@@ -647,6 +651,39 @@ impl Listener {
                 self.hub.end_channel(&channel)
             }
         }
+    }
+}
+
+impl Listener {
+    /// Delivers frames of stored messages (and plain notifications queued
+    /// behind them), each once; returns the channels that emptied.
+    fn apply_frames<'a>(
+        &mut self,
+        frames: impl Iterator<Item = (&'a str, &'a Frame)>,
+        pipe: &mut Pipe,
+    ) -> Vec<String> {
+        let mut emptied = Vec::new();
+        // Channels whose next messages a catch-up now brings.
+        let mut skipping: Vec<&str> = Vec::new();
+        for (channel, frame) in frames {
+            if skipping.contains(&channel) || !self.hub.has_readers(channel) {
+                continue;
+            }
+            if let (Some(after), Some(history)) = (self.seen.skipped(channel, frame), &self.history)
+            {
+                // A lost announcement: read what it skipped (and this one, and
+                // on) from the store before anything else.
+                let listening = pipe.listening.subscribe();
+                let work = catchup::catch_up(history.clone(), channel.to_owned(), after, listening);
+                pipe.deliveries.push_front(work);
+                skipping.push(channel);
+                continue;
+            }
+            if !self.seen.check(channel, frame) {
+                emptied.extend(self.hub.dispatch(channel, frame));
+            }
+        }
+        emptied
     }
 }
 

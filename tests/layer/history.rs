@@ -762,3 +762,46 @@ async fn until(mut done: impl AsyncFnMut() -> bool) {
     .await
     .expect("never came to pass");
 }
+
+#[tokio::test]
+async fn a_burst_of_announcements_is_fetched_in_few_queries_in_order_once_each() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chans: Vec<String> = (0..3).map(|_| unique("chat")).collect();
+    // Two readers per channel: fetched once per message, not per socket.
+    let mut readers = Vec::new();
+    for chan in &chans {
+        for _ in 0..2 {
+            readers.push((chan.clone(), resumed(&server, chan, "history=0").await));
+        }
+    }
+    const EACH: i64 = 100;
+    let db = db().await;
+    let before = server.layer.stats().history_store_calls;
+    // One commit: 300 announcements arrive together.
+    let publish = format!("select {}.publish($1, $2)", schema.q());
+    let mut sql = String::from("begin;");
+    for i in 1..=EACH {
+        for chan in &chans {
+            sql.push_str(
+                &publish
+                    .replace("$1", &format!("'{chan}'"))
+                    .replace("$2", &format!("'{i}'")),
+            );
+            sql.push(';');
+        }
+    }
+    sql.push_str("commit;");
+    db.batch_execute(&sql).await.unwrap();
+    for (chan, ws) in &mut readers {
+        for offset in 1..=EACH {
+            let frame = recv_json(ws).await;
+            assert_eq!(frame["channel"], chan.as_str(), "{frame}");
+            assert_eq!(frame["offset"], offset, "{frame}");
+            assert_eq!(frame["payload"], offset.to_string(), "{frame}");
+        }
+    }
+    let calls = server.layer.stats().history_store_calls - before;
+    // Batched: a query brings many (each alone would be 300).
+    assert!(calls <= (3 * EACH as u64) / 4, "{calls} store calls");
+}
