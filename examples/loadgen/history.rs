@@ -9,8 +9,8 @@
 //!   at once; the time until all have caught up, against the same number of
 //!   plain handshakes.
 //! - `history-fanout`: half the sockets read a history channel, half a plain
-//!   one; messages at `--rates` (first rate) to each in turn: the server's CPU
-//!   per delivery, history against plain.
+//!   one; messages at `--rates` (first rate, from four connections) to each in
+//!   turn, twice: the server's CPU per delivery, history against plain.
 //! - `history-publish`: pgbench running `select <schema>.publish(...)` against a
 //!   hand-written outbox (insert + `pg_notify` in one transaction), `--pool`
 //!   connections, `--duration` each, twice in turn.
@@ -34,6 +34,9 @@ use crate::{
     client::{Ws, token},
 };
 
+/// Connections publishing at once in `history-fanout`, sharing the rate.
+const PUBLISHERS: usize = 4;
+
 /// A channel of this run: `--channel`, a tag and the process id.
 fn channel(base: &str, tag: &str) -> String {
     format!("{base}-{tag}-{}", std::process::id())
@@ -56,7 +59,7 @@ impl Run {
         match mode {
             "history-catchup" => self.catchup(&db).await,
             "history-resume" => self.resume(&db).await,
-            "history-fanout" => self.history_fanout(&db).await,
+            "history-fanout" => self.history_fanout().await,
             _ => self.outbox(&db).await,
         }
     }
@@ -160,7 +163,7 @@ impl Run {
         done.iter().filter(|w| w.is_some()).count()
     }
 
-    async fn history_fanout(&self, db: &tokio_postgres::Client) -> Result<(), BoxError> {
+    async fn history_fanout(&self) -> Result<(), BoxError> {
         let rate = self.o.rates.first().copied().unwrap_or(100.0);
         let half = self.o.sockets / 2;
         let hist = channel(&self.o.channel, "fanout");
@@ -187,21 +190,36 @@ impl Run {
                     }
                 });
             }
-            let payload = "x".repeat(self.o.payload);
             let sql = if stored {
                 format!("select {}.publish($1, $2)", schema())
             } else {
                 "select pg_notify($1, $2)".to_owned()
             };
-            let statement = db.prepare(&sql).await?;
             let cpu0 = self.server.cpu_secs();
             let started = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            let mut sent = 0u64;
-            while started.elapsed() < self.o.duration {
-                tick.tick().await;
-                db.execute(&statement, &[chan, &payload]).await?;
-                sent += 1;
+            // Several publishers, as several application servers would be.
+            let mut publishers = JoinSet::new();
+            for _ in 0..PUBLISHERS {
+                let (db_uri, sql, chan) = (self.o.db.clone(), sql.clone(), chan.clone());
+                let (payload, duration) = ("x".repeat(self.o.payload), self.o.duration);
+                publishers.spawn(async move {
+                    let (db, conn) = tokio_postgres::connect(&db_uri, NoTls).await?;
+                    tokio::spawn(conn);
+                    let statement = db.prepare(&sql).await?;
+                    let every = Duration::from_secs_f64(PUBLISHERS as f64 / rate);
+                    let mut tick = tokio::time::interval(every);
+                    let mut sent = 0u64;
+                    while started.elapsed() < duration {
+                        tick.tick().await;
+                        db.execute(&statement, &[&chan, &payload]).await?;
+                        sent += 1;
+                    }
+                    Ok::<u64, tokio_postgres::Error>(sent)
+                });
+            }
+            let mut sent = 0;
+            while let Some(n) = publishers.join_next().await {
+                sent += n??;
             }
             let want = sent * half as u64;
             let until = Instant::now() + self.o.grace;
