@@ -56,11 +56,29 @@ impl Run {
     pub(crate) async fn history(&self, mode: &str) -> Result<(), BoxError> {
         let (db, conn) = tokio_postgres::connect(&self.o.db, NoTls).await?;
         tokio::spawn(conn);
+        self.wait_ready().await?;
         match mode {
             "history-catchup" => self.catchup(&db).await,
             "history-resume" => self.resume(&db).await,
             "history-fanout" => self.history_fanout().await,
             _ => self.outbox(&db).await,
+        }
+    }
+
+    /// Waits until the server takes sockets on history channels (its store is
+    /// ready), for up to 30 s.
+    async fn wait_ready(&self) -> Result<(), BoxError> {
+        let (chan, token) = (
+            channel(&self.o.channel, "ready"),
+            token(&self.o.secret, "r"),
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            match connect(self.o.addr, &chan, &token, "history=0").await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > until => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 
