@@ -93,7 +93,7 @@ impl Run {
         let s = schema();
         db.execute(
             &format!("select count({s}.publish($1, repeat('x', $2))) from generate_series(1, $3)"),
-            &[&chan, &(self.o.payload as i32), &(n as i64)],
+            &[&chan, &(self.o.payload as i32), &(n as i32)],
         )
         .await?;
         let row = db

@@ -49,10 +49,11 @@ const MAX_IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 500;
 
 /// The fetches of announced messages, once per message whatever the number of
-/// readers, coalesced: while [`MAX_IN_FLIGHT`] batches are at the store, the
-/// announcements that follow join one batch, fetched with one query when a
-/// batch comes back. With little traffic each message is fetched at once, on
-/// its own; under load a query brings many.
+/// readers, coalesced: the announcements read together make one batch, and
+/// while [`MAX_IN_FLIGHT`] batches are at the store, those that follow join
+/// one batch, fetched with one query when a batch comes back. With little
+/// traffic each message is fetched at once, on its own; under load a query
+/// brings many.
 #[derive(Default)]
 pub(crate) struct Batches {
     /// Batches in the pipe not sent to the store yet, oldest first.
@@ -93,7 +94,6 @@ impl Batches {
             send,
             at: last + 1,
         });
-        self.release();
         Some(refs)
     }
 
@@ -104,7 +104,9 @@ impl Batches {
         self.release();
     }
 
-    fn release(&mut self) {
+    /// Sends waiting batches to the store while fewer than [`MAX_IN_FLIGHT`]
+    /// are there: after the notifications at hand were read.
+    pub(crate) fn release(&mut self) {
         while self.in_flight < MAX_IN_FLIGHT {
             let Some(batch) = self.waiting.pop_front() else {
                 return;
@@ -301,20 +303,25 @@ mod tests {
     #[test]
     fn announcements_join_a_waiting_batch_while_enough_are_at_the_store() {
         let mut batches = Batches::default();
-        // Two go at once, on their own.
+        // What is read together goes together; two batches at the store at once.
         let mut first = batches.add(reference(1), 0).unwrap();
+        assert!(batches.add(reference(1), 1).is_none());
+        batches.release();
         let mut second = batches.add(reference(2), 1).unwrap();
-        assert_eq!(first.try_recv().unwrap().len(), 1);
+        batches.release();
+        assert_eq!(first.try_recv().unwrap().len(), 2);
         assert_eq!(second.try_recv().unwrap().len(), 1);
         // The third waits; the fourth joins it, the fifth too.
         let mut third = batches.add(reference(3), 2).unwrap();
         assert!(batches.add(reference(4), 3).is_none());
+        batches.release();
         assert!(batches.add(reference(5), 3).is_none());
         assert!(third.try_recv().is_err());
         // Something else was pushed after it: the sixth starts a batch.
         let mut sixth = batches.add(reference(6), 4).unwrap();
-        assert_eq!(batches.messages, 6);
-        batches.done(1);
+        batches.release();
+        assert_eq!(batches.messages, 7);
+        batches.done(2);
         let offsets: Vec<i64> = third.try_recv().unwrap().iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [3, 4, 5]);
         assert!(sixth.try_recv().is_err());

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream::FuturesOrdered};
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::{Instant, timeout},
@@ -39,6 +39,8 @@ type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + S
 /// Deliveries waiting for their fetch, at most; beyond it the listener stops
 /// reading notifications (PostgreSQL queues them) until some are done.
 const MAX_DELIVERIES: usize = 1024;
+/// Notifications already received that are handled in one go, at most.
+const DRAIN: usize = 256;
 
 /// What sockets ask of the listener.
 pub(crate) enum Command {
@@ -352,18 +354,32 @@ impl Listener {
             tokio::select! {
                 // Until the first batch is done, catch-ups wait for it: read on.
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
-                    if pipe.load() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        let emptied = self.deliver(n.channel(), n.payload(), pipe);
-                        self.unlisten(&mut queries, &client, emptied);
+                    if pipe.load() < MAX_DELIVERIES || !*pipe.listening.borrow() => {
+                    // With those already received: their announcements make one batch.
+                    let mut msg = msg;
+                    for _ in 0..DRAIN {
+                        match msg {
+                            Some(Ok(AsyncMessage::Notification(n))) => {
+                                let emptied = self.deliver(n.channel(), n.payload(), pipe);
+                                self.unlisten(&mut queries, &client, emptied);
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "listener connection failed");
+                                return End::Lost;
+                            }
+                            None => return End::Lost,
+                        }
+                        if pipe.load() >= MAX_DELIVERIES {
+                            break;
+                        }
+                        match std::future::poll_fn(|cx| conn.poll_message(cx)).now_or_never() {
+                            Some(next) => msg = next,
+                            None => break,
+                        }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "listener connection failed");
-                        return End::Lost;
-                    }
-                    None => return End::Lost,
-                },
+                    pipe.batches.release();
+                }
                 Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {
                     Ok(done) => {
                         let emptied = self.apply_done(done, pipe);
