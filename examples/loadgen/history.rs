@@ -4,7 +4,9 @@
 //! uses channels of its own, named after `--channel` and the process id.
 //!
 //! - `history-catchup`: one socket `--behind` messages behind (10,000) resumes;
-//!   the time to get them all, against the same rows read by a SQL client.
+//!   the time to get them all, against the same rows read by a SQL client;
+//!   then as many committed at once while a socket reads live (the listener's
+//!   fetches of announced messages): the time and the server's CPU.
 //! - `history-resume`: `--sockets` sockets, each `--behind` behind (100), resume
 //!   at once; the time until all have caught up, against the same number of
 //!   plain handshakes.
@@ -133,6 +135,27 @@ impl Run {
                 took / sql,
                 took
             );
+        }
+        // The same number committed at once while a socket reads live: the
+        // listener fetches every announced message.
+        for round in 1..=3 {
+            let chan = channel(&self.o.channel, &format!("burst{round}"));
+            let mut ws = connect(self.o.addr, &chan, &token, "").await?;
+            let cpu0 = self.server.cpu_secs();
+            let started = Instant::now();
+            let (got, filled) =
+                tokio::join!(read_frames(&mut ws, behind), self.fill(db, &chan, behind));
+            filled?;
+            let took = started.elapsed().as_secs_f64();
+            let cpu = self
+                .server
+                .cpu_secs()
+                .zip(cpu0)
+                .map_or(f64::NAN, |(b, a)| b - a);
+            println!(
+                "burst {round}: {got}/{behind} committed in one transaction, delivered live in {took:.3} s; server CPU {cpu:.3} s"
+            );
+            println!("  RESULT burst_s={took:.3} burst_server_cpu_s={cpu:.3}");
         }
         Ok(())
     }
