@@ -15,6 +15,8 @@
 //!   `select pg_notify(...)` over `--pool` connections is measured first, same run.
 //! - `handshakes`: workers open authenticated sockets as fast as the server takes
 //!   them, then reset them (no TIME_WAIT), for `--duration`.
+//! - `history-catchup`, `history-resume`, `history-fanout`, `history-publish`:
+//!   history channels (see the `history` module).
 //!
 //! Every mode reports the server's RSS (`VmRSS` of `/proc/<pid>/status`) idle,
 //! connected and at the end, and the CPU it used. The server is either spawned
@@ -25,11 +27,13 @@
 //!
 //! Modules: `opts` (the command line), `proc` (the server process and `/proc`
 //! figures), `report` (clock, latency histograms, formatting), `client` (tokens and
-//! sockets), and one per mode: `fanout` (also `channels`), `publish`, `handshakes`.
+//! sockets), and one per mode: `fanout` (also `channels`), `publish`, `handshakes`,
+//! `history` (the `history-*` modes).
 
 mod client;
 mod fanout;
 mod handshakes;
+mod history;
 mod opts;
 mod proc;
 mod publish;
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
             "channels" => run.fanout(true).await,
             "publish" => run.publish().await,
             "handshakes" => run.handshakes().await,
+            mode if mode.starts_with("history-") => run.history(mode).await,
             _ => unreachable!("checked by parse_args"),
         }
     });

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 pub(crate) const USAGE: &str = "\
-usage: loadgen <fanout|channels|publish|handshakes> [options]
+usage: loadgen <fanout|channels|publish|handshakes|history-catchup|history-resume|history-fanout|history-publish> [options]
   --addr HOST:PORT        server address (default 127.0.0.1:3000)
   --secret S              JWT secret (default $PGWS_JWT_SECRET or reallyreallyreallyreallyverysafe)
   --db URI                PostgreSQL for publishing/listening (default $PGWS_DB_URI or postgres://postgres@127.0.0.1:5432/postgres)
@@ -19,6 +19,7 @@ usage: loadgen <fanout|channels|publish|handshakes> [options]
   --pool N                publish: pgbench connections, = the server's PGWS_POOL_SIZE (default 10)
   --pgbench               publish: measure pgbench first, same run
   --workers N             handshakes: concurrent workers (default 64)
+  --behind N              history-catchup/-resume: messages to catch up (default 10000/100)
   --spawn-server PATH     start this server binary (and stop it at the end)
   --server-pid PID        the running server, for RSS and CPU
   --stop-on-fail          fanout: stop after the first step with losses or p99 over --p99-limit
@@ -43,6 +44,7 @@ pub(crate) struct Opts {
     pub(crate) pool: usize,
     pub(crate) pgbench: bool,
     pub(crate) workers: usize,
+    pub(crate) behind: Option<u64>,
     pub(crate) spawn_server: Option<String>,
     pub(crate) server_pid: Option<u32>,
     pub(crate) stop_on_fail: bool,
@@ -53,7 +55,9 @@ pub(crate) struct Opts {
 pub(crate) fn parse_args() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().ok_or("missing mode")?;
-    if !["fanout", "channels", "publish", "handshakes"].contains(&mode.as_str()) {
+    let history = mode.starts_with("history-")
+        && ["catchup", "resume", "fanout", "publish"].contains(&&mode["history-".len()..]);
+    if !history && !["fanout", "channels", "publish", "handshakes"].contains(&mode.as_str()) {
         return Err(format!("unknown mode {mode:?}"));
     }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -79,6 +83,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         pool: 10,
         pgbench: false,
         workers: 64,
+        behind: None,
         spawn_server: None,
         server_pid: None,
         stop_on_fail: false,
@@ -113,6 +118,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
             "--pool" => o.pool = num(&a, args.next())?,
             "--pgbench" => o.pgbench = true,
             "--workers" => o.workers = num(&a, args.next())?,
+            "--behind" => o.behind = Some(num(&a, args.next())?),
             "--spawn-server" => o.spawn_server = args.next(),
             "--server-pid" => o.server_pid = Some(num(&a, args.next())?),
             "--stop-on-fail" => o.stop_on_fail = true,

@@ -3,10 +3,15 @@
 //! catch-up after a lost connection (PROTOCOL.md §15). Each piece of work is a
 //! future whose result the listener applies in notification order.
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{
     history::{History, PAGE},
@@ -20,11 +25,14 @@ pub(crate) type Delivery = Pin<Box<dyn Future<Output = Result<Done, String>> + S
 
 /// What a [`Delivery`] found.
 pub(crate) enum Done {
-    /// Frames for a channel's readers, in order (none: the message is gone).
+    /// Frames for a channel's readers, in order.
     Frames(String, Vec<Frame>),
-    /// Where a channel's history stood when its readers started to count on
-    /// it (`None`: it has none yet); `Err` when that could not be read.
-    Baseline(String, Result<Position, String>),
+    /// The announced messages of a [`Batches`] batch, in announcement order,
+    /// each with its channel (those gone are left out), and how many there were.
+    Fetched(Vec<(String, Frame)>, usize),
+    /// Where a channel's history stood before its readers were told they are
+    /// subscribed: [`NONE_YET`] while it has none.
+    Baseline(String, Position),
     /// A channel's catch-up found messages no longer kept: its readers missed
     /// them.
     Missed(String),
@@ -35,28 +43,107 @@ pub(crate) fn ready(channel: String, frame: Frame) -> Delivery {
     Box::pin(std::future::ready(Ok(Done::Frames(channel, vec![frame]))))
 }
 
-/// The fetch of an announced message: once per message, whatever the number of
-/// readers.
-pub(crate) fn fetch(history: Arc<History>, reference: Reference) -> Delivery {
-    Box::pin(async move {
-        let channel = reference.channel.clone();
-        let origin = Arc::new(Origin {
-            channel: channel.clone(),
-            position: Some(reference.position()),
+/// Batches of announced messages sent to the store at once, at most.
+const MAX_IN_FLIGHT: usize = 2;
+/// Announced messages in one batch, at most.
+const MAX_BATCH: usize = 500;
+
+/// The fetches of announced messages, once per message whatever the number of
+/// readers, coalesced: the announcements read together make one batch, and
+/// while [`MAX_IN_FLIGHT`] batches are at the store, those that follow join
+/// one batch, fetched with one query when a batch comes back. With little
+/// traffic each message is fetched at once, on its own; under load a query
+/// brings many.
+#[derive(Default)]
+pub(crate) struct Batches {
+    /// Batches in the pipe not sent to the store yet, oldest first.
+    waiting: VecDeque<Batch>,
+    in_flight: usize,
+    /// Announced messages in batches not applied yet.
+    pub(crate) messages: usize,
+}
+
+/// A batch waiting for its turn; its fetch is already in the pipe.
+struct Batch {
+    refs: Vec<Reference>,
+    send: oneshot::Sender<Vec<Reference>>,
+    /// Its place in the pipe: joined only while it is the last thing there.
+    at: u64,
+}
+
+impl Batches {
+    /// Adds an announced message, given the number of the last delivery pushed
+    /// into the pipe: it joins the batch waiting there, or starts one, whose
+    /// references are returned for its [`fetch`], to be pushed next.
+    pub(crate) fn add(
+        &mut self,
+        reference: Reference,
+        last: u64,
+    ) -> Option<oneshot::Receiver<Vec<Reference>>> {
+        self.messages += 1;
+        if let Some(batch) = self.waiting.back_mut()
+            && batch.at == last
+            && batch.refs.len() < MAX_BATCH
+        {
+            batch.refs.push(reference);
+            return None;
+        }
+        let (send, refs) = oneshot::channel();
+        self.waiting.push_back(Batch {
+            refs: vec![reference],
+            send,
+            at: last + 1,
         });
-        let found = history.fetch(reference).await?;
-        let frames = found
-            .map(|payload| Frame {
-                payload,
-                origin: Some(origin),
-            })
+        Some(refs)
+    }
+
+    /// A batch of `n` messages was applied: the next one goes.
+    pub(crate) fn done(&mut self, n: usize) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.messages = self.messages.saturating_sub(n);
+        self.release();
+    }
+
+    /// Sends waiting batches to the store while fewer than [`MAX_IN_FLIGHT`]
+    /// are there: after the notifications at hand were read.
+    pub(crate) fn release(&mut self) {
+        while self.in_flight < MAX_IN_FLIGHT {
+            let Some(batch) = self.waiting.pop_front() else {
+                return;
+            };
+            self.in_flight += 1;
+            let _ = batch.send.send(batch.refs);
+        }
+    }
+}
+
+/// The fetch of one batch of announced messages, once [`Batches`] sends it.
+pub(crate) fn fetch(history: Arc<History>, refs: oneshot::Receiver<Vec<Reference>>) -> Delivery {
+    Box::pin(async move {
+        let refs = refs.await.map_err(|_| "batch dropped".to_owned())?;
+        let found = history.fetch(&refs).await?;
+        let n = refs.len();
+        let frames = refs
             .into_iter()
+            .zip(found)
+            .filter_map(|(reference, payload)| {
+                let origin = Arc::new(Origin {
+                    channel: reference.channel.clone(),
+                    position: Some(reference.position()),
+                });
+                let frame = Frame {
+                    payload: payload?,
+                    origin: Some(origin),
+                };
+                Some((reference.channel, frame))
+            })
             .collect();
-        Ok(Done::Frames(channel, frames))
+        Ok(Done::Fetched(frames, n))
     })
 }
 
-/// The head of `channel` once `listening` (the channel is listened to).
+/// The head of `channel` once `listening` (announcements are listened to on
+/// this connection): every message after it is announced here or caught up.
 pub(crate) fn baseline(
     history: Arc<History>,
     channel: String,
@@ -64,12 +151,9 @@ pub(crate) fn baseline(
 ) -> Delivery {
     Box::pin(async move {
         let _ = listening.wait_for(|up| *up).await;
-        let head = history.head(&channel).await;
-        let head = head.map(|found| {
-            found.unwrap_or(Position {
-                epoch: NONE_YET.into(),
-                offset: 0,
-            })
+        let head = history.head(&channel).await?.unwrap_or(Position {
+            epoch: NONE_YET.into(),
+            offset: 0,
         });
         Ok(Done::Baseline(channel, head))
     })
@@ -210,6 +294,40 @@ mod tests {
                 }),
             })),
         }
+    }
+
+    fn reference(offset: i64) -> Reference {
+        Reference::parse(&format!("{offset} E c")).unwrap()
+    }
+
+    #[test]
+    fn announcements_join_a_waiting_batch_while_enough_are_at_the_store() {
+        let mut batches = Batches::default();
+        // What is read together goes together; two batches at the store at once.
+        let mut first = batches.add(reference(1), 0).unwrap();
+        assert!(batches.add(reference(1), 1).is_none());
+        batches.release();
+        let mut second = batches.add(reference(2), 1).unwrap();
+        batches.release();
+        assert_eq!(first.try_recv().unwrap().len(), 2);
+        assert_eq!(second.try_recv().unwrap().len(), 1);
+        // The third waits; the fourth joins it, the fifth too.
+        let mut third = batches.add(reference(3), 2).unwrap();
+        assert!(batches.add(reference(4), 3).is_none());
+        batches.release();
+        assert!(batches.add(reference(5), 3).is_none());
+        assert!(third.try_recv().is_err());
+        // Something else was pushed after it: the sixth starts a batch.
+        let mut sixth = batches.add(reference(6), 4).unwrap();
+        batches.release();
+        assert_eq!(batches.messages, 7);
+        batches.done(2);
+        let offsets: Vec<i64> = third.try_recv().unwrap().iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [3, 4, 5]);
+        assert!(sixth.try_recv().is_err());
+        batches.done(1);
+        assert_eq!(sixth.try_recv().unwrap().len(), 1);
+        assert_eq!(batches.messages, 4);
     }
 
     #[test]

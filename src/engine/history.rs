@@ -120,18 +120,14 @@ impl History {
         }
     }
 
-    /// The payload of an announced message, as a frame; `None` when it is gone
-    /// (pruned, reset, or the announcement was forged). `Err` when the database
-    /// did not answer.
-    pub(crate) async fn fetch(&self, reference: Reference) -> Result<Option<Bytes>, String> {
+    /// The payloads of announced messages, in order, in one query; `None` for
+    /// one that is gone (pruned, reset, or the announcement was forged). `Err`
+    /// when the database did not answer.
+    pub(crate) async fn fetch(&self, refs: &[Reference]) -> Result<Vec<Option<Bytes>>, String> {
         let found = self
-            .with_client(async |client| {
-                self.store
-                    .fetch(client, std::slice::from_ref(&reference))
-                    .await
-            })
+            .with_client(async |client| self.store.fetch(client, refs).await)
             .await?;
-        Ok(found.into_iter().next().flatten().map(Bytes::from))
+        Ok(found.into_iter().map(|p| p.map(Bytes::from)).collect())
     }
 }
 

@@ -85,6 +85,10 @@ impl Signal {
     }
 }
 
+/// The batch of a join that waits for something else than a `LISTEN`: while
+/// offline, or until the listener knows where its history channels stand.
+pub(crate) const HELD: u64 = u64::MAX;
+
 /// A socket asking to read some channels.
 pub(crate) struct Join {
     pub(crate) id: u64,
@@ -225,13 +229,43 @@ impl Hub {
         }
     }
 
-    /// Hands every waiting join to batch `seq` (the first of a new connection).
-    pub(crate) fn retag_pending(&mut self, seq: u64) {
+    /// Hands every waiting join whose channels are all `ready` to batch `seq`
+    /// (the first of a new connection); the others are [`HELD`].
+    pub(crate) fn retag_pending(&mut self, seq: u64, ready: impl Fn(&str) -> bool) {
         for (_, id) in std::mem::take(&mut self.pending) {
-            if let Some((s, _)) = self.members.get_mut(&id).and_then(|m| m.waiting.as_mut()) {
-                *s = seq;
+            let Some(member) = self.members.get_mut(&id) else {
+                continue;
+            };
+            let to = if member.channels.iter().all(|(c, _)| ready(c)) {
+                seq
+            } else {
+                HELD
+            };
+            if let Some((s, _)) = member.waiting.as_mut() {
+                *s = to;
             }
-            self.pending.insert((seq, id));
+            self.pending.insert((to, id));
+        }
+    }
+
+    /// Hands the [`HELD`] joins of `channel` whose channels are now all `ready`
+    /// to batch `seq`.
+    pub(crate) fn release(&mut self, channel: &str, seq: u64, ready: impl Fn(&str) -> bool) {
+        let Some(subs) = self.channels.get(channel) else {
+            return;
+        };
+        for sub in subs {
+            let Some(member) = self.members.get_mut(&sub.id) else {
+                continue;
+            };
+            let Some((s, _)) = member.waiting.as_mut().filter(|(s, _)| *s == HELD) else {
+                continue;
+            };
+            if member.channels.iter().all(|(c, _)| ready(c)) {
+                *s = seq;
+                self.pending.remove(&(HELD, sub.id));
+                self.pending.insert((seq, sub.id));
+            }
         }
     }
 
@@ -395,20 +429,45 @@ mod tests {
         let mut hub = Hub::default();
         // Offline joins wait for the next connection's first batch.
         let parts: Vec<Parts> = (1..=100)
-            .map(|id| join(&mut hub, id, &["x"], 4, u64::MAX))
+            .map(|id| join(&mut hub, id, &["x"], 4, HELD))
             .collect();
         assert_eq!(hub.pending_count(), 100);
         for id in 1..=99 {
             hub.leave(id);
         }
         assert_eq!(hub.pending_count(), 1);
-        hub.retag_pending(7);
+        hub.retag_pending(7, |_| true);
         hub.ack_through(7);
         assert_eq!(hub.pending_count(), 0);
         let mut last = parts.into_iter().last().unwrap();
         assert!(last.ack_rx.try_recv().is_ok());
         hub.leave(100);
         assert_eq!((hub.len(), hub.channel_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_held_join_is_acked_once_released_and_its_batch_is_done() {
+        let mut hub = Hub::default();
+        let mut held = join(&mut hub, 1, &["h", "p"], 4, HELD);
+        let mut plain = join(&mut hub, 2, &["p"], 4, 3);
+        // A held join does not stop the acks of later batches.
+        hub.ack_through(3);
+        assert!(plain.ack_rx.try_recv().is_ok());
+        assert!(held.ack_rx.try_recv().is_err());
+        // A new connection keeps it held while "h" is not ready.
+        hub.retag_pending(4, |c| c != "h");
+        hub.ack_through(4);
+        assert!(held.ack_rx.try_recv().is_err());
+        // Released through another channel: not while "h" is not ready.
+        hub.release("p", 5, |c| c != "h");
+        hub.ack_through(5);
+        assert!(held.ack_rx.try_recv().is_err());
+        hub.release("h", 6, |_| true);
+        hub.ack_through(5);
+        assert!(held.ack_rx.try_recv().is_err());
+        hub.ack_through(6);
+        assert!(held.ack_rx.try_recv().is_ok());
+        assert_eq!(hub.pending_count(), 0);
     }
 
     /// Every member's recorded index points at its own entry.

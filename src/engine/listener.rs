@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream::FuturesOrdered};
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::{Instant, timeout},
@@ -27,9 +27,9 @@ use crate::{
 };
 
 use super::{
-    catchup::{self, Delivery, Done, Seen},
+    catchup::{self, Batches, Delivery, Done, Seen},
     history::History,
-    hub::{Frame, Hub, Join, Origin, Signal},
+    hub::{Frame, HELD, Hub, Join, Origin, Signal},
 };
 use crate::history::Reference;
 
@@ -39,6 +39,8 @@ type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + S
 /// Deliveries waiting for their fetch, at most; beyond it the listener stops
 /// reading notifications (PostgreSQL queues them) until some are done.
 const MAX_DELIVERIES: usize = 1024;
+/// Notifications already received that are handled in one go, at most.
+const DRAIN: usize = 256;
 
 /// What sockets ask of the listener.
 pub(crate) enum Command {
@@ -147,6 +149,7 @@ pub(crate) fn spawn(
         connected: connected_tx,
         counters,
         pending_reported: 0,
+        acked: 0,
         history,
         seen: Seen::default(),
     };
@@ -187,6 +190,8 @@ struct Listener {
     counters: Arc<Counters>,
     /// The last `pending_joins` figure reported.
     pending_reported: usize,
+    /// The newest `LISTEN`/`UNLISTEN` batch done.
+    acked: u64,
     /// History channels: their announcements are listened to always.
     history: Option<Arc<History>>,
     /// The last position delivered on each history channel with readers.
@@ -196,9 +201,25 @@ struct Listener {
 /// Work on history channels waiting to be applied, in notification order.
 struct Pipe {
     deliveries: FuturesOrdered<Delivery>,
+    /// Deliveries pushed at the back so far: the number of the last one.
+    pushed: u64,
+    /// The fetches of announced messages, coalesced.
+    batches: Batches,
     /// Whether this connection's first `LISTEN` batch is done: reads of the
     /// store that must not miss a notification wait for it.
     listening: watch::Sender<bool>,
+}
+
+impl Pipe {
+    fn push(&mut self, work: Delivery) {
+        self.pushed += 1;
+        self.deliveries.push_back(work);
+    }
+
+    /// Deliveries and announced messages waiting, about: what bounds reading.
+    fn load(&self) -> usize {
+        self.deliveries.len() + self.batches.messages
+    }
 }
 
 /// What a batch does to its channels.
@@ -288,7 +309,7 @@ impl Listener {
     fn apply_offline(&mut self, cmd: Command) {
         match cmd {
             Command::Join(join) => {
-                self.hub.join(join, u64::MAX);
+                self.hub.join(join, HELD);
             }
             Command::Leave(id) => {
                 self.hub.leave(id);
@@ -315,12 +336,16 @@ impl Listener {
         // first would make the catch-up skip the others.
         let mut pipe = Pipe {
             deliveries: FuturesOrdered::new(),
+            pushed: 0,
+            batches: Batches::default(),
             listening: watch::channel(false).0,
         };
         let pipe = &mut pipe;
         let first = self.initial_listens();
-        // Joins that waited while offline are acked by this first batch.
-        self.hub.retag_pending(self.seq + 1);
+        // Joins that waited while offline are acked by this first batch, or,
+        // on a history channel whose baseline is not known, once it is.
+        let known = ready(self.history.as_deref(), &self.seen);
+        self.hub.retag_pending(self.seq + 1, known);
         self.push(&mut queries, &client, Verb::Listen, first);
         self.catch_up(pipe);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
@@ -329,18 +354,32 @@ impl Listener {
             tokio::select! {
                 // Until the first batch is done, catch-ups wait for it: read on.
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
-                    if pipe.deliveries.len() < MAX_DELIVERIES || !*pipe.listening.borrow() => match msg {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        let emptied = self.deliver(n.channel(), n.payload(), pipe);
-                        self.unlisten(&mut queries, &client, emptied);
+                    if pipe.load() < MAX_DELIVERIES || !*pipe.listening.borrow() => {
+                    // With those already received: their announcements make one batch.
+                    let mut msg = msg;
+                    for _ in 0..DRAIN {
+                        match msg {
+                            Some(Ok(AsyncMessage::Notification(n))) => {
+                                let emptied = self.deliver(n.channel(), n.payload(), pipe);
+                                self.unlisten(&mut queries, &client, emptied);
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "listener connection failed");
+                                return End::Lost;
+                            }
+                            None => return End::Lost,
+                        }
+                        if pipe.load() >= MAX_DELIVERIES {
+                            break;
+                        }
+                        match std::future::poll_fn(|cx| conn.poll_message(cx)).now_or_never() {
+                            Some(next) => msg = next,
+                            None => break,
+                        }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "listener connection failed");
-                        return End::Lost;
-                    }
-                    None => return End::Lost,
-                },
+                    pipe.batches.release();
+                }
                 Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {
                     Ok(done) => {
                         let emptied = self.apply_done(done, pipe);
@@ -366,6 +405,7 @@ impl Listener {
                             self.connected.send_replace(true);
                             pipe.listening.send_replace(true);
                         }
+                        self.acked = seq;
                         self.hub.ack_through(seq);
                         self.report_pending();
                     }
@@ -426,7 +466,16 @@ impl Listener {
     ) {
         match cmd {
             Command::Join(join) => {
-                let fresh = self.hub.join(join, self.seq + 1);
+                // Acked once its channels are listened to and, for history
+                // channels, once the listener knows where to catch them up from.
+                let known = ready(self.history.as_deref(), &self.seen);
+                let seq = if join.channels.iter().all(|c| known(c)) {
+                    self.seq + 1
+                } else {
+                    HELD
+                };
+                drop(known);
+                let fresh = self.hub.join(join, seq);
                 self.baselines(&fresh, pipe);
                 let fresh = self.per_channel(fresh);
                 self.push(queries, client, Verb::Listen, fresh);
@@ -538,7 +587,7 @@ impl Listener {
             return self.hub.dispatch(&channel, &frame);
         }
         let channel = channel.into_owned();
-        pipe.deliveries.push_back(catchup::ready(channel, frame));
+        pipe.push(catchup::ready(channel, frame));
         Vec::new()
     }
 
@@ -552,8 +601,9 @@ impl Listener {
             return;
         }
         self.counters.notification_received();
-        let work = catchup::fetch(history.clone(), reference);
-        pipe.deliveries.push_back(work);
+        if let Some(refs) = pipe.batches.add(reference, pipe.pushed) {
+            pipe.push(catchup::fetch(history.clone(), refs));
+        }
     }
 
     /// Reads where the history of channels that got their first reader stands,
@@ -566,7 +616,7 @@ impl Listener {
             if history.channels.matches(channel) && !self.seen.knows(channel) {
                 let listening = pipe.listening.subscribe();
                 let work = catchup::baseline(history.clone(), channel.clone(), listening);
-                pipe.deliveries.push_back(work);
+                pipe.push(work);
             }
         }
     }
@@ -585,7 +635,7 @@ impl Listener {
             let listening = pipe.listening.subscribe();
             let work =
                 catchup::catch_up(history.clone(), channel.clone(), after.clone(), listening);
-            pipe.deliveries.push_back(work);
+            pipe.push(work);
         }
         let fresh: Vec<String> = self.hub.channels().map(str::to_owned).collect();
         self.baselines(&fresh, pipe);
@@ -595,35 +645,21 @@ impl Listener {
     fn apply_done(&mut self, done: Done, pipe: &mut Pipe) -> Vec<String> {
         match done {
             Done::Frames(channel, frames) => {
-                let mut emptied = Vec::new();
-                for frame in &frames {
-                    if !self.hub.has_readers(&channel) {
-                        break;
-                    }
-                    if let (Some(after), Some(history)) =
-                        (self.seen.skipped(&channel, frame), &self.history)
-                    {
-                        // A lost announcement: read what it skipped (and this
-                        // one, and on) from the store before anything else.
-                        let listening = pipe.listening.subscribe();
-                        let work = catchup::catch_up(history.clone(), channel, after, listening);
-                        pipe.deliveries.push_front(work);
-                        break;
-                    }
-                    if !self.seen.check(&channel, frame) {
-                        emptied.extend(self.hub.dispatch(&channel, frame));
-                    }
-                }
-                emptied
+                self.apply_frames(frames.iter().map(|f| (channel.as_str(), f)), pipe)
             }
-            Done::Baseline(channel, Ok(head)) => {
+            Done::Fetched(frames, n) => {
+                pipe.batches.done(n);
+                self.apply_frames(frames.iter().map(|(c, f)| (c.as_str(), f)), pipe)
+            }
+            Done::Baseline(channel, head) => {
                 if self.hub.has_readers(&channel) {
-                    self.seen.baseline(channel, head);
+                    self.seen.baseline(channel.clone(), head);
+                    // Its held readers are subscribed with the newest batch.
+                    let known = ready(self.history.as_deref(), &self.seen);
+                    self.hub.release(&channel, self.seq, known);
+                    self.hub.ack_through(self.acked);
+                    self.report_pending();
                 }
-                Vec::new()
-            }
-            Done::Baseline(channel, Err(e)) => {
-                tracing::warn!(error = %e, channel, "history head not read");
                 Vec::new()
             }
             Done::Missed(channel) => {
@@ -632,6 +668,47 @@ impl Listener {
             }
         }
     }
+}
+
+impl Listener {
+    /// Delivers frames of stored messages (and plain notifications queued
+    /// behind them), each once; returns the channels that emptied.
+    fn apply_frames<'a>(
+        &mut self,
+        frames: impl Iterator<Item = (&'a str, &'a Frame)>,
+        pipe: &mut Pipe,
+    ) -> Vec<String> {
+        let mut emptied = Vec::new();
+        // Channels whose next messages a catch-up now brings.
+        let mut skipping: Vec<&str> = Vec::new();
+        for (channel, frame) in frames {
+            if skipping.contains(&channel) || !self.hub.has_readers(channel) {
+                continue;
+            }
+            if let (Some(after), Some(history)) = (self.seen.skipped(channel, frame), &self.history)
+            {
+                // A lost announcement: read what it skipped (and this one, and
+                // on) from the store before anything else.
+                let listening = pipe.listening.subscribe();
+                let work = catchup::catch_up(history.clone(), channel.to_owned(), after, listening);
+                pipe.deliveries.push_front(work);
+                skipping.push(channel);
+                continue;
+            }
+            if !self.seen.check(channel, frame) {
+                emptied.extend(self.hub.dispatch(channel, frame));
+            }
+        }
+        emptied
+    }
+}
+
+/// Whether a socket reading `channel` can be told it is subscribed as soon as
+/// the channel is listened to: a history channel needs its baseline (or a
+/// delivered position) first, so that a connection lost right after the
+/// socket's ack is caught up from a position no later than the ack.
+fn ready<'a>(history: Option<&'a History>, seen: &'a Seen) -> impl Fn(&str) -> bool + 'a {
+    move |channel| history.is_none_or(|h| !h.channels.matches(channel)) || seen.knows(channel)
 }
 
 async fn poll_opt<F: Future + Unpin>(fut: &mut Option<F>) -> F::Output {

@@ -662,3 +662,146 @@ async fn an_announcement_that_skips_ahead_is_preceded_by_what_it_skipped() {
         assert_eq!(recv_json(&mut positioned).await["offset"], offset);
     }
 }
+
+/// The window this closes: a first reader of a history channel was told it was
+/// subscribed (its 101) before the listener had read where the channel's
+/// history stood; the listener's connection was lost before a message
+/// committed after the 101 was delivered, and the next connection started from
+/// a head read after that message: lost. The store is held up here (one pooled
+/// connection, busy with a write the test blocks) so the window stays open.
+#[tokio::test]
+async fn a_message_committed_after_the_101_survives_a_listener_lost_before_the_baseline() {
+    let schema = Schema::new();
+    let app = unique("pgws_app");
+    let sep = if db_uri().contains('?') { '&' } else { '?' };
+    let uri = format!("{}{sep}application_name={app}", db_uri());
+    let builder = config().database_url(uri).history("chat*").pool_size(1);
+    let server = history_server_with(&schema, builder).await;
+    let (chan, blocked, plain) = (unique("chat"), unique("chat"), unique("plain"));
+    let db = db().await;
+    schema.publish(&db, &blocked, "first").await;
+
+    // The only pooled connection waits on a row this transaction holds.
+    let mut hold = crate::common::db().await;
+    let tx = hold.transaction().await.unwrap();
+    let lock = format!(
+        "select 1 from {}.channels where channel = $1 for update",
+        schema.q()
+    );
+    tx.execute(&lock, &[&blocked]).await.unwrap();
+    let mut writer = server
+        .connect(&format!("/{}", token(claims("w", Some(&blocked)))))
+        .await;
+    send_text(&mut writer, "held").await;
+    let waiting = "select count(*) from pg_stat_activity \
+                   where application_name = $1 and wait_event_type = 'Lock'";
+    until(async || {
+        db.query_one(waiting, &[&app])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+
+    // The first reader of `chan`; a later join is acked by a later batch.
+    let url: http::Uri = server
+        .url(&format!("/{}", token(claims("r", Some(&chan)))))
+        .parse()
+        .unwrap();
+    let first = tokio::spawn(async move {
+        tokio_websockets::ClientBuilder::from_uri(url)
+            .connect()
+            .await
+    });
+    until(async || first.is_finished() || server.layer.stats().pending_joins >= 1).await;
+    let _later = reader(&server, &plain).await;
+    // Still waiting, it is not owed what comes next before its 101: the store
+    // is let go so the listener can learn where the channel stands. Told it is
+    // subscribed, it is: the store stays held while the listener is lost.
+    let held = server.layer.stats().pending_joins >= 1;
+    let tx = if held {
+        tx.rollback().await.unwrap();
+        None
+    } else {
+        Some(tx)
+    };
+    let (mut ws, _) = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("no 101 in time")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(schema.publish(&db, &chan, "m1").await, 1);
+    let kill = "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                where application_name = $1 and query ilike 'LISTEN %'";
+    let reconnects = server.layer.stats().listener_reconnects;
+    assert_eq!(
+        db.query_one(kill, &[&app]).await.unwrap().get::<_, i64>(0),
+        1
+    );
+    if let Some(tx) = tx {
+        tx.rollback().await.unwrap();
+    }
+    until(async || {
+        server.layer.stats().listener_reconnects > reconnects && server.layer.is_listening()
+    })
+    .await;
+    schema.publish(&db, &chan, "m2").await;
+    assert_eq!(recv_text(&mut ws).await, "m1");
+    assert_eq!(recv_text(&mut ws).await, "m2");
+}
+
+/// Polls `done` until it holds, within [`WAIT`].
+async fn until(mut done: impl AsyncFnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("never came to pass");
+}
+
+#[tokio::test]
+async fn a_burst_of_announcements_is_fetched_in_few_queries_in_order_once_each() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chans: Vec<String> = (0..3).map(|_| unique("chat")).collect();
+    // Two readers per channel: fetched once per message, not per socket.
+    let mut readers = Vec::new();
+    for chan in &chans {
+        for _ in 0..2 {
+            readers.push((chan.clone(), resumed(&server, chan, "history=0").await));
+        }
+    }
+    const EACH: i64 = 100;
+    let db = db().await;
+    let before = server.layer.stats().history_store_calls;
+    // One commit: 300 announcements arrive together.
+    let publish = format!("select {}.publish($1, $2)", schema.q());
+    let mut sql = String::from("begin;");
+    for i in 1..=EACH {
+        for chan in &chans {
+            sql.push_str(
+                &publish
+                    .replace("$1", &format!("'{chan}'"))
+                    .replace("$2", &format!("'{i}'")),
+            );
+            sql.push(';');
+        }
+    }
+    sql.push_str("commit;");
+    db.batch_execute(&sql).await.unwrap();
+    for (chan, ws) in &mut readers {
+        for offset in 1..=EACH {
+            let frame = recv_json(ws).await;
+            assert_eq!(frame["channel"], chan.as_str(), "{frame}");
+            assert_eq!(frame["offset"], offset, "{frame}");
+            assert_eq!(frame["payload"], offset.to_string(), "{frame}");
+        }
+    }
+    let calls = server.layer.stats().history_store_calls - before;
+    // Batched: a query brings many (each alone would be 300).
+    assert!(calls <= (3 * EACH as u64) / 4, "{calls} store calls");
+}

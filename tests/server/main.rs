@@ -8,5 +8,6 @@ mod common;
 mod admin;
 mod devdb;
 mod program;
+mod rolling;
 mod server;
 mod tls;
