@@ -1,8 +1,10 @@
-//! The RFC 6455 handshake: which requests are ours, the accept key, the answers.
+//! The WebSocket handshake, RFC 6455 over HTTP/1.1 and RFC 8441 over HTTP/2: which
+//! requests are ours, the accept key, the answers.
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::ext::Protocol;
 
 use crate::refusal::Refusal;
 
@@ -30,7 +32,8 @@ const BEARER_PROTOCOL: &str = "pgws.bearer.";
 
 /// Sorts a request as PROTOCOL.md §1 says (which requests are ours, where the token goes).
 pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
-    if !is_handshake(req) {
+    let extended_connect = is_extended_connect(req);
+    if !extended_connect && !is_handshake(req) {
         return Route::Pass;
     }
     let headers = req.headers();
@@ -47,7 +50,8 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     let Some((channel, from_path)) = split_path(req.uri().path(), prefix, elsewhere) else {
         return Route::Pass;
     };
-    if !key_is_valid(headers) {
+    // RFC 8441 §5: an extended CONNECT carries no key.
+    if !extended_connect && !key_is_valid(headers) {
         return Route::Refused(Refusal::InvalidKey);
     }
     if from_protocol.is_some() && !pgws_protocol {
@@ -85,6 +89,22 @@ fn is_handshake<B>(req: &Request<B>) -> bool {
         && h.get(header::SEC_WEBSOCKET_VERSION)
             .is_some_and(|v| v == "13")
         && h.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// RFC 8441 §4-5: an HTTP/2 `CONNECT` with `:protocol websocket` and
+/// `Sec-WebSocket-Version: 13`; hyper hands over its stream when the answer is a `2xx`.
+/// The server must have turned the extended CONNECT protocol on for a client to send it.
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        && req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13")
 }
 
 /// Whether a comma-separated header holds `token`, compared case-insensitively.
@@ -157,7 +177,33 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
 }
 
-/// The `101` answer for this request's key.
+/// The `Sec-WebSocket-Key` of a taken HTTP/1.1 handshake; `None` for an HTTP/2
+/// extended CONNECT, whatever it carries, so that it is answered `200`.
+pub(crate) fn key<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if is_extended_connect(req) {
+        return None;
+    }
+    req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()
+}
+
+/// The answer that accepts a taken handshake: `101` for an HTTP/1.1 one (with its
+/// key), `200` for an HTTP/2 extended CONNECT (no key).
+pub(crate) fn accepted(key: Option<&HeaderValue>, pgws_protocol: bool) -> Response<Bytes> {
+    match key {
+        Some(key) => switching_protocols(key, pgws_protocol),
+        None => extended_connect_ok(pgws_protocol),
+    }
+}
+
+/// RFC 8441 §5: `200`, no `Sec-WebSocket-Accept`, the stream becomes the socket.
+fn extended_connect_ok(pgws_protocol: bool) -> Response<Bytes> {
+    let mut res = Response::builder().status(StatusCode::OK);
+    if pgws_protocol {
+        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL);
+    }
+    res.body(Bytes::new()).expect("static headers are valid")
+}
+
 /// The `101` answer for this request's key, naming `pgws` when the client offered it.
 pub(crate) fn switching_protocols(key: &HeaderValue, pgws_protocol: bool) -> Response<Bytes> {
     let accept = accept_key(key.as_bytes());

@@ -63,7 +63,7 @@ use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{
         conn::auto,
         graceful::{GracefulShutdown, Watcher},
@@ -156,8 +156,10 @@ impl Server {
                 client: upstream_client(),
                 scheme,
             }),
-            http: http_builder(settings.handshake_timeout),
-            tls: settings.tls.map(TlsAcceptor::from),
+            http: http_builder(settings.handshake_timeout, settings.http2_max_streams),
+            tls: settings
+                .tls
+                .map(|tls| tls::acceptor(tls, settings.http2_max_streams > 0)),
         };
         Server { app, metrics }
     }
@@ -243,13 +245,23 @@ impl App {
     }
 }
 
-/// HTTP/1 and HTTP/2; a client gets `head_timeout` to send its request head (a
-/// handshake included), so idle half-opened connections do not pile up.
-fn http_builder(head_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1 and, unless `http2_max_streams` is 0, HTTP/2: over TLS through ALPN,
+/// in cleartext with prior knowledge (the connection preface tells them apart).
+/// An HTTP/1 client gets `head_timeout` to send its request head (a handshake
+/// included), so idle half-opened connections do not pile up. HTTP/2 takes
+/// WebSockets as extended CONNECT streams (RFC 8441).
+fn http_builder(head_timeout: Duration, http2_max_streams: u32) -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
-        .timer(hyper_util::rt::TokioTimer::new())
+        .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
+    if http2_max_streams == 0 {
+        return http.http1_only();
+    }
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(http2_max_streams)
+        .enable_connect_protocol();
     http
 }
 

@@ -23,12 +23,17 @@ pub(crate) struct Routes {
     pub(crate) scheme: &'static str,
 }
 
-/// Static files first, then the upstream; `404` when neither answers.
+/// Static files first, then the upstream; `404` when neither answers. `CONNECT`
+/// (an HTTP/1.1 tunnel, or an HTTP/2 extended CONNECT the layer did not take) is
+/// `501`: the proxy forwards plain requests, never a tunnel.
 pub(crate) async fn fallback(
     routes: Arc<Routes>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
+    if req.method() == Method::CONNECT {
+        return Ok(plain(StatusCode::NOT_IMPLEMENTED, "Not Implemented"));
+    }
     let req = match serve_static(&routes, req).await {
         Ok(res) => return Ok(res),
         Err(req) => req,
