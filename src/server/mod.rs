@@ -47,6 +47,7 @@
 //! ```
 
 mod admin;
+mod connection;
 mod devdb;
 mod launch;
 mod logging;
@@ -56,23 +57,13 @@ mod routes;
 mod settings;
 mod tls;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
-    service::TowerToHyperService,
-};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -91,7 +82,8 @@ pub use self::{
 };
 
 use admin::{Admin, prometheus, serve_admin};
-use logging::{LoggedBody, request_log};
+use connection::{Drain, Http, serve_connection};
+use logging::request_log;
 use proxy::upstream_client;
 use routes::{Routes, fallback};
 
@@ -110,7 +102,7 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 struct App {
     layer: PgWsLayer,
     routes: Arc<Routes>,
-    http: auto::Builder<TokioExecutor>,
+    http: Http,
     tls: Option<TlsAcceptor>,
 }
 
@@ -156,7 +148,7 @@ impl Server {
                 client: upstream_client(),
                 scheme,
             }),
-            http: http_builder(settings.handshake_timeout, settings.http2_max_streams),
+            http: Http::new(settings.handshake_timeout, settings.http2_max_streams),
             tls: settings
                 .tls
                 .map(|tls| tls::acceptor(tls, settings.http2_max_streams > 0)),
@@ -177,20 +169,23 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) {
         let app = self.app;
-        let (stop_admin, admin_stopped) = watch::channel(false);
+        let (stopping, stop_signal) = watch::channel(false);
         let admin_task = admin.map(|admin| {
             let state = Admin {
                 layer: app.layer.clone(),
                 metrics: self.metrics.clone().unwrap_or_else(prometheus),
             };
-            tokio::spawn(serve_admin(admin, Arc::new(state), admin_stopped))
+            tokio::spawn(serve_admin(admin, Arc::new(state), stop_signal.clone()))
         });
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => app.spawn_connection(stream, peer, graceful.watcher()),
+                    Ok((stream, peer)) => {
+                        let drain = Drain { watcher: graceful.watcher(), stopping: stop_signal.clone() };
+                        app.spawn_connection(stream, peer, drain);
+                    }
                     Err(e) => {
                         // Usually out of file descriptors: wait rather than spin.
                         tracing::warn!(error = %e, "accept failed");
@@ -202,7 +197,7 @@ impl Server {
         }
         drop(listener);
         tracing::info!("shutting down");
-        stop_admin.send_replace(true);
+        stopping.send_replace(true);
         let drain_http = async {
             if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown())
                 .await
@@ -220,7 +215,7 @@ impl Server {
 }
 
 impl App {
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, drain: Drain) {
         // Small WebSocket frames should leave at once.
         let _ = stream.set_nodelay(true);
         let routes = self.routes.clone();
@@ -233,57 +228,14 @@ impl App {
                 TokioIo::new(stream),
                 svc,
                 peer,
-                watcher,
+                drain,
             ));
             return;
         };
         tokio::spawn(async move {
             if let Some(stream) = tls::accept(&tls, stream, peer).await {
-                serve_connection(http, TokioIo::new(stream), svc, peer, watcher).await;
+                serve_connection(http, TokioIo::new(stream), svc, peer, drain).await;
             }
         });
-    }
-}
-
-/// HTTP/1.1 and, unless `http2_max_streams` is 0, HTTP/2: over TLS through ALPN,
-/// in cleartext with prior knowledge (the connection preface tells them apart).
-/// An HTTP/1 client gets `head_timeout` to send its request head (a handshake
-/// included), so idle half-opened connections do not pile up. HTTP/2 takes
-/// WebSockets as extended CONNECT streams (RFC 8441).
-fn http_builder(head_timeout: Duration, http2_max_streams: u32) -> auto::Builder<TokioExecutor> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout);
-    if http2_max_streams == 0 {
-        return http.http1_only();
-    }
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(http2_max_streams)
-        .enable_connect_protocol();
-    http
-}
-
-/// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
-async fn serve_connection<I, S>(
-    http: auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    svc: S,
-    peer: SocketAddr,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<LoggedBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = http
-        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
