@@ -344,4 +344,90 @@ mod tests {
         let conflict = with(request(key), "authorization", &format!("bearer {other}"));
         assert!(route(&conflict, "") == Route::Refused(Refusal::ConflictingTokens));
     }
+
+    fn extended_connect(path: &str) -> Request<()> {
+        let mut req = Request::connect(path)
+            .version(Version::HTTP_2)
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(Protocol::from_static("websocket"));
+        req
+    }
+
+    #[test]
+    fn an_http2_extended_connect_is_a_handshake_without_a_key() {
+        let req = extended_connect(&format!("/chat/{JWT}"));
+        assert_eq!(
+            route(&req, ""),
+            Route::Ours {
+                channel: Some("chat"),
+                token: JWT,
+                pgws_protocol: false
+            }
+        );
+        assert_eq!(key(&req), None);
+        // A key sent anyway is not used: the answer is still 200, not 101.
+        let keyed = with(req, "sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(key(&keyed), None);
+        assert_eq!(
+            accepted(key(&keyed).as_ref(), false).status(),
+            StatusCode::OK
+        );
+        let upgrade = request("dGhlIHNhbXBsZSBub25jZQ==");
+        let res = accepted(key(&upgrade).as_ref(), false);
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    #[test]
+    fn the_extended_connect_answer_names_pgws_only_when_offered() {
+        let req = with(
+            extended_connect("/chat"),
+            "sec-websocket-protocol",
+            &format!("pgws, pgws.bearer.{JWT}"),
+        );
+        assert!(matches!(
+            route(&req, ""),
+            Route::Ours {
+                pgws_protocol: true,
+                ..
+            }
+        ));
+        let res = accepted(None, true);
+        assert_eq!(res.headers()["sec-websocket-protocol"], PROTOCOL);
+        assert!(!res.headers().contains_key(header::SEC_WEBSOCKET_ACCEPT));
+        assert!(
+            !accepted(None, false)
+                .headers()
+                .contains_key(header::SEC_WEBSOCKET_PROTOCOL)
+        );
+    }
+
+    #[test]
+    fn only_a_websocket_extended_connect_over_http2_is_ours() {
+        let path = format!("/{JWT}");
+        let mut http11 = extended_connect(&path);
+        *http11.version_mut() = Version::HTTP_11;
+        let mut other_protocol = extended_connect(&path);
+        other_protocol
+            .extensions_mut()
+            .insert(Protocol::from_static("webtransport"));
+        let mut no_protocol = extended_connect(&path);
+        no_protocol.extensions_mut().clear();
+        let mut old_version = extended_connect(&path);
+        old_version
+            .headers_mut()
+            .insert("sec-websocket-version", "8".parse().unwrap());
+        let mut get = extended_connect(&path);
+        *get.method_mut() = Method::GET;
+        for req in [http11, other_protocol, no_protocol, old_version, get] {
+            assert_eq!(route(&req, ""), Route::Pass, "{req:?}");
+        }
+        let mut upper = extended_connect(&path);
+        upper
+            .extensions_mut()
+            .insert(Protocol::from_static("WebSocket"));
+        assert!(matches!(route(&upper, ""), Route::Ours { .. }));
+    }
 }
