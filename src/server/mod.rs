@@ -15,6 +15,10 @@
 //! the server reads those of [`SETTINGS`], among them:
 //! - `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM) serve `https:`/`wss:` with
 //!   rustls;
+//! - HTTP/1.1 and HTTP/2 share the public port: `h2` through ALPN over TLS, `h2c`
+//!   with prior knowledge in cleartext, WebSockets over HTTP/2 as RFC 8441
+//!   extended CONNECT streams; `PGWS_HTTP2_MAX_STREAMS` caps the streams of one
+//!   connection, `0` turns HTTP/2 off;
 //! - `PGWS_ADMIN_ADDR` (e.g. `127.0.0.1:9090`) serves `/metrics` (Prometheus text),
 //!   `/health` and `/ready` on a separate address, never on the public port;
 //! - `PGWS_LOG_FORMAT` is `text` (default) or `json`; `RUST_LOG` filters as usual.
