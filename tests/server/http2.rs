@@ -343,6 +343,36 @@ async fn h2_over_tls_through_alpn_reaches_static_files_the_upstream_and_the_laye
     srv.stop().await;
 }
 
+/// A `HEAD` answer over HTTP/2 carries no body (a client resets a stream that has
+/// one), whoever answers: the 404, the proxy, the static files.
+#[tokio::test]
+async fn head_answers_have_no_body_over_http2() {
+    let pki = Pki::new();
+    let root = pki.www("<h1>head</h1>");
+    let srv = start(settings_with(&[])).await;
+    let h2 = h2c(srv.addr).await;
+    let head = |uri: &str| Request::head(uri).body(empty()).unwrap();
+    let res = request(&h2, head("http://localhost/nothing")).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body_bytes(res).await, "");
+
+    let mut settings = with_upstream(settings_with(&[]), start_upstream().await);
+    settings.root_path = Some(root.into());
+    let srv = start(settings).await;
+    let h2 = h2c(srv.addr).await;
+    for (uri, status) in [
+        ("http://localhost/", StatusCode::OK),
+        ("http://localhost/api/items", StatusCode::OK),
+    ] {
+        let res = request(&h2, head(uri)).await;
+        assert_eq!(res.status(), status, "{uri}");
+        assert_eq!(body_bytes(res).await, "", "{uri}");
+    }
+    // The connection is still good.
+    let res = get(&h2, "http://localhost/").await;
+    assert_eq!(body_bytes(res).await, "<h1>head</h1>");
+}
+
 // ---------------------------------------------------------------------------
 // Many WebSockets on one connection
 // ---------------------------------------------------------------------------
