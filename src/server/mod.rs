@@ -187,7 +187,10 @@ impl Server {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let drain = Drain { watcher: graceful.watcher(), stopping: stop_signal.clone() };
+                        let drain = Drain {
+                            watcher: graceful.watcher(),
+                            stopping: stop_signal.clone(),
+                        };
                         app.spawn_connection(stream, peer, drain);
                     }
                     Err(e) => {

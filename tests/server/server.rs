@@ -499,8 +499,18 @@ async fn shutdown_closes_sockets_with_1001_and_run_returns() {
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_request_finish() {
-    let up = start_upstream().await;
-    let mut srv = start(with_upstream(up)).await;
+    // HTTP/1.1 and HTTP/2 are served by hyper-util's auto builder; HTTP/1.1 alone
+    // by hyper's own, with its own way to drain.
+    for http2_max_streams in [256, 0] {
+        let up = start_upstream().await;
+        let mut settings = with_upstream(up);
+        settings.http2_max_streams = http2_max_streams;
+        shutdown_with_a_request_in_flight(settings).await;
+    }
+}
+
+async fn shutdown_with_a_request_in_flight(settings: server::Settings) {
+    let mut srv = start(settings).await;
     let (tx, body) = channel_body();
     tx.send(Bytes::from_static(b"before")).await.unwrap();
     let res = send(srv.addr, Request::post("/duplex").body(body).unwrap()).await;
