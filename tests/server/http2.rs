@@ -407,6 +407,35 @@ async fn a_hundred_websockets_share_one_tls_connection() {
     srv.stop().await;
 }
 
+/// A socket whose client stops reading fills its own stream's window, not the
+/// connection: the other socket and the proxy on the same connection go on.
+#[tokio::test]
+async fn a_stalled_socket_does_not_hold_up_its_connection() {
+    let srv = start(with_upstream(settings_with(&[]), start_upstream().await)).await;
+    let h2 = h2c(srv.addr).await;
+    let jwt = token(claims("r", None));
+    let (stalled, live) = (unique("h2_stalled"), unique("h2_live"));
+    let _never_read = h2_ws(&h2, &format!("http://localhost/{stalled}/{jwt}")).await;
+    let mut ws = h2_ws(&h2, &format!("http://localhost/{live}/{jwt}")).await;
+    // About 4.7 MB for the stalled socket: more than its stream window (hyper's
+    // client: 2 MiB), less than the connection's (5 MiB).
+    db().await
+        .execute(
+            "select pg_notify($1, g || repeat('x', 7900)) from generate_series(1, 600) g",
+            &[&stalled],
+        )
+        .await
+        .unwrap();
+    notify(&live, "still flowing").await;
+    assert_eq!(recv_text(&mut ws).await, "still flowing");
+    let echo = echoed(
+        &h2,
+        Request::get("http://localhost/x").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(echo["path"], "/x");
+}
+
 // ---------------------------------------------------------------------------
 // The RFC 8441 handshake: token sources, subprotocol, refusals
 // ---------------------------------------------------------------------------
