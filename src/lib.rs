@@ -3,7 +3,8 @@
 //! [`PgWsLayer`] takes WebSocket handshakes whose path carries a JWT
 //! (`/<jwt>` or `/<channel>/<jwt>`) and passes every other request, untouched
 //! and streamed, to the service it wraps: an axum router, a reverse proxy to
-//! PostgREST, anything that speaks `http`.
+//! PostgREST, anything that speaks `http`. Handshakes come as HTTP/1.1 upgrades
+//! or, when the server turns on HTTP/2's extended CONNECT, as RFC 8441 streams.
 //!
 //! - The token's `mode` claim (`r`, `w` or `rw`) and its `channel`/`channels`
 //!   claims say what a socket may do.

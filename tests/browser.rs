@@ -133,6 +133,13 @@ fn the_chat_page_works_in_a_real_browser() {
     alice.wait_for_text("#status-text", "Connected to");
     let protocol = alice.script("return location.protocol", json!([]));
     assert_eq!(protocol, json!("https:"));
+    // The page came over HTTP/2 (ALPN); Chromium then opens its WebSocket on that
+    // connection as an extended CONNECT stream (RFC 8441), which the chat uses.
+    let next_hop = alice.script(
+        "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+        json!([]),
+    );
+    assert_eq!(next_hop, json!("h2"));
     alice.type_into("#message", "Hello over wss\u{E007}");
     alice.wait_for_text("#messages", "you: Hello over wss");
     bob.wait_for_text("#messages", "alice: Hello over wss");

@@ -1,8 +1,10 @@
-//! The RFC 6455 handshake: which requests are ours, the accept key, the answers.
+//! The WebSocket handshake, RFC 6455 over HTTP/1.1 and RFC 8441 over HTTP/2: which
+//! requests are ours, the accept key, the answers.
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::ext::Protocol;
 
 use crate::refusal::Refusal;
 
@@ -30,7 +32,8 @@ const BEARER_PROTOCOL: &str = "pgws.bearer.";
 
 /// Sorts a request as PROTOCOL.md §1 says (which requests are ours, where the token goes).
 pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
-    if !is_handshake(req) {
+    let extended_connect = is_extended_connect(req);
+    if !extended_connect && !is_handshake(req) {
         return Route::Pass;
     }
     let headers = req.headers();
@@ -47,7 +50,8 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     let Some((channel, from_path)) = split_path(req.uri().path(), prefix, elsewhere) else {
         return Route::Pass;
     };
-    if !key_is_valid(headers) {
+    // RFC 8441 §5: an extended CONNECT carries no key.
+    if !extended_connect && !key_is_valid(headers) {
         return Route::Refused(Refusal::InvalidKey);
     }
     if from_protocol.is_some() && !pgws_protocol {
@@ -85,6 +89,22 @@ fn is_handshake<B>(req: &Request<B>) -> bool {
         && h.get(header::SEC_WEBSOCKET_VERSION)
             .is_some_and(|v| v == "13")
         && h.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// RFC 8441 §4-5: an HTTP/2 `CONNECT` with `:protocol websocket` and
+/// `Sec-WebSocket-Version: 13`; hyper hands over its stream when the answer is a `2xx`.
+/// The server must have turned the extended CONNECT protocol on for a client to send it.
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        && req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13")
 }
 
 /// Whether a comma-separated header holds `token`, compared case-insensitively.
@@ -157,7 +177,33 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
 }
 
-/// The `101` answer for this request's key.
+/// The `Sec-WebSocket-Key` of a taken HTTP/1.1 handshake; `None` for an HTTP/2
+/// extended CONNECT, whatever it carries, so that it is answered `200`.
+pub(crate) fn key<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if is_extended_connect(req) {
+        return None;
+    }
+    req.headers().get(header::SEC_WEBSOCKET_KEY).cloned()
+}
+
+/// The answer that accepts a taken handshake: `101` for an HTTP/1.1 one (with its
+/// key), `200` for an HTTP/2 extended CONNECT (no key).
+pub(crate) fn accepted(key: Option<&HeaderValue>, pgws_protocol: bool) -> Response<Bytes> {
+    match key {
+        Some(key) => switching_protocols(key, pgws_protocol),
+        None => extended_connect_ok(pgws_protocol),
+    }
+}
+
+/// RFC 8441 §5: `200`, no `Sec-WebSocket-Accept`, the stream becomes the socket.
+fn extended_connect_ok(pgws_protocol: bool) -> Response<Bytes> {
+    let mut res = Response::builder().status(StatusCode::OK);
+    if pgws_protocol {
+        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL);
+    }
+    res.body(Bytes::new()).expect("static headers are valid")
+}
+
 /// The `101` answer for this request's key, naming `pgws` when the client offered it.
 pub(crate) fn switching_protocols(key: &HeaderValue, pgws_protocol: bool) -> Response<Bytes> {
     let accept = accept_key(key.as_bytes());
@@ -297,5 +343,91 @@ mod tests {
         let other = JWT.replace("c2ln", "b3Ro");
         let conflict = with(request(key), "authorization", &format!("bearer {other}"));
         assert!(route(&conflict, "") == Route::Refused(Refusal::ConflictingTokens));
+    }
+
+    fn extended_connect(path: &str) -> Request<()> {
+        let mut req = Request::connect(path)
+            .version(Version::HTTP_2)
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        req.extensions_mut()
+            .insert(Protocol::from_static("websocket"));
+        req
+    }
+
+    #[test]
+    fn an_http2_extended_connect_is_a_handshake_without_a_key() {
+        let req = extended_connect(&format!("/chat/{JWT}"));
+        assert_eq!(
+            route(&req, ""),
+            Route::Ours {
+                channel: Some("chat"),
+                token: JWT,
+                pgws_protocol: false
+            }
+        );
+        assert_eq!(key(&req), None);
+        // A key sent anyway is not used: the answer is still 200, not 101.
+        let keyed = with(req, "sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(key(&keyed), None);
+        assert_eq!(
+            accepted(key(&keyed).as_ref(), false).status(),
+            StatusCode::OK
+        );
+        let upgrade = request("dGhlIHNhbXBsZSBub25jZQ==");
+        let res = accepted(key(&upgrade).as_ref(), false);
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    #[test]
+    fn the_extended_connect_answer_names_pgws_only_when_offered() {
+        let req = with(
+            extended_connect("/chat"),
+            "sec-websocket-protocol",
+            &format!("pgws, pgws.bearer.{JWT}"),
+        );
+        assert!(matches!(
+            route(&req, ""),
+            Route::Ours {
+                pgws_protocol: true,
+                ..
+            }
+        ));
+        let res = accepted(None, true);
+        assert_eq!(res.headers()["sec-websocket-protocol"], PROTOCOL);
+        assert!(!res.headers().contains_key(header::SEC_WEBSOCKET_ACCEPT));
+        assert!(
+            !accepted(None, false)
+                .headers()
+                .contains_key(header::SEC_WEBSOCKET_PROTOCOL)
+        );
+    }
+
+    #[test]
+    fn only_a_websocket_extended_connect_over_http2_is_ours() {
+        let path = format!("/{JWT}");
+        let mut http11 = extended_connect(&path);
+        *http11.version_mut() = Version::HTTP_11;
+        let mut other_protocol = extended_connect(&path);
+        other_protocol
+            .extensions_mut()
+            .insert(Protocol::from_static("webtransport"));
+        let mut no_protocol = extended_connect(&path);
+        no_protocol.extensions_mut().clear();
+        let mut old_version = extended_connect(&path);
+        old_version
+            .headers_mut()
+            .insert("sec-websocket-version", "8".parse().unwrap());
+        let mut get = extended_connect(&path);
+        *get.method_mut() = Method::GET;
+        for req in [http11, other_protocol, no_protocol, old_version, get] {
+            assert_eq!(route(&req, ""), Route::Pass, "{req:?}");
+        }
+        let mut upper = extended_connect(&path);
+        upper
+            .extensions_mut()
+            .insert(Protocol::from_static("WebSocket"));
+        assert!(matches!(route(&upper, ""), Route::Ours { .. }));
     }
 }

@@ -87,7 +87,7 @@ where
             channel,
             query,
             token,
-            key: req.headers()[header::SEC_WEBSOCKET_KEY].clone(),
+            key: handshake::key(&req),
             upgrade: hyper::upgrade::on(&mut req),
             pgws_protocol,
         };
@@ -101,12 +101,14 @@ struct Accept {
     /// The query string, with history on.
     query: Option<String>,
     token: String,
-    key: HeaderValue,
+    /// `None` for an HTTP/2 extended CONNECT (RFC 8441), which has no key.
+    key: Option<HeaderValue>,
     upgrade: OnUpgrade,
     pgws_protocol: bool,
 }
 
-/// Token check, subscribe before accept, then `101` and the socket task.
+/// Token check, subscribe before accept, then `101` (`200` over HTTP/2) and the
+/// socket task.
 async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let Accept {
         channel,
@@ -159,7 +161,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         mode = socket.grant.mode.as_str(),
     );
     tokio::spawn(socket.serve(upgrade).instrument(span));
-    handshake::switching_protocols(&key, pgws_protocol)
+    handshake::accepted(key.as_ref(), pgws_protocol)
 }
 
 /// The replay and positions a reading socket asked for with `since=` or

@@ -15,6 +15,10 @@
 //! the server reads those of [`SETTINGS`], among them:
 //! - `PGWS_CERTIFICATE_FILE` and `PGWS_KEY_FILE` (PEM) serve `https:`/`wss:` with
 //!   rustls;
+//! - HTTP/1.1 and HTTP/2 share the public port: `h2` through ALPN over TLS, `h2c`
+//!   with prior knowledge in cleartext, WebSockets over HTTP/2 as RFC 8441
+//!   extended CONNECT streams; `PGWS_HTTP2_MAX_STREAMS` caps the streams of one
+//!   connection, `0` turns HTTP/2 off;
 //! - `PGWS_ADMIN_ADDR` (e.g. `127.0.0.1:9090`) serves `/metrics` (Prometheus text),
 //!   `/health` and `/ready` on a separate address, never on the public port;
 //! - `PGWS_LOG_FORMAT` is `text` (default) or `json`; `RUST_LOG` filters as usual.
@@ -47,6 +51,7 @@
 //! ```
 
 mod admin;
+mod connection;
 mod devdb;
 mod launch;
 mod logging;
@@ -56,23 +61,13 @@ mod routes;
 mod settings;
 mod tls;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
-    service::TowerToHyperService,
-};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -91,7 +86,8 @@ pub use self::{
 };
 
 use admin::{Admin, prometheus, serve_admin};
-use logging::{LoggedBody, request_log};
+use connection::{Drain, Http, serve_connection};
+use logging::request_log;
 use proxy::upstream_client;
 use routes::{Routes, fallback};
 
@@ -110,7 +106,7 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 struct App {
     layer: PgWsLayer,
     routes: Arc<Routes>,
-    http: auto::Builder<TokioExecutor>,
+    http: Http,
     tls: Option<TlsAcceptor>,
 }
 
@@ -156,8 +152,10 @@ impl Server {
                 client: upstream_client(),
                 scheme,
             }),
-            http: http_builder(settings.handshake_timeout),
-            tls: settings.tls.map(TlsAcceptor::from),
+            http: Http::new(settings.handshake_timeout, settings.http2_max_streams),
+            tls: settings
+                .tls
+                .map(|tls| tls::acceptor(tls, settings.http2_max_streams > 0)),
         };
         Server { app, metrics }
     }
@@ -175,20 +173,26 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) {
         let app = self.app;
-        let (stop_admin, admin_stopped) = watch::channel(false);
+        let (stopping, stop_signal) = watch::channel(false);
         let admin_task = admin.map(|admin| {
             let state = Admin {
                 layer: app.layer.clone(),
                 metrics: self.metrics.clone().unwrap_or_else(prometheus),
             };
-            tokio::spawn(serve_admin(admin, Arc::new(state), admin_stopped))
+            tokio::spawn(serve_admin(admin, Arc::new(state), stop_signal.clone()))
         });
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => app.spawn_connection(stream, peer, graceful.watcher()),
+                    Ok((stream, peer)) => {
+                        let drain = Drain {
+                            watcher: graceful.watcher(),
+                            stopping: stop_signal.clone(),
+                        };
+                        app.spawn_connection(stream, peer, drain);
+                    }
                     Err(e) => {
                         // Usually out of file descriptors: wait rather than spin.
                         tracing::warn!(error = %e, "accept failed");
@@ -200,7 +204,7 @@ impl Server {
         }
         drop(listener);
         tracing::info!("shutting down");
-        stop_admin.send_replace(true);
+        stopping.send_replace(true);
         let drain_http = async {
             if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown())
                 .await
@@ -218,7 +222,7 @@ impl Server {
 }
 
 impl App {
-    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, drain: Drain) {
         // Small WebSocket frames should leave at once.
         let _ = stream.set_nodelay(true);
         let routes = self.routes.clone();
@@ -231,47 +235,14 @@ impl App {
                 TokioIo::new(stream),
                 svc,
                 peer,
-                watcher,
+                drain,
             ));
             return;
         };
         tokio::spawn(async move {
             if let Some(stream) = tls::accept(&tls, stream, peer).await {
-                serve_connection(http, TokioIo::new(stream), svc, peer, watcher).await;
+                serve_connection(http, TokioIo::new(stream), svc, peer, drain).await;
             }
         });
-    }
-}
-
-/// HTTP/1 and HTTP/2; a client gets `head_timeout` to send its request head (a
-/// handshake included), so idle half-opened connections do not pile up.
-fn http_builder(head_timeout: Duration) -> auto::Builder<TokioExecutor> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
-    http
-}
-
-/// One HTTP/1.1 or HTTP/2 connection, upgrades included, watched for shutdown.
-async fn serve_connection<I, S>(
-    http: auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    svc: S,
-    peer: SocketAddr,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = Response<LoggedBody>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = http
-        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

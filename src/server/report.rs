@@ -131,6 +131,7 @@ pub fn startup_report(
     let tls_vars = format!("({}, {})", var::CERTIFICATE_FILE, var::KEY_FILE);
     let on = if settings.tls.is_some() { "on" } else { "off" };
     line("TLS", &format!("{on} {tls_vars}"));
+    line("HTTP/2", &http2_text(settings));
     let admin = admin_addr.map(|a| {
         let a = browsable(a);
         format!("http://{a}/metrics, http://{a}/health, http://{a}/ready")
@@ -150,6 +151,23 @@ pub fn startup_report(
         }
     }
     out
+}
+
+/// How HTTP/2 is reached, if at all.
+fn http2_text(settings: &Settings) -> String {
+    let max = settings.http2_max_streams;
+    if max == 0 {
+        return format!("off ({}=0)", var::HTTP2_MAX_STREAMS);
+    }
+    let how = if settings.tls.is_some() {
+        "h2 through ALPN"
+    } else {
+        "h2c with prior knowledge"
+    };
+    format!(
+        "on ({how}), WebSockets over it (RFC 8441), {max} streams per connection ({})",
+        var::HTTP2_MAX_STREAMS
+    )
 }
 
 /// The chat page's URL with the token in the fragment (never sent to the server).

@@ -23,20 +23,41 @@ pub(crate) struct Routes {
     pub(crate) scheme: &'static str,
 }
 
-/// Static files first, then the upstream; `404` when neither answers.
+/// Static files first, then the upstream; `404` when neither answers. `CONNECT`
+/// (an HTTP/1.1 tunnel, or an HTTP/2 extended CONNECT the layer did not take) is
+/// `501`: the proxy forwards plain requests, never a tunnel.
 pub(crate) async fn fallback(
     routes: Arc<Routes>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
-    let req = match serve_static(&routes, req).await {
-        Ok(res) => return Ok(res),
+    let head = req.method() == Method::HEAD;
+    let res = route(&routes, req, peer).await;
+    Ok(if head { without_body(res) } else { res })
+}
+
+async fn route(routes: &Routes, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return plain(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
+    }
+    let req = match serve_static(routes, req).await {
+        Ok(res) => return res,
         Err(req) => req,
     };
     let Some(upstream) = &routes.upstream else {
-        return Ok(plain(StatusCode::NOT_FOUND, "Not Found"));
+        return plain(StatusCode::NOT_FOUND, "Not Found");
     };
-    Ok(proxy(&routes.client, upstream, req, peer, routes.scheme).await)
+    proxy(&routes.client, upstream, req, peer, routes.scheme).await
+}
+
+/// The answer to a `HEAD`: its headers, no body. HTTP/1.1 drops the body by
+/// itself; HTTP/2 would send it, and clients reset a stream that has one.
+fn without_body(res: Response<Body>) -> Response<Body> {
+    res.map(|_| {
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    })
 }
 
 /// The static file for a GET or HEAD, or the request back when there is none.

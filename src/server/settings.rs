@@ -17,6 +17,8 @@ use super::tls::tls_config;
 
 /// How long a client has to send a request head, the WebSocket handshake included.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one HTTP/2 connection may have open at once.
+const HTTP2_MAX_STREAMS: u32 = 256;
 
 /// Everything [`run`](super::run) needs, read from the environment by
 /// [`Settings::from_env`] or built by hand with [`Settings::new`]. Its `Debug`
@@ -34,7 +36,9 @@ pub struct Settings {
     pub upstream: Option<Upstream>,
     /// The sample token signed with a generated secret, when `PGWS_JWT_SECRET` is unset.
     pub dev_token: Option<String>,
-    /// TLS on the public port (`PGWS_CERTIFICATE_FILE`, `PGWS_KEY_FILE`).
+    /// TLS on the public port (`PGWS_CERTIFICATE_FILE`, `PGWS_KEY_FILE`). The
+    /// server sets its ALPN protocols: `h2` and `http/1.1`, or `http/1.1` alone
+    /// with HTTP/2 off.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Where [`launch`](super::launch) serves `/metrics`, `/health` and `/ready`
     /// (`PGWS_ADMIN_ADDR`); [`serve`](super::serve) takes a bound listener.
@@ -43,6 +47,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// How long a client has to send its request head (`PGWS_HANDSHAKE_TIMEOUT`, s).
     pub handshake_timeout: Duration,
+    /// How many streams (requests and WebSockets) one HTTP/2 connection may have
+    /// open at once (`PGWS_HTTP2_MAX_STREAMS`); `0` turns HTTP/2 off.
+    pub http2_max_streams: u32,
     /// The private development database that [`launch`](super::launch) may start:
     /// `None` when `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`. Only settings
     /// read by [`from_env`](Self::from_env) or [`from_vars`](Self::from_vars) can
@@ -174,6 +181,7 @@ impl std::fmt::Debug for Settings {
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("http2_max_streams", &self.http2_max_streams)
             .field("dev_db", &self.dev_db)
             .field("builder", &self.builder)
             .finish()
@@ -218,6 +226,7 @@ impl Settings {
             admin_addr: None,
             log_format: LogFormat::Text,
             handshake_timeout: HEADER_READ_TIMEOUT,
+            http2_max_streams: HTTP2_MAX_STREAMS,
             dev_db: None,
             builder: None,
         }
@@ -396,6 +405,17 @@ server_settings! {
                         var::HANDSHAKE_TIMEOUT
                     )),
                 };
+            }
+            Ok(())
+        };
+    HTTP2_MAX_STREAMS = "PGWS_HTTP2_MAX_STREAMS", "256",
+        "streams (requests and WebSockets) one HTTP/2 connection may have open at once; 0 turns HTTP/2 off",
+        |s, v, _| {
+            if let Some(v) = v {
+                s.http2_max_streams = v.trim().parse::<u32>().map_err(|_| format!(
+                    "{}: {v:?} is not a whole number (0 turns HTTP/2 off)",
+                    var::HTTP2_MAX_STREAMS
+                ))?;
             }
             Ok(())
         };

@@ -50,9 +50,27 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
                 cert.display()
             )
         })?;
-    // HTTP/2 for plain requests; browsers open WebSockets over HTTP/1.1.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn(true);
     Ok(Arc::new(config))
+}
+
+/// The protocols offered through ALPN, the preferred first.
+fn alpn(http2: bool) -> Vec<Vec<u8>> {
+    let mut protocols = vec![b"http/1.1".to_vec()];
+    if http2 {
+        protocols.insert(0, b"h2".to_vec());
+    }
+    protocols
+}
+
+/// The acceptor for `config`, offering `h2` only when HTTP/2 is on.
+pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>, http2: bool) -> TlsAcceptor {
+    if config.alpn_protocols == alpn(http2) {
+        return TlsAcceptor::from(config);
+    }
+    let mut config = (*config).clone();
+    config.alpn_protocols = alpn(http2);
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// A client's TLS handshake, given [`TLS_HANDSHAKE_TIMEOUT`]; `None`, logged at

@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod devdb;
+mod http2;
 mod program;
 mod rolling;
 mod server;

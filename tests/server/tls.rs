@@ -23,13 +23,13 @@ use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
 /// A self-signed certificate for `localhost` and its key, as PEM files in a
 /// directory of their own (removed on drop).
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     cert_der: rustls::pki_types::CertificateDer<'static>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let dir = std::env::temp_dir().join(unique("pgws_tls"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -41,11 +41,11 @@ impl Pki {
         }
     }
 
-    fn cert(&self) -> String {
+    pub(crate) fn cert(&self) -> String {
         self.dir.join("cert.pem").display().to_string()
     }
 
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.dir.join("key.pem").display().to_string()
     }
 
@@ -56,7 +56,7 @@ impl Pki {
     }
 
     /// A directory of static files (away from the key) with this `index.html`.
-    fn www(&self, index: &str) -> String {
+    pub(crate) fn www(&self, index: &str) -> String {
         let www = self.dir.join("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), index).unwrap();
@@ -94,7 +94,7 @@ fn vars(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
     }
 }
 
-fn tls_settings(pki: &Pki, extra: Vec<(&'static str, String)>) -> server::Settings {
+pub(crate) fn tls_settings(pki: &Pki, extra: Vec<(&'static str, String)>) -> server::Settings {
     let mut pairs = vec![
         ("PGWS_CERTIFICATE_FILE", pki.cert()),
         ("PGWS_KEY_FILE", pki.key()),
@@ -114,7 +114,7 @@ async fn start(settings: server::Settings) -> Running {
     .await
 }
 
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     pki: &Pki,
     addr: SocketAddr,
     alpn: &[&[u8]],
