@@ -77,7 +77,13 @@ impl Format for Json {
         payload.clone()
     }
 
-    fn message(&self, channel: &str, position: Option<&Position>, payload: &str, _: &Sent) -> Bytes {
+    fn message(
+        &self,
+        channel: &str,
+        position: Option<&Position>,
+        payload: &str,
+        _: &Sent,
+    ) -> Bytes {
         match position {
             Some(p) => stored(channel, &p.epoch, p.offset, payload),
             None => Bytes::from(format!(
@@ -112,10 +118,19 @@ impl Resume<Json> {
 
 impl<F: Format> Resume<F> {
     /// Replays `starts`, in order, before any live frame, in `format`.
+    /// Each channel counts as sent up to where it starts, so that a frame
+    /// written during the replay of another already has every position.
     pub(crate) fn with_format(starts: Vec<(String, Start)>, format: F) -> Self {
+        let sent = starts
+            .iter()
+            .filter_map(|(channel, start)| match start {
+                Start::After(p) | Start::Window(p) => Some((channel.clone(), p.clone())),
+                Start::Last(_) => None,
+            })
+            .collect();
         Self {
             todo: starts.into(),
-            sent: HashMap::new(),
+            sent,
             gaps: 0,
             format,
         }
@@ -186,7 +201,9 @@ impl<F: Format> Resume<F> {
             sent.insert(channel.to_owned(), position.clone());
             position
         };
-        if let Some(from) = read.gap.filter(|_| gaps) {
+        // After "before any history", reading from offset 1 misses nothing.
+        let from_scratch = |from: &i64| *from == 1 && after.is_some_and(|a| a.epoch == NONE_YET);
+        if let Some(from) = read.gap.filter(|from| gaps && !from_scratch(from)) {
             at(&mut self.sent, from - 1);
             frames.push(self.format.gap(channel, &read.epoch, from, &self.sent));
             self.gaps += 1;

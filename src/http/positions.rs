@@ -153,7 +153,9 @@ mod tests {
         let patterns = HistoryChannels::parse("h*").unwrap();
         let asked = for_stream(Some("since=E:1:ha&history=4"), Some("E:7:ha,F:2:h%2Cb")).unwrap();
         assert_eq!(
-            asked.starts(&granted(&["ha", "h,b", "hc"]), &patterns).unwrap(),
+            asked
+                .starts(&granted(&["ha", "h,b", "hc"]), &patterns)
+                .unwrap(),
             vec![
                 ("ha".to_owned(), at("E", 7)),
                 ("h,b".to_owned(), at("F", 2)),

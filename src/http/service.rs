@@ -15,11 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     auth::Grant,
-    engine::{
-        Engine,
-        resume::Resume,
-        socket::Socket,
-    },
+    engine::{Engine, resume::Resume, socket::Socket},
     refusal::Refusal,
 };
 
@@ -118,13 +114,8 @@ impl<S> PgWsService<S> {
             return Some(ResponseFuture::events(Box::pin(std::future::ready(res))));
         }
         // Positions are read only with history on: otherwise they are not ours.
-        let with_history = |value: Option<&str>| {
-            engine
-                .history
-                .as_ref()
-                .and(value)
-                .map(str::to_owned)
-        };
+        let with_history =
+            |value: Option<&str>| engine.history.as_ref().and(value).map(str::to_owned);
         let last_event_id = req
             .headers()
             .get("last-event-id")

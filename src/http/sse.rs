@@ -25,8 +25,8 @@ use crate::{
         Engine,
         history::History,
         hub::Ending,
-        listener::Subscription,
         hub::Frame,
+        listener::Subscription,
         resume::{self, Format, Json, Resume, Sent},
     },
     history::{Position, Since},
@@ -201,7 +201,11 @@ impl Sse {
 
 impl Format for Sse {
     fn raw(&self, payload: &Bytes, sent: &Sent) -> Bytes {
-        event(None, self.id(sent).as_deref(), &String::from_utf8_lossy(payload))
+        event(
+            None,
+            self.id(sent).as_deref(),
+            &String::from_utf8_lossy(payload),
+        )
     }
 
     fn message(
@@ -250,7 +254,11 @@ fn event(kind: Option<&str>, id: Option<&str>, data: &str) -> Bytes {
         if end == rest.len() {
             break;
         }
-        let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
         rest = &rest[end + skip..];
     }
     out.push('\n');
@@ -267,7 +275,8 @@ fn ending(close: Close) -> Bytes {
     event(Some("close"), None, &data)
 }
 
-type Replay = Pin<Box<dyn Future<Output = (Resume<Sse>, Result<Option<Vec<Bytes>>, String>)> + Send>>;
+type Replay =
+    Pin<Box<dyn Future<Output = (Resume<Sse>, Result<Option<Vec<Bytes>>, String>)> + Send>>;
 
 /// The next page of a replay, the resume handed back with it.
 fn replay(mut resume: Resume<Sse>, history: Arc<History>) -> Replay {
