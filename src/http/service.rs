@@ -116,15 +116,16 @@ impl<S> PgWsService<S> {
         // Positions are read only with history on: otherwise they are not ours.
         let with_history =
             |value: Option<&str>| engine.history.as_ref().and(value).map(str::to_owned);
+        // Bytes that are no text stay wrong (and so a 400), never dropped.
         let last_event_id = req
             .headers()
             .get("last-event-id")
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
         let opening = sse::Opening {
             channel,
             token,
             query: with_history(req.uri().query()),
-            last_event_id: with_history(last_event_id),
+            last_event_id: with_history(last_event_id.as_deref()),
         };
         Some(ResponseFuture::events(Box::pin(sse::open(
             engine.clone(),

@@ -490,7 +490,7 @@ async fn last_event_id_resumes_every_channel_with_no_gap_and_no_duplicate() {
             data["payload"].as_str().unwrap().parse().unwrap(),
         ));
         // Every 40 events, reconnect as a browser would.
-        if seen.len() % 40 == 0 {
+        if seen.len().is_multiple_of(40) {
             reconnects += 1;
             drop(stream);
             stream = open_with(
