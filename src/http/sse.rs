@@ -29,6 +29,7 @@ use crate::{
         listener::Subscription,
         resume::{self, Format, Json, Resume, Sent},
     },
+    envelope::Event,
     history::{Position, Since},
     refusal::Refusal,
     stats::Transport,
@@ -137,9 +138,15 @@ pub(crate) async fn open(engine: Arc<Engine>, req: Opening) -> Opened {
         mode = grant.mode.as_str(),
         "event stream open"
     );
+    // With a meta channel, announced like a socket: open now, closed on drop.
+    let announced = engine.meta.as_ref().map(|meta| {
+        meta.announce(&engine.mapping, &grant, Event::ConnectionOpen);
+        Box::new(grant.clone())
+    });
     let open = Open {
         engine: engine.clone(),
         mode: grant.mode,
+        announced,
         _permit: permit,
     };
     let stream = EventStream::new(open, &grant, sub, Resume::with_format(starts, format));
@@ -302,13 +309,19 @@ enum State {
 struct Open {
     engine: Arc<Engine>,
     mode: Mode,
+    /// With a meta channel: the grant, for the `ConnectionClose` event.
+    announced: Option<Box<Grant>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let counters = &self.engine.counters;
-        counters.closed(Transport::EventStream, self.mode);
+        let engine = &self.engine;
+        if let (Some(meta), Some(grant)) = (&engine.meta, &self.announced) {
+            meta.announce(&engine.mapping, grant, Event::ConnectionClose);
+        }
+        engine.counters.closed(Transport::EventStream, self.mode);
+        tracing::info!("event stream closed");
     }
 }
 

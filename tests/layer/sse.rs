@@ -562,3 +562,20 @@ async fn a_position_that_was_pruned_gets_a_gap_event_first() {
     assert_eq!(refused.0, 400);
     assert!(refused.1.starts_with("Invalid position"), "{}", refused.1);
 }
+
+#[tokio::test]
+async fn a_stream_is_announced_on_the_meta_channel_like_a_socket() {
+    let meta = unique("sse_meta");
+    let mut listen = Listen::start(&meta).await;
+    let server = TestServer::start(config().meta_channel(&meta)).await;
+    let chan = unique("sse_announced");
+    let stream = open(&server, &path_for(claims("r", Some(&chan)))).await;
+    let event = |payload: &str| serde_json::from_str::<Value>(payload).unwrap();
+    let opened = event(&listen.next().await.1);
+    assert_eq!(opened["event"], "ConnectionOpen");
+    assert_eq!(opened["payload"], chan.as_str());
+    drop(stream);
+    let closed = event(&listen.next().await.1);
+    assert_eq!(closed["event"], "ConnectionClose");
+    assert_eq!(closed["payload"], chan.as_str());
+}
