@@ -150,17 +150,20 @@ pub(crate) async fn open(engine: Arc<Engine>, req: Opening) -> Opened {
         _permit: permit,
     };
     let stream = EventStream::new(open, &grant, sub, Resume::with_format(starts, format));
-    let stream = Box::new(stream);
     engine.counters.opened(Transport::EventStream, grant.mode);
-    let response = Response::builder()
+    Ok(answer(Box::new(stream)))
+}
+
+/// The `200` that carries a stream.
+fn answer(stream: Box<EventStream>) -> Response<Box<EventStream>> {
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache")
         // nginx: pass each event on as it comes rather than buffering the body.
         .header("x-accel-buffering", HeaderValue::from_static("no"))
         .body(stream)
-        .expect("static headers are valid");
-    Ok(response)
+        .expect("static headers are valid")
 }
 
 /// Where each history channel of the stream starts: every one of them gets a
