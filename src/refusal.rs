@@ -81,6 +81,9 @@ refusals! {
     /// Tokens in the path, header and subprotocol that differ.
     ConflictingTokens => BAD_REQUEST, "bad_request",
         "Conflicting tokens: the path, header and subprotocol disagree";
+    /// An event stream for a token whose mode is `w`: streams only read.
+    ReadNotAllowed => FORBIDDEN, "read_not_allowed",
+        "Read not allowed: an event stream needs mode r or rw";
     /// An `Origin` outside the allow-list.
     OriginNotAllowed => FORBIDDEN, "origin_not_allowed", "Origin not allowed";
     /// `max_sockets` sockets already open.

@@ -11,7 +11,8 @@ use crate::{auth::Mode, refusal::Refusal};
 /// the atomics, so a figure seen in [`Stats`] is already in the exporter too.
 #[derive(Default)]
 pub(crate) struct Counters {
-    open: [AtomicI64; 3],
+    /// By [`Transport`], then mode.
+    open: [[AtomicI64; 3]; 2],
     channels_listened: AtomicI64,
     pending_joins: AtomicI64,
     notifications_received: AtomicU64,
@@ -38,19 +39,58 @@ fn mode_index(mode: Mode) -> usize {
     }
 }
 
+/// How a reader is connected: the `transport` label of `pgws_sockets_open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// A WebSocket.
+    WebSocket = 0,
+    /// A server-sent event stream.
+    EventStream = 1,
+}
+
+impl Transport {
+    /// The label value.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::EventStream => "sse",
+        }
+    }
+}
+
 impl Counters {
     pub(crate) fn socket_opened(&self, mode: Mode) {
-        gauge!("pgws_sockets_open", "mode" => mode.as_str()).increment(1.0);
-        self.open[mode_index(mode)].fetch_add(1, Relaxed);
+        self.opened(Transport::WebSocket, mode);
     }
 
     pub(crate) fn socket_closed(&self, mode: Mode) {
-        gauge!("pgws_sockets_open", "mode" => mode.as_str()).decrement(1.0);
-        self.open[mode_index(mode)].fetch_sub(1, Relaxed);
+        self.closed(Transport::WebSocket, mode);
+    }
+
+    /// A socket or event stream opens.
+    pub(crate) fn opened(&self, transport: Transport, mode: Mode) {
+        gauge!("pgws_sockets_open", "mode" => mode.as_str(), "transport" => transport.as_str())
+            .increment(1.0);
+        self.open[transport as usize][mode_index(mode)].fetch_add(1, Relaxed);
+    }
+
+    /// A socket or event stream is closed.
+    pub(crate) fn closed(&self, transport: Transport, mode: Mode) {
+        gauge!("pgws_sockets_open", "mode" => mode.as_str(), "transport" => transport.as_str())
+            .decrement(1.0);
+        self.open[transport as usize][mode_index(mode)].fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn open_sockets(&self) -> u64 {
         self.open
+            .iter()
+            .flatten()
+            .map(|o| o.load(Relaxed).max(0) as u64)
+            .sum()
+    }
+
+    fn open_of(&self, transport: Transport) -> u64 {
+        self.open[transport as usize]
             .iter()
             .map(|o| o.load(Relaxed).max(0) as u64)
             .sum()
@@ -138,10 +178,16 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self, listening: bool) -> Stats {
-        let open = |m: Mode| self.open[mode_index(m)].load(Relaxed).max(0) as u64;
+        let open = |m: Mode| {
+            self.open
+                .iter()
+                .map(|t| t[mode_index(m)].load(Relaxed).max(0) as u64)
+                .sum()
+        };
         Stats {
             listening,
             open_sockets: self.open_sockets(),
+            open_event_streams: self.open_of(Transport::EventStream),
             open_read_sockets: open(Mode::Read),
             open_write_sockets: open(Mode::Write),
             open_read_write_sockets: open(Mode::ReadWrite),
@@ -180,8 +226,10 @@ pub struct Stats {
     /// The listener is connected and listening (and, with history channels, the
     /// history store is ready).
     pub listening: bool,
-    /// Sockets open now, all modes.
+    /// Sockets open now, all modes, event streams included.
     pub open_sockets: u64,
+    /// Of those, server-sent event streams.
+    pub open_event_streams: u64,
     /// Sockets open now in mode `r`.
     pub open_read_sockets: u64,
     /// Sockets open now in mode `w`.
@@ -196,9 +244,9 @@ pub struct Stats {
     pub pending_joins: u64,
     /// Notifications the listener received.
     pub notifications_received: u64,
-    /// Text frames written to sockets.
+    /// Text frames written to sockets, and events written to event streams.
     pub frames_delivered: u64,
-    /// Sockets closed with `1008 Slow consumer`.
+    /// Sockets (and event streams) closed with `1008 Slow consumer`.
     pub slow_consumer_closes: u64,
     /// Client messages NOTIFYed.
     pub messages_notified: u64,

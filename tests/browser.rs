@@ -264,6 +264,86 @@ fn the_chat_page_replays_a_history_channel() {
     rt.block_on(second.stop());
 }
 
+#[test]
+fn an_event_stream_page_resumes_a_history_channel_after_a_restart() {
+    let Some(tools) = BrowserTools::find() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let chan = unique("browser_sse");
+    let schema = DropSchema(unique("pgws_browser_sse"));
+    let settings = || {
+        let config = config().history(&chan).history_schema(schema.0.clone());
+        let mut settings = server::Settings::new(config.build().unwrap());
+        settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sse"));
+        settings
+    };
+    let (addr, admin, first) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (
+            listener.local_addr().unwrap(),
+            admin.local_addr().unwrap(),
+            Serving::start(listener, Some(admin), settings()),
+        )
+    });
+    wait_ready(admin);
+    let publish = |payload: &str| rt.block_on(schema.publish(&chan, payload));
+
+    let driver = ChromeDriver::start(&tools);
+    let dave = driver.session("dave");
+    let jwt = token(json!({"mode": "r", "exp": now() + 3600}));
+    dave.goto(&format!("http://{addr}/#token={jwt}&channel={chan}"));
+    dave.wait_for_text("#status", "open");
+    // A NOTIFY from SQL and a published message, each a message event.
+    rt.block_on(notify(&chan, "a plain NOTIFY"));
+    dave.wait_for_text("#messages", "message: a plain NOTIFY");
+    publish("live one");
+    dave.wait_for_text("#messages", "message: live one");
+
+    // The server restarts: the stream's close event shows, what is published
+    // meanwhile comes once EventSource is back by itself (Last-Event-ID).
+    rt.block_on(first.stop());
+    dave.wait_for_text("#messages", "closed: 1001 Going away");
+    let away = ["away 1", "away 2", "away 3"];
+    for text in away {
+        publish(text);
+    }
+    let second = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Serving::start(listener, None, settings())
+    });
+    dave.wait_for_text("#messages", "message: away 3");
+    publish("after the restart");
+    dave.wait_for_text("#messages", "message: after the restart");
+    // Everything once, in order: nothing missed, nothing twice.
+    let shown = dave.script(
+        "return [...document.querySelectorAll('#messages li')].map(li => li.textContent)",
+        json!([]),
+    );
+    assert_eq!(
+        shown,
+        json!([
+            "message: a plain NOTIFY",
+            "message: live one",
+            "closed: 1001 Going away",
+            "message: away 1",
+            "message: away 2",
+            "message: away 3",
+            "message: after the restart",
+        ])
+    );
+    dave.screenshot("event-stream.png");
+
+    drop(dave);
+    rt.block_on(second.stop());
+}
+
 /// A schema of the history store, dropped at the end (also after a failure).
 struct DropSchema(String);
 

@@ -62,6 +62,11 @@ impl Values {
     pub(crate) fn check_listener_interval(&self) -> Option<Duration> {
         nonzero(self.check_listener_interval)
     }
+
+    /// The event streams' keep-alive interval, `None` when off.
+    pub(crate) fn sse_keep_alive(&self) -> Option<Duration> {
+        nonzero(self.sse_keep_alive)
+    }
 }
 
 /// Builds a [`Config`]; each method names one setting and [`build`](Self::build) checks them all.

@@ -289,6 +289,10 @@ settings! {
     /// How often sockets are pinged (default 30 s; no pong within one interval is
     /// `1011 Ping timeout`); zero turns pings off. At most 365 days.
     ping_interval: secs = Duration::from_secs(30), "PGWS_PING_INTERVAL", "30", at_most_a_year;
+    /// How often an idle event stream gets a comment line, so that proxies and
+    /// clients keep it open (default 15 s); zero turns them off. At most 365 days.
+    sse_keep_alive: millis = Duration::from_millis(15_000), "PGWS_SSE_KEEP_ALIVE", "15000",
+        at_most_a_year;
     /// How often the listener probes its connection (default 10 s; a failed probe
     /// reconnects, `1012` to readers); zero turns the probe off (TCP keepalives stay
     /// on). At most 365 days.

@@ -576,13 +576,15 @@ impl Listener {
             return Vec::new();
         };
         self.counters.notification_received();
-        let mut frame = Frame::from(Bytes::copy_from_slice(payload.as_bytes()));
-        if self.history.is_some() {
-            frame.origin = Some(Arc::new(Origin {
+        // The channel goes with the frame (once, shared by all readers): sockets
+        // with positions and event streams on several channels say where it is from.
+        let frame = Frame {
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            origin: Some(Arc::new(Origin {
                 channel: channel.clone().into_owned(),
                 position: None,
-            }));
-        }
+            })),
+        };
         if pipe.deliveries.is_empty() {
             return self.hub.dispatch(&channel, &frame);
         }

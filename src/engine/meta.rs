@@ -6,11 +6,19 @@
 //! event finds it full drops that event, and a batch the database refuses is lost.
 //! Both count in `meta_failures`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{mapping::Notify, stats::Counters};
+use crate::{
+    auth::Grant,
+    envelope::Event,
+    mapping::{Mapping, Notify},
+    stats::Counters,
+};
 
 use super::publisher::Publisher;
 
@@ -46,6 +54,27 @@ impl Meta {
             queue,
             counters,
         }
+    }
+
+    /// Queues `event` of a reader (socket or event stream) with `grant`: its
+    /// payload is the granted channels, joined with commas. As [`send`](Self::send).
+    pub(crate) fn announce(
+        &self,
+        mapping: &Mapping,
+        grant: &Grant,
+        event: Event,
+    ) -> Option<oneshot::Receiver<()>> {
+        let channels = grant.channels.join(",");
+        let notify = mapping
+            .notifies(
+                std::slice::from_ref(&self.channel),
+                event,
+                &channels,
+                &grant.claims,
+                SystemTime::now(),
+            )
+            .pop()?;
+        self.send(notify)
     }
 
     /// Queues an event. The receiver resolves once it was published or lost;

@@ -48,23 +48,102 @@ impl Start {
     }
 }
 
-/// The replay still to do, and the last position sent on each channel.
-#[derive(Debug, Default)]
-pub(crate) struct Resume {
-    todo: VecDeque<(String, Start)>,
-    sent: HashMap<String, Position>,
-    /// Gap frames sent.
-    gaps: u64,
+/// The last position sent on each channel.
+pub(crate) type Sent = HashMap<String, Position>;
+
+/// How a socket's frames are written out: JSON objects for a WebSocket, events
+/// for an event stream. `sent` already holds the frame's own position.
+pub(crate) trait Format {
+    /// A frame that says nothing of where it comes from.
+    fn raw(&self, payload: &Bytes, sent: &Sent) -> Bytes;
+    /// A notification of `channel`; `position` for a stored message.
+    fn message(
+        &self,
+        channel: &str,
+        position: Option<&Position>,
+        payload: &str,
+        sent: &Sent,
+    ) -> Bytes;
+    /// A position that could not be honoured: the next message is `epoch:from`.
+    fn gap(&self, channel: &str, epoch: &str, from: i64, sent: &Sent) -> Bytes;
 }
 
-impl Resume {
+/// The WebSocket's frames (PROTOCOL.md §15): JSON objects.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Json;
+
+impl Format for Json {
+    fn raw(&self, payload: &Bytes, _: &Sent) -> Bytes {
+        payload.clone()
+    }
+
+    fn message(
+        &self,
+        channel: &str,
+        position: Option<&Position>,
+        payload: &str,
+        _: &Sent,
+    ) -> Bytes {
+        match position {
+            Some(p) => stored(channel, &p.epoch, p.offset, payload),
+            None => Bytes::from(format!(
+                r#"{{"channel":{},"payload":{}}}"#,
+                quoted(channel),
+                quoted(payload)
+            )),
+        }
+    }
+
+    fn gap(&self, channel: &str, epoch: &str, from: i64, _: &Sent) -> Bytes {
+        gap(channel, epoch, from)
+    }
+}
+
+/// The replay still to do, and the last position sent on each channel.
+#[derive(Debug, Default)]
+pub(crate) struct Resume<F = Json> {
+    todo: VecDeque<(String, Start)>,
+    sent: Sent,
+    /// Gap frames sent.
+    gaps: u64,
+    format: F,
+}
+
+impl Resume<Json> {
     /// Replays `starts`, in order, before any live frame.
     pub(crate) fn new(starts: Vec<(String, Start)>) -> Self {
+        Self::with_format(starts, Json)
+    }
+}
+
+impl<F: Format> Resume<F> {
+    /// Replays `starts`, in order, before any live frame, in `format`.
+    /// Each channel counts as sent up to where it starts, so that a frame
+    /// written during the replay of another already has every position.
+    pub(crate) fn with_format(starts: Vec<(String, Start)>, format: F) -> Self {
+        let sent = starts
+            .iter()
+            .filter_map(|(channel, start)| match start {
+                Start::After(p) | Start::Window(p) => Some((channel.clone(), p.clone())),
+                Start::Last(_) => None,
+            })
+            .collect();
         Self {
             todo: starts.into(),
-            sent: HashMap::new(),
+            sent,
             gaps: 0,
+            format,
         }
+    }
+
+    /// The last position sent on each channel.
+    pub(crate) fn sent(&self) -> &Sent {
+        &self.sent
+    }
+
+    /// The format frames are written in.
+    pub(crate) fn format(&self) -> &F {
+        &self.format
     }
 
     /// How many Gap frames the replay made since last asked.
@@ -113,12 +192,28 @@ impl Resume {
         gaps: bool,
     ) -> Vec<Bytes> {
         let mut frames = Vec::with_capacity(read.messages.len() + 1);
-        if let Some(from) = read.gap.filter(|_| gaps) {
-            frames.push(gap(channel, &read.epoch, from));
+        // Each frame is written with the positions sent up to and including it.
+        let at = |sent: &mut Sent, offset: i64| {
+            let position = Position {
+                epoch: read.epoch.clone(),
+                offset,
+            };
+            sent.insert(channel.to_owned(), position.clone());
+            position
+        };
+        // After "before any history", reading from offset 1 misses nothing.
+        let from_scratch = |from: &i64| *from == 1 && after.is_some_and(|a| a.epoch == NONE_YET);
+        if let Some(from) = read.gap.filter(|from| gaps && !from_scratch(from)) {
+            at(&mut self.sent, from - 1);
+            frames.push(self.format.gap(channel, &read.epoch, from, &self.sent));
             self.gaps += 1;
         }
         for Message { offset, payload } in &read.messages {
-            frames.push(stored(channel, &read.epoch, *offset, payload));
+            let position = at(&mut self.sent, *offset);
+            frames.push(
+                self.format
+                    .message(channel, Some(&position), payload, &self.sent),
+            );
         }
         // What the client has now: live offsets up to here are not sent again.
         let last = match (read.messages.last(), read.gap, after) {
@@ -144,15 +239,14 @@ impl Resume {
     /// A live frame as this socket gets it; `None` for an offset already sent.
     pub(crate) fn live(&mut self, frame: &Frame) -> Option<Bytes> {
         let Some(origin) = &frame.origin else {
-            return Some(frame.payload.clone());
+            return Some(self.format.raw(&frame.payload, &self.sent));
         };
         let payload = String::from_utf8_lossy(&frame.payload);
         let Some(position) = &origin.position else {
-            return Some(Bytes::from(format!(
-                r#"{{"channel":{},"payload":{}}}"#,
-                quoted(&origin.channel),
-                quoted(&payload)
-            )));
+            return Some(
+                self.format
+                    .message(&origin.channel, None, &payload, &self.sent),
+            );
         };
         if let Some(sent) = self.sent.get(&origin.channel)
             && sent.epoch == position.epoch
@@ -161,12 +255,10 @@ impl Resume {
             return None;
         }
         self.sent.insert(origin.channel.clone(), position.clone());
-        Some(stored(
-            &origin.channel,
-            &position.epoch,
-            position.offset,
-            &payload,
-        ))
+        Some(
+            self.format
+                .message(&origin.channel, Some(position), &payload, &self.sent),
+        )
     }
 }
 
@@ -188,7 +280,7 @@ fn gap(channel: &str, epoch: &str, from: i64) -> Bytes {
 }
 
 /// A JSON string.
-fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     serde_json::to_string(text).expect("a string always serializes")
 }
 
@@ -233,7 +325,7 @@ mod tests {
 
     #[test]
     fn live_frames_already_replayed_are_dropped_and_the_rest_are_json() {
-        let mut r = Resume::default();
+        let mut r = Resume::<Json>::default();
         let after = Position {
             epoch: "E".into(),
             offset: 1,
@@ -259,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_gap_comes_first_and_counts_as_sent_up_to_before_it() {
-        let mut r = Resume::default();
+        let mut r = Resume::<Json>::default();
         let after = Position {
             epoch: "OLD".into(),
             offset: 9,
@@ -275,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_cut_read_queues_the_next_page() {
-        let mut r = Resume::default();
+        let mut r = Resume::<Json>::default();
         let offsets: Vec<i64> = (1..=PAGE).collect();
         let after = Position {
             epoch: "E".into(),

@@ -270,19 +270,7 @@ impl Socket {
     /// resolves once it is published (or lost). `None` when not queued.
     fn meta(&self, event: Event) -> Option<oneshot::Receiver<()>> {
         let meta = self.engine.meta.as_ref()?;
-        let channels = self.grant.channels.join(",");
-        let notify = self
-            .engine
-            .mapping
-            .notifies(
-                std::slice::from_ref(&meta.channel),
-                event,
-                &channels,
-                &self.grant.claims,
-                SystemTime::now(),
-            )
-            .pop()?;
-        meta.send(notify)
+        meta.announce(&self.engine.mapping, &self.grant, event)
     }
 }
 

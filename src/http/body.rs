@@ -10,10 +10,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::sse::EventStream;
+
 pin_project! {
     /// The response body of [`PgWsService`](crate::PgWsService): the wrapped
-    /// service's body streamed untouched, or the layer's own answer (a `101` or
-    /// a refusal).
+    /// service's body streamed untouched, or the layer's own answer (a `101`, a
+    /// refusal, or an event stream).
     pub struct PgWsBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -25,6 +27,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Full { data: Option<Bytes> },
+        Events { stream: Pin<Box<EventStream>> },
     }
 }
 
@@ -43,6 +46,16 @@ impl<B> PgWsBody<B> {
     }
 }
 
+impl<B> PgWsBody<B> {
+    pub(crate) fn events(stream: Box<EventStream>) -> Self {
+        Self {
+            kind: Kind::Events {
+                stream: Box::into_pin(stream),
+            },
+        }
+    }
+}
+
 impl<B> Body for PgWsBody<B>
 where
     B: Body<Data = Bytes>,
@@ -57,6 +70,10 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Events { stream } => stream
+                .as_mut()
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c)))),
         }
     }
 
@@ -64,6 +81,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::Events { .. } => false,
         }
     }
 
@@ -73,6 +91,7 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Events { .. } => SizeHint::default(),
         }
     }
 }

@@ -11,9 +11,11 @@ use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::body::PgWsBody;
+use super::{body::PgWsBody, sse};
 
 pub(crate) type Handshake = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
+/// Opening an event stream: the stream, or a refusal.
+pub(crate) type Opening = Pin<Box<dyn Future<Output = sse::Opened> + Send>>;
 
 pin_project! {
     /// The response future of [`PgWsService`](crate::PgWsService).
@@ -29,6 +31,7 @@ pin_project! {
     enum Kind<F> {
         Inner { #[pin] future: F },
         Own { future: Handshake },
+        Events { future: Opening },
     }
 }
 
@@ -42,6 +45,14 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn own(future: Handshake) -> Self {
         Self {
             kind: Kind::Own { future },
+        }
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn events(future: Opening) -> Self {
+        Self {
+            kind: Kind::Events { future },
         }
     }
 }
@@ -62,6 +73,10 @@ where
                 let res = ready!(future.as_mut().poll(cx));
                 Poll::Ready(Ok(res.map(PgWsBody::full)))
             }
+            KindProj::Events { future } => match ready!(future.as_mut().poll(cx)) {
+                Ok(res) => Poll::Ready(Ok(res.map(PgWsBody::events))),
+                Err(refused) => Poll::Ready(Ok(refused.map(PgWsBody::full))),
+            },
         }
     }
 }

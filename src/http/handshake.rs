@@ -72,7 +72,7 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
 }
 
 /// `Authorization: Bearer <jwt>`, the scheme compared case-insensitively.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -154,7 +154,7 @@ pub(crate) fn split_path<'a>(
 }
 
 /// Three base64url parts joined by dots; only the signature may be empty.
-fn looks_like_jws(token: &str) -> bool {
+pub(crate) fn looks_like_jws(token: &str) -> bool {
     let b64url = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -2,7 +2,7 @@
 //! against the socket's grant.
 
 use crate::{
-    engine::resume::Start,
+    engine::{history::History, resume::Start},
     history::{HistoryChannels, Since},
     refusal::Refusal,
 };
@@ -43,6 +43,44 @@ pub(crate) fn parse(query: Option<&str>) -> Result<Option<Asked>, Refusal> {
         any = true;
     }
     Ok(any.then_some(asked))
+}
+
+/// An event stream's positions: the query's, with `Last-Event-ID` (`since`
+/// values joined by `,`, as the stream's event ids are written) in place of its
+/// `since=`; every history channel without a position starts at the head
+/// (`history=0`), so that the stream's ids cover all of them.
+pub(crate) fn for_stream(
+    query: Option<&str>,
+    last_event_id: Option<&str>,
+) -> Result<Asked, Refusal> {
+    let mut asked = parse(query)?.unwrap_or_default();
+    if let Some(id) = last_event_id.map(str::trim).filter(|id| !id.is_empty()) {
+        asked.since = id
+            .split(',')
+            .map(|value| Since::parse(value).map_err(|e| Refusal::InvalidPosition(e.to_string())))
+            .collect::<Result<_, _>>()?;
+    }
+    asked.history.get_or_insert(0);
+    Ok(asked)
+}
+
+/// The starts with every `history=n` made a window after the channel's head,
+/// read now, before subscribing: what is committed after the subscription is
+/// then replayed or queued.
+pub(crate) async fn windows(
+    history: &History,
+    mut starts: Vec<(String, Start)>,
+) -> Result<Vec<(String, Start)>, Refusal> {
+    for (channel, start) in &mut starts {
+        if let Start::Last(n) = *start {
+            let head = history.head(channel).await.map_err(|e| {
+                tracing::warn!(error = %e, "history head not read");
+                Refusal::DatabaseUnavailable
+            })?;
+            *start = Start::window(head, n);
+        }
+    }
+    Ok(starts)
 }
 
 fn invalid(why: &str) -> Refusal {
@@ -108,6 +146,29 @@ mod tests {
 
     fn granted(list: &[&str]) -> Vec<String> {
         list.iter().map(|c| (*c).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_last_event_id_stands_for_the_since_values_and_history_defaults_to_0() {
+        let patterns = HistoryChannels::parse("h*").unwrap();
+        let asked = for_stream(Some("since=E:1:ha&history=4"), Some("E:7:ha,F:2:h%2Cb")).unwrap();
+        assert_eq!(
+            asked
+                .starts(&granted(&["ha", "h,b", "hc"]), &patterns)
+                .unwrap(),
+            vec![
+                ("ha".to_owned(), at("E", 7)),
+                ("h,b".to_owned(), at("F", 2)),
+                ("hc".to_owned(), Start::Last(4)),
+            ]
+        );
+        let asked = for_stream(None, Some(" ")).unwrap();
+        assert_eq!(
+            asked.starts(&granted(&["ha"]), &patterns).unwrap(),
+            vec![("ha".to_owned(), Start::Last(0))]
+        );
+        let refusal = for_stream(None, Some("E:1,nonsense")).unwrap_err();
+        assert_eq!(refusal.status(), http::StatusCode::BAD_REQUEST);
     }
 
     #[test]

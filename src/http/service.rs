@@ -15,11 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     auth::Grant,
-    engine::{
-        Engine,
-        resume::{Resume, Start},
-        socket::Socket,
-    },
+    engine::{Engine, resume::Resume, socket::Socket},
     refusal::Refusal,
 };
 
@@ -27,7 +23,7 @@ use super::{
     body::PgWsBody,
     future::ResponseFuture,
     handshake::{self, Route},
-    positions,
+    positions, sse,
 };
 
 /// The service made by [`PgWsLayer`](crate::PgWsLayer) around `S`.
@@ -56,6 +52,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // --- Server-sent events (PROTOCOL.md §16): a branch of its own. ---
+        if let Some(future) = self.event_stream(&req) {
+            return future;
+        }
+        // --- WebSocket handshakes. ---
         let (channel, token, pgws_protocol) =
             match handshake::route(&req, &self.engine.settings.path_prefix) {
                 Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
@@ -92,6 +93,44 @@ where
             pgws_protocol,
         };
         ResponseFuture::own(Box::pin(accept(self.engine.clone(), accept_req)))
+    }
+}
+
+impl<S> PgWsService<S> {
+    /// An event stream request's answer; `None` when the request is no event
+    /// stream on a pgws URL.
+    fn event_stream<B, F>(&self, req: &Request<B>) -> Option<ResponseFuture<F>> {
+        let engine = &self.engine;
+        let (channel, token) = match sse::route(req, &engine.settings.path_prefix) {
+            Route::Pass => return None,
+            Route::Refused(refusal) => {
+                let res = Err(refuse(engine, refusal));
+                return Some(ResponseFuture::events(Box::pin(std::future::ready(res))));
+            }
+            Route::Ours { channel, token, .. } => (channel.map(str::to_owned), token.to_owned()),
+        };
+        if !engine.origin_allowed(req.headers().get(header::ORIGIN)) {
+            let res = Err(refuse(engine, Refusal::OriginNotAllowed));
+            return Some(ResponseFuture::events(Box::pin(std::future::ready(res))));
+        }
+        // Positions are read only with history on: otherwise they are not ours.
+        let with_history =
+            |value: Option<&str>| engine.history.as_ref().and(value).map(str::to_owned);
+        // Bytes that are no text stay wrong (and so a 400), never dropped.
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let opening = sse::Opening {
+            channel,
+            token,
+            query: with_history(req.uri().query()),
+            last_event_id: with_history(last_event_id.as_deref()),
+        };
+        Some(ResponseFuture::events(Box::pin(sse::open(
+            engine.clone(),
+            opening,
+        ))))
     }
 }
 
@@ -179,16 +218,8 @@ async fn resume(
     let Some(asked) = positions::parse(query)? else {
         return Ok(None);
     };
-    let mut starts = asked.starts(&grant.channels, &history.channels)?;
-    for (channel, start) in &mut starts {
-        if let Start::Last(n) = *start {
-            let head = history.head(channel).await.map_err(|e| {
-                tracing::warn!(error = %e, "history head not read");
-                Refusal::DatabaseUnavailable
-            })?;
-            *start = Start::window(head, n);
-        }
-    }
+    let starts = asked.starts(&grant.channels, &history.channels)?;
+    let starts = positions::windows(history, starts).await?;
     Ok(Some(Resume::new(starts)))
 }
 

@@ -9,13 +9,13 @@ use crate::common::*;
 
 /// A history schema no other test uses, dropped (with the roles made for the
 /// test) at the end, even after a panic.
-struct Schema {
-    name: String,
+pub(crate) struct Schema {
+    pub(crate) name: String,
     cleanup: Vec<String>,
 }
 
 impl Schema {
-    fn new() -> Schema {
+    pub(crate) fn new() -> Schema {
         Schema {
             name: unique("hist"),
             cleanup: Vec::new(),
@@ -23,7 +23,7 @@ impl Schema {
     }
 
     /// The schema, quoted for SQL.
-    fn q(&self) -> String {
+    pub(crate) fn q(&self) -> String {
         postgres_quote(&self.name)
     }
 
@@ -52,7 +52,10 @@ async fn history_server(schema: &Schema, patterns: &str) -> TestServer {
 }
 
 /// The same with more settings on `builder`, which names the history channels.
-async fn history_server_with(schema: &Schema, builder: pgws::ConfigBuilder) -> TestServer {
+pub(crate) async fn history_server_with(
+    schema: &Schema,
+    builder: pgws::ConfigBuilder,
+) -> TestServer {
     let server = TestServer::start(builder.history_schema(schema.name.clone())).await;
     wait_ready(&server).await;
     server
@@ -249,7 +252,7 @@ async fn recv_json(ws: &mut Ws) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
 }
 
-async fn epoch_of(schema: &Schema, channel: &str) -> String {
+pub(crate) async fn epoch_of(schema: &Schema, channel: &str) -> String {
     db().await
         .query_one(
             &format!(

@@ -16,4 +16,5 @@ mod listener;
 mod meta;
 mod protocol;
 mod service;
+mod sse;
 mod writes;

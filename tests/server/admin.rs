@@ -209,7 +209,10 @@ async fn metrics_count_sockets_messages_and_refusals() {
         "{headers:?}"
     );
     // Other tests of this binary share the recorder: at least ours.
-    let open = sample(&metrics, "pgws_sockets_open{mode=\"rw\"}");
+    let open = sample(
+        &metrics,
+        "pgws_sockets_open{mode=\"rw\",transport=\"websocket\"}",
+    );
     assert!(open.is_some_and(|n| n >= 1.0), "{metrics}");
     let notified = sample(&metrics, "pgws_messages_notified_total");
     assert!(notified.is_some_and(|n| n >= 1.0), "{metrics}");
