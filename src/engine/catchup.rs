@@ -46,10 +46,7 @@ pub(crate) fn fetch(history: Arc<History>, reference: Reference) -> Delivery {
         });
         let found = history.fetch(reference).await?;
         let frames = found
-            .map(|payload| Frame {
-                payload,
-                origin: Some(origin),
-            })
+            .map(|payload| Frame::new(payload, Some(origin)))
             .into_iter()
             .collect();
         Ok(Done::Frames(channel, frames))
@@ -97,16 +94,16 @@ pub(crate) fn catch_up(
                 break;
             };
             for m in read.messages.iter() {
-                frames.push(Frame {
-                    payload: Bytes::from(m.payload.clone()),
-                    origin: Some(Arc::new(Origin {
+                frames.push(Frame::new(
+                    Bytes::from(m.payload.clone()),
+                    Some(Arc::new(Origin {
                         channel: channel.clone(),
                         position: Some(Position {
                             epoch: read.epoch.clone(),
                             offset: m.offset,
                         }),
                     })),
-                });
+                ));
             }
             let done = (read.messages.len() as i64) < PAGE || last >= read.last_offset;
             after = Position {
@@ -200,16 +197,16 @@ mod tests {
     use super::*;
 
     fn stored(channel: &str, epoch: &str, offset: i64) -> Frame {
-        Frame {
-            payload: Bytes::new(),
-            origin: Some(Arc::new(Origin {
+        Frame::new(
+            Bytes::new(),
+            Some(Arc::new(Origin {
                 channel: channel.into(),
                 position: Some(Position {
                     epoch: epoch.into(),
                     offset,
                 }),
             })),
-        }
+        )
     }
 
     #[test]

@@ -527,13 +527,13 @@ impl Listener {
             return Vec::new();
         };
         self.counters.notification_received();
-        let mut frame = Frame::from(Bytes::copy_from_slice(payload.as_bytes()));
-        if self.history.is_some() {
-            frame.origin = Some(Arc::new(Origin {
+        let origin = self.history.is_some().then(|| {
+            Arc::new(Origin {
                 channel: channel.clone().into_owned(),
                 position: None,
-            }));
-        }
+            })
+        });
+        let frame = Frame::new(Bytes::copy_from_slice(payload.as_bytes()), origin);
         if pipe.deliveries.is_empty() {
             return self.hub.dispatch(&channel, &frame);
         }

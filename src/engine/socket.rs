@@ -486,7 +486,7 @@ fn text(frame: Bytes) -> Message {
 fn render(resume: &mut Option<&mut Resume>, frame: Frame) -> Option<Bytes> {
     match resume {
         Some(resume) => resume.live(&frame),
-        None => Some(frame.payload),
+        None => Some(frame.payload.clone()),
     }
 }
 
