@@ -32,6 +32,7 @@ pub(crate) struct FrameData {
 }
 
 impl Frame {
+    /// One allocation per notification, however many sockets it goes to.
     pub(crate) fn new(payload: Bytes, origin: Option<Arc<Origin>>) -> Self {
         Self(Arc::new(FrameData { payload, origin }))
     }
