@@ -1,7 +1,8 @@
 //! Micro-benchmarks of pgws internals, in process, no sockets and no database:
 //! the token check and channel grant (HS256, RS256), envelope encoding, the hub's
 //! dispatch of one notification to N subscribers, the per-channel `LISTEN`
-//! bookkeeping (join/leave), and N readers of one channel leaving at once.
+//! bookkeeping (join/leave), N readers of one channel leaving at once, and the
+//! socket's write path (frames fed to the WebSocket codec, then one flush).
 //!
 //! ```text
 //! cargo bench --bench internals                 # everything, about two minutes
@@ -12,11 +13,15 @@
 
 use std::{
     hint::black_box,
+    io::IoSlice,
+    pin::Pin,
+    task::{Context, Poll},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::SinkExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use pgws::{
     __bench::{
@@ -26,6 +31,8 @@ use pgws::{
     Config,
 };
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_websockets::{Message, Payload, ServerBuilder};
 
 const SECRET: &str = "reallyreallyreallyreallyverysafe";
 const RSA_PRIVATE: &str = include_str!("../tests/fixtures/keys/rsa_private.pem");
@@ -234,6 +241,77 @@ fn mass_leave(c: &mut Criterion) {
     g.finish();
 }
 
+/// The socket's write path without the kernel: `batch` text frames of 64 bytes fed to
+/// the WebSocket codec, then one flush, into an I/O that takes every vectored write
+/// whole (as a socket with room does). The writer coalesces up to 16 frames a flush
+/// (`BATCH` in src/engine/socket.rs); this is what each frame costs at 1, 16 and 64.
+fn write_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("write_batch");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let payload = Bytes::from(format!("{:0>64}", 1));
+    for batch in [1usize, 16, 64] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(BenchmarkId::new("frames_then_flush", batch), |b| {
+            let mut ws = ServerBuilder::new().serve(Discard);
+            b.iter(|| {
+                rt.block_on(async {
+                    for _ in 0..batch {
+                        let frame = Message::text(Payload::from(payload.clone()));
+                        ws.feed(frame).await.expect("feed");
+                    }
+                    ws.flush().await.expect("flush");
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Never readable; takes every write whole, vectored like a TCP socket.
+struct Discard;
+
+impl AsyncRead for Discard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Discard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(black_box(buf).len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(black_box(bufs).iter().map(|b| b.len()).sum()))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -245,6 +323,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = token_check, envelopes, dispatch, bookkeeping, mass_leave
+    targets = token_check, envelopes, dispatch, bookkeeping, mass_leave, write_batch
 }
 criterion_main!(benches);

@@ -131,10 +131,7 @@ pub(crate) fn fetch(history: Arc<History>, refs: oneshot::Receiver<Vec<Reference
                     channel: reference.channel.clone(),
                     position: Some(reference.position()),
                 });
-                let frame = Frame {
-                    payload: payload?,
-                    origin: Some(origin),
-                };
+                let frame = Frame::new(payload?, Some(origin));
                 Some((reference.channel, frame))
             })
             .collect();
@@ -181,16 +178,16 @@ pub(crate) fn catch_up(
                 break;
             };
             for m in read.messages.iter() {
-                frames.push(Frame {
-                    payload: Bytes::from(m.payload.clone()),
-                    origin: Some(Arc::new(Origin {
+                frames.push(Frame::new(
+                    Bytes::from(m.payload.clone()),
+                    Some(Arc::new(Origin {
                         channel: channel.clone(),
                         position: Some(Position {
                             epoch: read.epoch.clone(),
                             offset: m.offset,
                         }),
                     })),
-                });
+                ));
             }
             let done = (read.messages.len() as i64) < PAGE || last >= read.last_offset;
             after = Position {
@@ -284,16 +281,16 @@ mod tests {
     use super::*;
 
     fn stored(channel: &str, epoch: &str, offset: i64) -> Frame {
-        Frame {
-            payload: Bytes::new(),
-            origin: Some(Arc::new(Origin {
+        Frame::new(
+            Bytes::new(),
+            Some(Arc::new(Origin {
                 channel: channel.into(),
                 position: Some(Position {
                     epoch: epoch.into(),
                     offset,
                 }),
             })),
-        }
+        )
     }
 
     fn reference(offset: i64) -> Reference {

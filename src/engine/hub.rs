@@ -16,13 +16,34 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::history::Position;
 
-/// One notification for a channel's readers, shared by all of them.
+/// One notification for a channel's readers, shared by all of them. One pointer
+/// wide: every socket's queue allocates its slots 32 at a time up front, so the
+/// size of a queued frame is memory per socket, whether frames come or not.
 #[derive(Debug, Clone)]
-pub(crate) struct Frame {
+pub(crate) struct Frame(Arc<FrameData>);
+
+/// What a [`Frame`] shares; its fields are read through the frame.
+#[derive(Debug)]
+pub(crate) struct FrameData {
     /// The payload, as sent.
     pub(crate) payload: Bytes,
     /// With history on: where it comes from, for sockets that asked for positions.
     pub(crate) origin: Option<Arc<Origin>>,
+}
+
+impl Frame {
+    /// One allocation per notification, however many sockets it goes to.
+    pub(crate) fn new(payload: Bytes, origin: Option<Arc<Origin>>) -> Self {
+        Self(Arc::new(FrameData { payload, origin }))
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = FrameData;
+
+    fn deref(&self) -> &FrameData {
+        &self.0
+    }
 }
 
 /// The channel of a notification and, for a stored message, its position.
@@ -34,10 +55,7 @@ pub(crate) struct Origin {
 
 impl From<Bytes> for Frame {
     fn from(payload: Bytes) -> Self {
-        Self {
-            payload,
-            origin: None,
-        }
+        Self::new(payload, None)
     }
 }
 

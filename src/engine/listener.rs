@@ -578,13 +578,11 @@ impl Listener {
         self.counters.notification_received();
         // The channel goes with the frame (once, shared by all readers): sockets
         // with positions and event streams on several channels say where it is from.
-        let frame = Frame {
-            payload: Bytes::copy_from_slice(payload.as_bytes()),
-            origin: Some(Arc::new(Origin {
-                channel: channel.clone().into_owned(),
-                position: None,
-            })),
-        };
+        let origin = Arc::new(Origin {
+            channel: channel.clone().into_owned(),
+            position: None,
+        });
+        let frame = Frame::new(Bytes::copy_from_slice(payload.as_bytes()), Some(origin));
         if pipe.deliveries.is_empty() {
             return self.hub.dispatch(&channel, &frame);
         }

@@ -292,16 +292,16 @@ mod tests {
     use crate::engine::hub::Origin;
 
     fn frame(channel: &str, position: Option<(&str, i64)>, payload: &str) -> Frame {
-        Frame {
-            payload: Bytes::from(payload.to_owned()),
-            origin: Some(Arc::new(Origin {
+        Frame::new(
+            Bytes::from(payload.to_owned()),
+            Some(Arc::new(Origin {
                 channel: channel.into(),
                 position: position.map(|(epoch, offset)| Position {
                     epoch: epoch.into(),
                     offset,
                 }),
             })),
-        }
+        )
     }
 
     fn read(epoch: &str, last: i64, gap: Option<i64>, offsets: &[i64]) -> Read {
