@@ -205,9 +205,42 @@ fn ws_texts(ws: H2Ws) -> Texts {
     }))
 }
 
+/// The `data` of each event of a server-sent event stream (comments, `retry`
+/// and id-only events carry none).
+async fn sse_texts(h2: &H2, uri: &str) -> Texts {
+    let req = Request::get(uri)
+        .header(header::ACCEPT, "text/event-stream")
+        .body(empty())
+        .unwrap();
+    let res = request(h2, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let chunks = res.into_body().into_data_stream();
+    let events = futures_util::stream::unfold(
+        (chunks, String::new()),
+        |(mut chunks, mut buf)| async move {
+            loop {
+                if let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    return Some((event, (chunks, buf)));
+                }
+                let chunk = chunks.next().await?.ok()?;
+                buf.push_str(std::str::from_utf8(&chunk).ok()?);
+            }
+        },
+    );
+    Box::pin(events.filter_map(|event| {
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        std::future::ready((!data.is_empty()).then(|| data.join("\n")))
+    }))
+}
+
 /// Opens `n` long-lived streams on the one connection `h2`, stream `i` reading
-/// channel `<base>_<i>` (`open(h2, channel)` makes one: a WebSocket here; an event
-/// stream works the same way). While they are all open, requests to the proxy are
+/// channel `<base>_<i>` (`open(h2, channel)` makes one: a WebSocket or an event
+/// stream). While they are all open, requests to the proxy are
 /// answered on the same connection; then every channel gets a NOTIFY, and every
 /// stream must receive its own.
 async fn many_streams_on_one_connection<F, Fut>(h2: &H2, n: usize, open: F)
@@ -402,6 +435,36 @@ async fn a_hundred_websockets_share_one_tls_connection() {
     many_streams_on_one_connection(&h2, 100, |h2, channel| {
         let uri = format!("https://localhost:{port}/{channel}/{jwt}");
         async move { ws_texts(h2_ws(&h2, &uri).await) }
+    })
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_event_streams_share_one_connection_with_proxied_requests() {
+    let srv = start(with_upstream(settings_with(&[]), start_upstream().await)).await;
+    let h2 = h2c(srv.addr).await;
+    let jwt = token(claims("r", None));
+    many_streams_on_one_connection(&h2, 100, |h2, channel| {
+        let uri = format!("http://localhost/{channel}/{jwt}");
+        async move { sse_texts(&h2, &uri).await }
+    })
+    .await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_event_streams_share_one_tls_connection() {
+    let pki = Pki::new();
+    let upstream = start_upstream().await;
+    let settings = tls_settings(&pki, vec![("PGWS_UPSTREAM", format!("http://{upstream}"))]);
+    let srv = start(settings).await;
+    let h2 = h2_tls(&pki, srv.addr).await;
+    let jwt = token(claims("r", None));
+    let port = srv.addr.port();
+    many_streams_on_one_connection(&h2, 100, |h2, channel| {
+        let uri = format!("https://localhost:{port}/{channel}/{jwt}");
+        async move { sse_texts(&h2, &uri).await }
     })
     .await;
     srv.stop().await;
