@@ -410,64 +410,64 @@ async fn head_answers_have_no_body_over_http2() {
 // Many WebSockets on one connection
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_hundred_websockets_share_one_connection_with_proxied_requests() {
-    let srv = start(with_upstream(settings_with(&[]), start_upstream().await)).await;
-    let h2 = h2c(srv.addr).await;
+/// Which long-lived streams a hundred-on-one-connection test opens.
+#[derive(Clone, Copy)]
+enum Kind {
+    WebSocket,
+    EventStream,
+}
+
+/// A hundred streams of `kind` on one connection, over TLS or h2c, with a proxy.
+async fn a_hundred_on_one_connection(kind: Kind, tls: bool) {
+    let pki = Pki::new();
+    let upstream = start_upstream().await;
+    let settings = if tls {
+        tls_settings(&pki, vec![("PGWS_UPSTREAM", format!("http://{upstream}"))])
+    } else {
+        with_upstream(settings_with(&[]), upstream)
+    };
+    let srv = start(settings).await;
+    let (h2, base) = if tls {
+        let port = srv.addr.port();
+        (
+            h2_tls(&pki, srv.addr).await,
+            format!("https://localhost:{port}"),
+        )
+    } else {
+        (h2c(srv.addr).await, "http://localhost".to_owned())
+    };
     let jwt = token(claims("r", None));
     many_streams_on_one_connection(&h2, 100, |h2, channel| {
-        let uri = format!("http://localhost/{channel}/{jwt}");
-        async move { ws_texts(h2_ws(&h2, &uri).await) }
+        let uri = format!("{base}/{channel}/{jwt}");
+        async move {
+            match kind {
+                Kind::WebSocket => ws_texts(h2_ws(&h2, &uri).await),
+                Kind::EventStream => sse_texts(&h2, &uri).await,
+            }
+        }
     })
     .await;
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_websockets_share_one_connection_with_proxied_requests() {
+    a_hundred_on_one_connection(Kind::WebSocket, false).await;
 }
 
 #[tokio::test]
 async fn a_hundred_websockets_share_one_tls_connection() {
-    let pki = Pki::new();
-    let upstream = start_upstream().await;
-    let settings = tls_settings(&pki, vec![("PGWS_UPSTREAM", format!("http://{upstream}"))]);
-    let srv = start(settings).await;
-    let h2 = h2_tls(&pki, srv.addr).await;
-    let jwt = token(claims("r", None));
-    let port = srv.addr.port();
-    many_streams_on_one_connection(&h2, 100, |h2, channel| {
-        let uri = format!("https://localhost:{port}/{channel}/{jwt}");
-        async move { ws_texts(h2_ws(&h2, &uri).await) }
-    })
-    .await;
-    srv.stop().await;
+    a_hundred_on_one_connection(Kind::WebSocket, true).await;
 }
 
 #[tokio::test]
 async fn a_hundred_event_streams_share_one_connection_with_proxied_requests() {
-    let srv = start(with_upstream(settings_with(&[]), start_upstream().await)).await;
-    let h2 = h2c(srv.addr).await;
-    let jwt = token(claims("r", None));
-    many_streams_on_one_connection(&h2, 100, |h2, channel| {
-        let uri = format!("http://localhost/{channel}/{jwt}");
-        async move { sse_texts(&h2, &uri).await }
-    })
-    .await;
-    srv.stop().await;
+    a_hundred_on_one_connection(Kind::EventStream, false).await;
 }
 
 #[tokio::test]
 async fn a_hundred_event_streams_share_one_tls_connection() {
-    let pki = Pki::new();
-    let upstream = start_upstream().await;
-    let settings = tls_settings(&pki, vec![("PGWS_UPSTREAM", format!("http://{upstream}"))]);
-    let srv = start(settings).await;
-    let h2 = h2_tls(&pki, srv.addr).await;
-    let jwt = token(claims("r", None));
-    let port = srv.addr.port();
-    many_streams_on_one_connection(&h2, 100, |h2, channel| {
-        let uri = format!("https://localhost:{port}/{channel}/{jwt}");
-        async move { sse_texts(&h2, &uri).await }
-    })
-    .await;
-    srv.stop().await;
+    a_hundred_on_one_connection(Kind::EventStream, true).await;
 }
 
 /// A socket whose client stops reading fills its own stream's window, not the
