@@ -183,59 +183,32 @@ fn the_chat_page_replays_a_history_channel() {
     let Some(tools) = BrowserTools::find() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-
-    let chan = unique("browser_hist");
-    let schema = DropSchema(unique("pgws_browser_hist"));
-    let settings = || {
-        let config = config().history(&chan).history_schema(schema.0.clone());
-        let mut settings = server::Settings::new(config.build().unwrap());
-        settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat"));
-        settings
-    };
-    let (addr, admin, first) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        (
-            listener.local_addr().unwrap(),
-            admin.local_addr().unwrap(),
-            Serving::start(listener, Some(admin), settings()),
-        )
-    });
-    wait_ready(admin);
-    let publish = |payload: &str| rt.block_on(schema.publish(&chan, payload));
-
+    let mut site = HistorySite::start("browser_hist", "examples/chat");
+    let (addr, chan) = (site.addr, site.chan.clone());
     let driver = ChromeDriver::start(&tools);
     let carol = driver.session("carol");
     let jwt = token(json!({"mode": "r", "name": "carol", "exp": now() + 3600}));
     let page = format!("http://{addr}/#token={jwt}&channel={chan}");
 
     // Kept before the page opens: shown on load (history=50), then live ones.
-    publish("kept before");
+    site.publish("kept before");
     carol.goto(&page);
     carol.wait_for_text("#status-text", "Connected to");
     carol.wait_for_text("#messages", "notification: kept before");
-    publish("live one");
+    site.publish("live one");
     carol.wait_for_text("#messages", "notification: live one");
     // A plain NOTIFY comes as {"channel","payload"} on such a socket: its payload shows.
-    rt.block_on(notify(&chan, "a plain NOTIFY"));
+    site.notify("a plain NOTIFY");
     carol.wait_for_text("#messages", "notification: a plain NOTIFY");
 
     // The server restarts (1001); what is published meanwhile is replayed once the
     // page is back (since=), with no duplicate and no "may have been missed".
-    rt.block_on(first.stop());
+    site.stop();
     let away = ["away 1", "away 2", "away 3"];
     for text in away {
-        publish(text);
+        site.publish(text);
     }
-    let second = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        Serving::start(listener, None, settings())
-    });
+    site.restart();
     for text in away {
         carol.wait_for_text("#messages", &format!("notification: {text}"));
     }
@@ -261,7 +234,7 @@ fn the_chat_page_replays_a_history_channel() {
     }
 
     drop(carol);
-    rt.block_on(second.stop());
+    site.stop();
 }
 
 #[test]
@@ -269,57 +242,30 @@ fn an_event_stream_page_resumes_a_history_channel_after_a_restart() {
     let Some(tools) = BrowserTools::find() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-
-    let chan = unique("browser_sse");
-    let schema = DropSchema(unique("pgws_browser_sse"));
-    let settings = || {
-        let config = config().history(&chan).history_schema(schema.0.clone());
-        let mut settings = server::Settings::new(config.build().unwrap());
-        settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sse"));
-        settings
-    };
-    let (addr, admin, first) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        (
-            listener.local_addr().unwrap(),
-            admin.local_addr().unwrap(),
-            Serving::start(listener, Some(admin), settings()),
-        )
-    });
-    wait_ready(admin);
-    let publish = |payload: &str| rt.block_on(schema.publish(&chan, payload));
-
+    let mut site = HistorySite::start("browser_sse", "examples/sse");
+    let (addr, chan) = (site.addr, site.chan.clone());
     let driver = ChromeDriver::start(&tools);
     let dave = driver.session("dave");
     let jwt = token(json!({"mode": "r", "exp": now() + 3600}));
     dave.goto(&format!("http://{addr}/#token={jwt}&channel={chan}"));
     dave.wait_for_text("#status", "open");
     // A NOTIFY from SQL and a published message, each a message event.
-    rt.block_on(notify(&chan, "a plain NOTIFY"));
+    site.notify("a plain NOTIFY");
     dave.wait_for_text("#messages", "message: a plain NOTIFY");
-    publish("live one");
+    site.publish("live one");
     dave.wait_for_text("#messages", "message: live one");
 
     // The server restarts: the stream's close event shows, what is published
     // meanwhile comes once EventSource is back by itself (Last-Event-ID).
-    rt.block_on(first.stop());
+    site.stop();
     dave.wait_for_text("#messages", "closed: 1001 Going away");
     let away = ["away 1", "away 2", "away 3"];
     for text in away {
-        publish(text);
+        site.publish(text);
     }
-    let second = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        Serving::start(listener, None, settings())
-    });
+    site.restart();
     dave.wait_for_text("#messages", "message: away 3");
-    publish("after the restart");
+    site.publish("after the restart");
     dave.wait_for_text("#messages", "message: after the restart");
     // Everything once, in order: nothing missed, nothing twice.
     let shown = dave.script(
@@ -341,7 +287,87 @@ fn an_event_stream_page_resumes_a_history_channel_after_a_restart() {
     dave.screenshot("event-stream.png");
 
     drop(dave);
-    rt.block_on(second.stop());
+    site.stop();
+}
+
+/// The standalone server with history on one fresh channel, serving one of the
+/// example pages, restartable on the same port.
+struct HistorySite {
+    rt: tokio::runtime::Runtime,
+    chan: String,
+    schema: DropSchema,
+    pages: &'static str,
+    addr: SocketAddr,
+    serving: Option<Serving>,
+}
+
+impl HistorySite {
+    /// Starts it with history on a channel named `<name>_…` and waits until ready.
+    fn start(name: &str, pages: &'static str) -> HistorySite {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let chan = unique(name);
+        let schema = DropSchema(unique(&format!("pgws_{name}")));
+        let mut site = HistorySite {
+            rt,
+            chan,
+            schema,
+            pages,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            serving: None,
+        };
+        let settings = site.settings();
+        let (addr, admin, serving) = site.rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            (
+                listener.local_addr().unwrap(),
+                admin.local_addr().unwrap(),
+                Serving::start(listener, Some(admin), settings),
+            )
+        });
+        site.addr = addr;
+        site.serving = Some(serving);
+        wait_ready(admin);
+        site
+    }
+
+    fn settings(&self) -> server::Settings {
+        let config = config()
+            .history(&self.chan)
+            .history_schema(self.schema.0.clone());
+        let mut settings = server::Settings::new(config.build().unwrap());
+        settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(self.pages));
+        settings
+    }
+
+    fn publish(&self, payload: &str) {
+        self.rt.block_on(self.schema.publish(&self.chan, payload));
+    }
+
+    fn notify(&self, payload: &str) {
+        self.rt.block_on(notify(&self.chan, payload));
+    }
+
+    /// Stops the server (sockets get 1001).
+    fn stop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            self.rt.block_on(serving.stop());
+        }
+    }
+
+    /// Starts it again on the same port.
+    fn restart(&mut self) {
+        let settings = self.settings();
+        let addr = self.addr;
+        self.serving = Some(self.rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            Serving::start(listener, None, settings)
+        }));
+    }
 }
 
 /// A schema of the history store, dropped at the end (also after a failure).
