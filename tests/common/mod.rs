@@ -372,7 +372,10 @@ where
 }
 
 /// Reads until the close frame; its code and reason.
-pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
+pub async fn recv_close<S>(ws: &mut tokio_websockets::WebSocketStream<S>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next())
             .await

@@ -173,23 +173,6 @@ async fn h2_refusal(h2: &H2, uri: &str, headers: &[(&str, &str)]) -> (StatusCode
     (status, body)
 }
 
-/// Reads until the close frame; its code.
-async fn recv_close_code<S>(ws: &mut WebSocketStream<S>) -> u16
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("no close in time")
-            .expect("socket ended without a close frame")
-            .expect("socket failed");
-        if let Some((code, _)) = msg.as_close() {
-            return code.into();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Many long-lived streams on one connection
 // ---------------------------------------------------------------------------
@@ -642,7 +625,7 @@ async fn shutdown_closes_http2_websockets_with_1001_and_run_returns() {
     }
     srv.stop.take().unwrap().send(()).unwrap();
     for ws in &mut sockets {
-        assert_eq!(recv_close_code(ws).await, 1001);
+        assert_eq!(recv_close(ws).await.0, 1001);
     }
     drop(sockets);
     tokio::time::timeout(WAIT * 3, srv.task)
