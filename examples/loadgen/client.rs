@@ -1,4 +1,4 @@
-//! The client side: tokens, one socket, many sockets.
+//! The client side: tokens, one socket or event stream, many of them.
 
 use std::{
     net::SocketAddr,
@@ -7,6 +7,8 @@ use std::{
 
 use futures_util::{StreamExt, stream};
 use hdrhistogram::Histogram;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_websockets::{ClientBuilder, WebSocketStream};
 
@@ -39,6 +41,28 @@ pub(crate) async fn connect(addr: SocketAddr, channel: &str, token: &str) -> Res
     Ok(ws)
 }
 
+/// Opens one event stream (HTTP/1.1, `Accept: text/event-stream`) on `channel`:
+/// the body of a `200`, whose connection is driven by a task of its own.
+pub(crate) async fn connect_sse(
+    addr: SocketAddr,
+    channel: &str,
+    token: &str,
+) -> Result<Incoming, BoxError> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("/{channel}/{token}"))
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::ACCEPT, "text/event-stream")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let res = send.send_request(req).await?;
+    if res.status() != http::StatusCode::OK {
+        return Err(format!("event stream refused: {}", res.status()).into());
+    }
+    Ok(res.into_body())
+}
+
 impl Run {
     /// Opens `self.o.sockets` sockets, `concurrency` handshakes at a time.
     pub(crate) async fn open_sockets(
@@ -46,16 +70,33 @@ impl Run {
         channel_of: impl Fn(usize) -> String,
         mode: &str,
     ) -> (Vec<Ws>, Histogram<u64>, Duration, usize) {
+        self.open_many(channel_of, mode, |addr, channel, token| async move {
+            connect(addr, &channel, &token).await
+        })
+        .await
+    }
+
+    /// Opens `self.o.sockets` clients with `open`, `concurrency` at a time.
+    pub(crate) async fn open_many<T, F>(
+        &self,
+        channel_of: impl Fn(usize) -> String,
+        mode: &str,
+        open: impl Fn(SocketAddr, String, String) -> F,
+    ) -> (Vec<T>, Histogram<u64>, Duration, usize)
+    where
+        F: Future<Output = Result<T, BoxError>>,
+    {
         let token = token(&self.o.secret, mode);
         let addr = self.o.addr;
         let started = Instant::now();
-        let results: Vec<(usize, Result<Ws, BoxError>, u64)> =
+        let results: Vec<(usize, Result<T, BoxError>, u64)> =
             stream::iter((0..self.o.sockets).map(|i| {
                 let channel = channel_of(i);
                 let token = token.clone();
+                let opening = open(addr, channel, token);
                 async move {
                     let t = Instant::now();
-                    let r = connect(addr, &channel, &token).await;
+                    let r = opening.await;
                     (i, r, t.elapsed().as_micros() as u64)
                 }
             }))

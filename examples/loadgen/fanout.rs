@@ -11,11 +11,13 @@ use std::{
 };
 
 use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio_postgres::NoTls;
 
 use crate::{
     BoxError, Run,
-    client::Ws,
+    client::{Ws, connect_sse},
     proc::own_cpu_secs,
     report::{Latencies, now_nanos, summary},
 };
@@ -34,41 +36,111 @@ struct Counts {
     step_first_seq: AtomicI64,
 }
 
-/// Reads frames until the socket ends: `<seq> <send time in ns> <padding>`.
-async fn read_socket(mut ws: Ws, idx: usize, counts: Arc<Counts>, lat: Arc<Latencies>) {
-    let mut last_seq: i64 = -1;
+/// Where one client's deliveries are counted and timed.
+struct Tally {
+    idx: usize,
+    last_seq: i64,
+    counts: Arc<Counts>,
+    lat: Arc<Latencies>,
+}
+
+impl Tally {
+    /// One delivery: `<seq> <send time in ns> <padding>`.
+    fn delivery(&mut self, text: &str) {
+        let now = now_nanos();
+        let mut parts = text.split(' ');
+        let seq: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+        let sent: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(now);
+        if seq <= self.last_seq {
+            self.counts.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_seq = seq;
+        self.counts.received.fetch_add(1, Ordering::Relaxed);
+        if seq >= self.counts.step_first_seq.load(Ordering::Relaxed) {
+            self.lat.record(self.idx, now.saturating_sub(sent) / 1000);
+        }
+    }
+
+    fn closed(&self, code: Option<u16>) {
+        if let Some(code) = code {
+            *self.counts.codes.lock().unwrap().entry(code).or_default() += 1;
+        }
+        self.counts.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads frames until the socket ends.
+async fn read_socket(mut ws: Ws, mut tally: Tally) {
     while let Some(msg) = ws.next().await {
         match msg {
             Ok(m) if m.is_text() => {
-                let now = now_nanos();
                 let Some(text) = m.as_text() else { continue };
-                let mut parts = text.split(' ');
-                let seq: i64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
-                let sent: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(now);
-                if seq <= last_seq {
-                    counts.out_of_order.fetch_add(1, Ordering::Relaxed);
-                }
-                last_seq = seq;
-                counts.received.fetch_add(1, Ordering::Relaxed);
-                if seq >= counts.step_first_seq.load(Ordering::Relaxed) {
-                    lat.record(idx, now.saturating_sub(sent) / 1000);
-                }
+                tally.delivery(text);
             }
             Ok(m) if m.is_close() => {
-                if let Some((code, _)) = m.as_close() {
-                    *counts.codes.lock().unwrap().entry(code.into()).or_default() += 1;
-                }
-                counts.closed.fetch_add(1, Ordering::Relaxed);
+                tally.closed(m.as_close().map(|(code, _)| code.into()));
                 break;
             }
             Ok(_) => {}
             Err(_) => {
-                counts.errors.fetch_add(1, Ordering::Relaxed);
+                tally.counts.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }
     }
-    counts.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Reads an event stream until it ends: each `data:` line of a default event is a
+/// delivery, the data of an `event: close` its close code (PROTOCOL.md §16).
+async fn read_stream(mut body: Incoming, mut tally: Tally) {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let mut closing = false;
+    loop {
+        let chunk = match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Some(Err(_)) => {
+                tally.counts.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            None => break,
+        };
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(len) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = buf[start..start + len]
+                .strip_suffix(b"\r")
+                .unwrap_or(&buf[start..start + len]);
+            start += len + 1;
+            let line = std::str::from_utf8(line).unwrap_or("");
+            if line.is_empty() {
+                closing = false;
+            } else if line == "event: close" {
+                closing = true;
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                if closing {
+                    let code = serde_json::from_str::<serde_json::Value>(data)
+                        .ok()
+                        .and_then(|v| v["code"].as_u64())
+                        .map(|c| c as u16);
+                    tally.closed(code);
+                    return;
+                }
+                tally.delivery(data);
+            }
+        }
+        buf.drain(..start);
+    }
+    // The body ended without a close event.
+    tally.counts.errors.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Run {
@@ -86,22 +158,44 @@ impl Run {
             }
         };
         let cpu0 = self.server.cpu_secs();
-        let (sockets, hist, took, failed) = self.open_sockets(&channel_of, "r").await;
-        let n = sockets.len();
+        let counts = Arc::new(Counts::default());
+        let lat = Arc::new(Latencies::new());
+        let tally = |idx| Tally {
+            idx,
+            last_seq: -1,
+            counts: counts.clone(),
+            lat: lat.clone(),
+        };
+        let (n, hist, took, failed) = if o.sse {
+            let (streams, hist, took, failed) = self
+                .open_many(&channel_of, "r", |addr, channel, token| async move {
+                    connect_sse(addr, &channel, &token).await
+                })
+                .await;
+            counts.open.store(streams.len(), Ordering::Relaxed);
+            let n = streams.len();
+            for (i, body) in streams.into_iter().enumerate() {
+                tokio::spawn(read_stream(body, tally(i)));
+            }
+            (n, hist, took, failed)
+        } else {
+            let (sockets, hist, took, failed) = self.open_sockets(&channel_of, "r").await;
+            counts.open.store(sockets.len(), Ordering::Relaxed);
+            let n = sockets.len();
+            for (i, ws) in sockets.into_iter().enumerate() {
+                tokio::spawn(read_socket(ws, tally(i)));
+            }
+            (n, hist, took, failed)
+        };
+        let kind = if o.sse { "event streams" } else { "sockets" };
         println!(
-            "connect: {n} sockets in {:.3} s ({:.0}/s), {failed} failed; handshake {}",
+            "connect: {n} {kind} in {:.3} s ({:.0}/s), {failed} failed; handshake {}",
             took.as_secs_f64(),
             n as f64 / took.as_secs_f64(),
             summary(&hist)
         );
         if let (Some(a), Some(b)) = (cpu0, self.server.cpu_secs()) {
             println!("server CPU while connecting: {:.2} s", b - a);
-        }
-        let counts = Arc::new(Counts::default());
-        let lat = Arc::new(Latencies::new());
-        counts.open.store(n, Ordering::Relaxed);
-        for (i, ws) in sockets.into_iter().enumerate() {
-            tokio::spawn(read_socket(ws, i, counts.clone(), lat.clone()));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let connected = self.rss("connected");
@@ -175,6 +269,12 @@ impl Run {
             let h = lat.take();
             let missing = expected.saturating_sub(received);
             let cpu = self.server.cpu_since(cpu0, sent_for.as_secs_f64());
+            let cpu_per_delivery = match (cpu0, self.server.cpu_split()) {
+                (Some((u0, s0)), Some((u1, s1))) if received > 0 => {
+                    format!("{:.2}", (u1 + s1 - u0 - s0) * 1e6 / received as f64)
+                }
+                _ => "?".into(),
+            };
             println!(
                 "step rate {rate}/s x {open_before} sockets: published {published} in {:.2} s; \
                  deliveries expected {expected} received {received} missing {missing}; \
@@ -184,6 +284,7 @@ impl Run {
                 (own_cpu_secs() - own0) / sent_for.as_secs_f64(),
             );
             println!("  latency NOTIFY->receipt: {}", summary(&h));
+            println!("  server CPU per delivery: {cpu_per_delivery} µs");
             println!(
                 "  sockets open {}, closed by server {} {:?}, errors {}, out of order {}",
                 counts.open.load(Ordering::Relaxed),

@@ -10,6 +10,8 @@
 //! - `fanout`: N sockets read one channel; notifications are published from SQL at
 //!   each rate of `--rates` in turn, each carrying its send time and a sequence number.
 //! - `channels`: each socket reads its own channel; notifications go to random ones.
+//! - `--transport sse` (fanout, channels): event streams (HTTP/1.1,
+//!   `Accept: text/event-stream`) instead of WebSockets, for a comparison in one run.
 //! - `publish`: the reverse path. Sockets (mode `w`) send messages, a `LISTEN`
 //!   connection counts the NOTIFYs they become; with `--pgbench`, pgbench running
 //!   `select pg_notify(...)` over `--pool` connections is measured first, same run.

@@ -14,6 +14,7 @@ usage: loadgen <fanout|channels|publish|handshakes|history-catchup|history-resum
   --duration S            seconds per step (default 10)
   --grace S               seconds to wait for stragglers after a step (default 3)
   --deadline S            seconds for the whole run, then exit 2 (default 300)
+  --transport ws|sse      fanout/channels: WebSockets or event streams (HTTP/1.1 SSE) (default ws)
   --payload BYTES         notification payload size (default 64)
   --window N              publish: messages in flight per socket (default 4)
   --pool N                publish: pgbench connections, = the server's PGWS_POOL_SIZE (default 10)
@@ -40,6 +41,8 @@ pub(crate) struct Opts {
     pub(crate) grace: Duration,
     pub(crate) deadline: Duration,
     pub(crate) payload: usize,
+    /// `--transport sse`: fanout/channels read event streams instead of WebSockets.
+    pub(crate) sse: bool,
     pub(crate) window: u64,
     pub(crate) pool: usize,
     pub(crate) pgbench: bool,
@@ -79,6 +82,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         grace: Duration::from_secs(3),
         deadline: Duration::from_secs(300),
         payload: 64,
+        sse: false,
         window: 4,
         pool: 10,
         pgbench: false,
@@ -114,6 +118,13 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
             "--grace" => o.grace = secs(&a, args.next())?,
             "--deadline" => o.deadline = secs(&a, args.next())?,
             "--payload" => o.payload = num(&a, args.next())?,
+            "--transport" => {
+                o.sse = match args.next().as_deref() {
+                    Some("ws") => false,
+                    Some("sse") => true,
+                    v => return Err(format!("--transport: ws or sse, not {v:?}")),
+                }
+            }
             "--window" => o.window = num(&a, args.next())?,
             "--pool" => o.pool = num(&a, args.next())?,
             "--pgbench" => o.pgbench = true,
