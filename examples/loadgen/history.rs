@@ -338,23 +338,7 @@ impl Run {
 
     /// pgbench running `script` over `--pool` connections for `--duration`: tx/s.
     async fn pgbench(&self, name: &str, script: &str) -> f64 {
-        let o = &self.o;
-        let path =
-            std::env::temp_dir().join(format!("pgws-loadgen-{name}-{}.sql", std::process::id()));
-        if std::fs::write(&path, script).is_err() {
-            return f64::NAN;
-        }
-        let out = tokio::process::Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-c"])
-            .arg(o.pool.to_string())
-            .args(["-j", &o.pool.min(2).to_string(), "-T"])
-            .arg(o.duration.as_secs().max(1).to_string())
-            .arg("-f")
-            .arg(&path)
-            .arg(&o.db)
-            .output()
-            .await;
-        let _ = std::fs::remove_file(&path);
+        let out = crate::proc::pgbench(&self.o, name, script).await;
         let Ok(out) = out else {
             return f64::NAN;
         };

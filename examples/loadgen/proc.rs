@@ -121,3 +121,26 @@ pub(crate) fn loadavg() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
+
+/// pgbench running `script` over `--pool` connections for `--duration` against
+/// `--db`; its output. The script goes through a temporary file named after `name`.
+pub(crate) async fn pgbench(
+    o: &Opts,
+    name: &str,
+    script: &str,
+) -> std::io::Result<std::process::Output> {
+    let path = std::env::temp_dir().join(format!("pgws-loadgen-{name}-{}.sql", std::process::id()));
+    std::fs::write(&path, script)?;
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-c"])
+        .arg(o.pool.to_string())
+        .args(["-j", &o.pool.min(2).to_string(), "-T"])
+        .arg(o.duration.as_secs().max(1).to_string())
+        .arg("-f")
+        .arg(&path)
+        .arg(&o.db)
+        .output()
+        .await;
+    let _ = std::fs::remove_file(&path);
+    out
+}

@@ -150,29 +150,15 @@ impl Run {
             o.channel,
             message(o.sockets, 0)
         );
-        let script = std::env::temp_dir().join(format!("pgws-loadgen-{}.sql", std::process::id()));
-        std::fs::write(
-            &script,
-            format!(
-                "select pg_notify('{}', '{}');\n",
-                o.channel.replace('\'', "''"),
-                envelope.replace('\'', "''")
-            ),
-        )?;
+        let script = format!(
+            "select pg_notify('{}', '{}');\n",
+            o.channel.replace('\'', "''"),
+            envelope.replace('\'', "''")
+        );
         let before = seen.load(Ordering::Relaxed);
         let started = Instant::now();
-        let out = tokio::process::Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-c"])
-            .arg(o.pool.to_string())
-            .args(["-j", &o.pool.min(2).to_string(), "-T"])
-            .arg(o.duration.as_secs().max(1).to_string())
-            .arg("-f")
-            .arg(&script)
-            .arg(&o.db)
-            .output()
-            .await?;
+        let out = crate::proc::pgbench(o, "publish", &script).await?;
         let took = started.elapsed();
-        let _ = std::fs::remove_file(&script);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let counted = seen.load(Ordering::Relaxed) - before;
         let stdout = String::from_utf8_lossy(&out.stdout);
