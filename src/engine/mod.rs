@@ -19,19 +19,23 @@ use std::sync::{
 
 use http::HeaderValue;
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::timeout,
 };
 
 use crate::{
-    auth::Authorizer,
+    auth::{Authorizer, Grant},
     config::{Config, Values, normalize_origin},
     mapping::Mapping,
+    refusal::Refusal,
     stats::{Counters, Stats},
 };
 
 use self::{
-    history::History, listener::ListenerHandle, meta::Meta, publisher::Publisher,
+    history::History,
+    listener::{ListenerHandle, Subscription},
+    meta::Meta,
+    publisher::Publisher,
     socket::CLOSE_TIMEOUT,
 };
 
@@ -108,6 +112,36 @@ impl Engine {
         let origin = origin.to_str().unwrap_or_default();
         list.iter()
             .any(|allowed| allowed == &normalize_origin(origin))
+    }
+
+    /// What every socket and event stream passes first, in this order: not
+    /// shutting down, a place under the socket limit (held while it lives), a token.
+    pub(crate) fn admit(
+        &self,
+        channel: Option<&str>,
+        token: &str,
+    ) -> Result<(OwnedSemaphorePermit, Grant), Refusal> {
+        if *self.shutdown.borrow() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let permit = self
+            .sockets
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooManySockets)?;
+        let grant = self.authorizer.authorize(channel, token)?;
+        Ok((permit, grant))
+    }
+
+    /// The grant's channels, listened to within the subscribe timeout.
+    pub(crate) async fn subscribe(&self, grant: &Grant) -> Result<Subscription, Refusal> {
+        let subscribe = self
+            .listener
+            .subscribe(grant.channels.clone(), self.settings.queue_length);
+        match timeout(self.settings.subscribe_timeout, subscribe).await {
+            Ok(Some(sub)) => Ok(sub),
+            _ => Err(Refusal::DatabaseUnavailable),
+        }
     }
 
     /// Tells every socket to close, and waits (within a bound) for them to end.

@@ -9,7 +9,6 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use hyper::upgrade::OnUpgrade;
-use tokio::time::timeout;
 use tower::Service;
 use tracing::Instrument;
 
@@ -157,14 +156,8 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         upgrade,
         pgws_protocol,
     } = req;
-    if *engine.shutdown.borrow() {
-        return refuse(&engine, Refusal::ShuttingDown);
-    }
-    let Ok(permit) = engine.sockets.clone().try_acquire_owned() else {
-        return refuse(&engine, Refusal::TooManySockets);
-    };
-    let grant = match engine.authorizer.authorize(channel.as_deref(), &token) {
-        Ok(grant) => grant,
+    let (permit, grant) = match engine.admit(channel.as_deref(), &token) {
+        Ok(admitted) => admitted,
         Err(refusal) => return refuse(&engine, refusal),
     };
     let resume = match resume(&engine, query.as_deref(), &grant).await {
@@ -172,14 +165,9 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         Err(refusal) => return refuse(&engine, refusal),
     };
     let subscription = if grant.mode.reads() {
-        let subscribe = engine
-            .listener
-            .subscribe(grant.channels.clone(), engine.settings.queue_length);
-        match timeout(engine.settings.subscribe_timeout, subscribe).await {
-            Ok(Some(sub)) => Some(sub),
-            _ => {
-                return refuse(&engine, Refusal::DatabaseUnavailable);
-            }
+        match engine.subscribe(&grant).await {
+            Ok(sub) => Some(sub),
+            Err(refusal) => return refuse(&engine, refusal),
         }
     } else {
         None

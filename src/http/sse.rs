@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use pin_project_lite::pin_project;
 use tokio::{
     sync::OwnedSemaphorePermit,
-    time::{Duration, Instant, Sleep, sleep_until, timeout},
+    time::{Duration, Instant, Sleep, sleep_until},
 };
 
 use crate::{
@@ -110,26 +110,14 @@ pub(crate) async fn open(engine: Arc<Engine>, req: Opening) -> Opened {
         tracing::debug!(reason = refusal.label(), "event stream refused");
         refusal.response()
     };
-    if *engine.shutdown.borrow() {
-        return Err(refuse(Refusal::ShuttingDown));
-    }
-    let Ok(permit) = engine.sockets.clone().try_acquire_owned() else {
-        return Err(refuse(Refusal::TooManySockets));
-    };
-    let grant = engine
-        .authorizer
-        .authorize(req.channel.as_deref(), &req.token)
+    let (permit, grant) = engine
+        .admit(req.channel.as_deref(), &req.token)
         .map_err(&refuse)?;
     if !grant.mode.reads() {
         return Err(refuse(Refusal::ReadNotAllowed));
     }
     let starts = starts(&engine, &req, &grant).await.map_err(&refuse)?;
-    let subscribe = engine
-        .listener
-        .subscribe(grant.channels.clone(), engine.settings.queue_length);
-    let Ok(Some(sub)) = timeout(engine.settings.subscribe_timeout, subscribe).await else {
-        return Err(refuse(Refusal::DatabaseUnavailable));
-    };
+    let sub = engine.subscribe(&grant).await.map_err(&refuse)?;
     let format = Sse {
         multi: grant.channels.len() > 1,
     };
