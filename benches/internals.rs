@@ -25,7 +25,7 @@ use futures_util::SinkExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use pgws::{
     __bench::{
-        Auth, BenchHub, EnvelopeClaims, envelope_multiplexed, envelope_per_channel,
+        Auth, BenchFrame, BenchHub, EnvelopeClaims, envelope_multiplexed, envelope_per_channel,
         route_multiplexed,
     },
     Config,
@@ -141,7 +141,7 @@ fn dispatch(c: &mut Criterion) {
         for _ in 0..n {
             hub.join(&["chat"], QUEUE);
         }
-        let frame = Bytes::from(payload.clone());
+        let frame = BenchFrame::new(&payload);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("shared_frame", n), |b| {
             b.iter_custom(|iters| {
@@ -154,6 +154,16 @@ fn dispatch(c: &mut Criterion) {
             })
         });
         assert_eq!(hub.channel_count(), 1, "no reader was let go");
+        // Idle sockets: the hub writes the shared bytes itself (into an I/O that
+        // takes every write whole), no queue, no task woken.
+        let mut direct = BenchHub::new();
+        for _ in 0..n {
+            direct.join_writing(&["chat"], QUEUE);
+        }
+        g.bench_function(BenchmarkId::new("written_by_the_hub", n), |b| {
+            b.iter(|| direct.dispatch("chat", &frame))
+        });
+        assert_eq!(direct.drain(), 0, "every frame was written, none queued");
     }
     g.finish();
 }

@@ -6,13 +6,16 @@
 
 use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     auth::Authorizer,
     config::Config,
-    engine::hub::{Frame, Hub, Join, Signal},
+    engine::{
+        frame::Frame,
+        hub::{Hub, Join, Signal},
+        outbox::Outbox,
+    },
     envelope::{self, Claims, Event},
     http::handshake::{self, Route},
     mapping::Mapping,
@@ -88,7 +91,7 @@ pub fn route_multiplexed(listen_channel: &str, pg_channel: &str, payload: &str) 
 #[derive(Default)]
 pub struct BenchHub {
     hub: Hub,
-    receivers: HashMap<u64, mpsc::Receiver<Frame>>,
+    receivers: HashMap<u64, Arc<Outbox>>,
     next_id: u64,
 }
 
@@ -104,13 +107,13 @@ impl BenchHub {
     pub fn join(&mut self, channels: &[&str], queue: usize) -> (u64, usize) {
         self.next_id += 1;
         let id = self.next_id;
-        let (tx, rx) = mpsc::channel(queue);
+        let rx = Outbox::new(queue);
         let (ack, _) = oneshot::channel();
         let fresh = self.hub.join(
             Join {
                 id,
                 channels: channels.iter().map(|c| (*c).to_owned()).collect(),
-                queue: tx,
+                queue: rx.clone(),
                 signal: Arc::new(Signal::default()),
                 ack,
             },
@@ -119,6 +122,14 @@ impl BenchHub {
         self.hub.ack_through(id);
         self.receivers.insert(id, rx);
         (id, fresh.len())
+    }
+
+    /// Joins one socket reading `channels` whose write half takes every write whole,
+    /// as an idle socket with room does: the hub writes frames to it itself.
+    pub fn join_writing(&mut self, channels: &[&str], queue: usize) -> (u64, usize) {
+        let joined = self.join(channels, queue);
+        self.receivers[&joined.0].attach(Box::new(tokio::io::sink()), true);
+        joined
     }
 
     /// Removes socket `id` and drops its queue; returns how many channels lost their
@@ -138,16 +149,14 @@ impl BenchHub {
 
     /// Queues one shared frame for every reader of `channel` (`Hub::dispatch`);
     /// returns how many channels emptied because of slow consumers.
-    pub fn dispatch(&mut self, channel: &str, frame: &Bytes) -> usize {
-        self.hub
-            .dispatch(channel, &Frame::from(frame.clone()))
-            .len()
+    pub fn dispatch(&mut self, channel: &str, frame: &BenchFrame) -> usize {
+        self.hub.dispatch(channel, &frame.0).len()
     }
 
-    /// What the listener does per notification: copy the payload into one shared
+    /// What the listener does per notification: encode the payload into one shared
     /// frame and dispatch it to the readers of `channel`.
     pub fn deliver(&mut self, channel: &str, payload: &str) -> usize {
-        let frame = Frame::from(Bytes::copy_from_slice(payload.as_bytes()));
+        let frame = Frame::from(payload);
         self.hub.dispatch(channel, &frame).len()
     }
 
@@ -155,7 +164,7 @@ impl BenchHub {
     pub fn drain(&mut self) -> usize {
         let mut taken = 0;
         for rx in self.receivers.values_mut() {
-            while rx.try_recv().is_ok() {
+            while rx.try_recv().is_some() {
                 taken += 1;
             }
         }
@@ -165,6 +174,16 @@ impl BenchHub {
     /// How many channels have readers.
     pub fn channel_count(&self) -> usize {
         self.hub.channel_count()
+    }
+}
+
+/// A notification encoded once (`Frame::new`), as the listener makes it.
+pub struct BenchFrame(Frame);
+
+impl BenchFrame {
+    /// The frame of `payload`.
+    pub fn new(payload: &str) -> Self {
+        Self(Frame::from(payload))
     }
 }
 

@@ -10,12 +10,11 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::{
+    frame::{Frame, Origin},
     history::{History, PAGE},
-    hub::{Frame, Origin},
     resume::NONE_YET,
 };
 use crate::history::{Position, Reference};
@@ -131,7 +130,7 @@ pub(crate) fn fetch(history: Arc<History>, refs: oneshot::Receiver<Vec<Reference
                     channel: reference.channel.clone(),
                     position: Some(reference.position()),
                 });
-                let frame = Frame::new(payload?, Some(origin));
+                let frame = Frame::new(&payload?, Some(origin));
                 Some((reference.channel, frame))
             })
             .collect();
@@ -179,7 +178,7 @@ pub(crate) fn catch_up(
             };
             for m in read.messages.iter() {
                 frames.push(Frame::new(
-                    Bytes::from(m.payload.clone()),
+                    m.payload.as_bytes(),
                     Some(Arc::new(Origin {
                         channel: channel.clone(),
                         position: Some(Position {
@@ -282,7 +281,7 @@ mod tests {
 
     fn stored(channel: &str, epoch: &str, offset: i64) -> Frame {
         Frame::new(
-            Bytes::new(),
+            b"",
             Some(Arc::new(Origin {
                 channel: channel.into(),
                 position: Some(Position {
@@ -351,7 +350,7 @@ mod tests {
         // A new epoch starts over.
         assert!(!seen.check("c", &stored("c", "F", 1)));
         // Plain notifications are never seen.
-        assert!(!seen.check("c", &Frame::from(Bytes::new())));
+        assert!(!seen.check("c", &Frame::from("")));
         seen.forget("c");
         assert!(!seen.knows("c"));
     }

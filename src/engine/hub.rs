@@ -1,7 +1,7 @@
 //! Channel → subscribers, owned by the listener task: joins, leaves, fan-out.
 //!
-//! Nothing here is shared or locked: the listener task owns the [`Hub`] and each
-//! socket owns the receiving end of its bounded queue.
+//! Nothing here is shared: the listener task owns the [`Hub`]; each reader's
+//! [`Outbox`] is what the hub and that reader share.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -11,53 +11,12 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
-use crate::history::Position;
-
-/// One notification for a channel's readers, shared by all of them. One pointer
-/// wide: every socket's queue allocates its slots 32 at a time up front, so the
-/// size of a queued frame is memory per socket, whether frames come or not.
-#[derive(Debug, Clone)]
-pub(crate) struct Frame(Arc<FrameData>);
-
-/// What a [`Frame`] shares; its fields are read through the frame.
-#[derive(Debug)]
-pub(crate) struct FrameData {
-    /// The payload, as sent.
-    pub(crate) payload: Bytes,
-    /// With history on: where it comes from, for sockets that asked for positions.
-    pub(crate) origin: Option<Arc<Origin>>,
-}
-
-impl Frame {
-    /// One allocation per notification, however many sockets it goes to.
-    pub(crate) fn new(payload: Bytes, origin: Option<Arc<Origin>>) -> Self {
-        Self(Arc::new(FrameData { payload, origin }))
-    }
-}
-
-impl std::ops::Deref for Frame {
-    type Target = FrameData;
-
-    fn deref(&self) -> &FrameData {
-        &self.0
-    }
-}
-
-/// The channel of a notification and, for a stored message, its position.
-#[derive(Debug)]
-pub(crate) struct Origin {
-    pub(crate) channel: String,
-    pub(crate) position: Option<Position>,
-}
-
-impl From<Bytes> for Frame {
-    fn from(payload: Bytes) -> Self {
-        Self::new(payload, None)
-    }
-}
+use super::{
+    frame::Frame,
+    outbox::{Offer, Outbox},
+};
 
 /// Why the hub let go of a socket; the socket closes with the matching code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +71,7 @@ pub(crate) struct Join {
     pub(crate) id: u64,
     /// Distinct channels (grants hold no repeats): a repeat is delivered twice.
     pub(crate) channels: Vec<String>,
-    pub(crate) queue: mpsc::Sender<Frame>,
+    pub(crate) queue: Arc<Outbox>,
     pub(crate) signal: Arc<Signal>,
     pub(crate) ack: oneshot::Sender<()>,
 }
@@ -123,13 +82,14 @@ struct Subscriber {
     /// Where this channel sits in the member's `channels`, to update its index
     /// there when a leave moves this entry.
     slot: usize,
-    queue: mpsc::Sender<Frame>,
+    queue: Arc<Outbox>,
     signal: Arc<Signal>,
 }
 
 struct Member {
     /// Each channel, with this member's index in that channel's subscriber list.
     channels: Vec<(String, usize)>,
+    queue: Arc<Outbox>,
     signal: Arc<Signal>,
     /// The `LISTEN` batch this member waits for, and its ack; `None` once acked.
     waiting: Option<(u64, oneshot::Sender<()>)>,
@@ -143,6 +103,8 @@ pub(crate) struct Hub {
     /// Members waiting for their ack, by `(batch, id)`: acks go out in batch order,
     /// and a member that leaves first is found in O(log n).
     pending: BTreeSet<(u64, u64)>,
+    /// Frames the hub wrote to sockets itself, since [`take_written`](Self::take_written).
+    written: u64,
 }
 
 impl Hub {
@@ -169,6 +131,7 @@ impl Hub {
             join.id,
             Member {
                 channels,
+                queue: join.queue,
                 signal: join.signal,
                 waiting: Some((seq, join.ack)),
             },
@@ -186,6 +149,7 @@ impl Hub {
         if let Some((seq, _)) = member.waiting {
             self.pending.remove(&(seq, id));
         }
+        member.queue.close();
         let mut emptied = Vec::new();
         for slot in 0..member.channels.len() {
             let index = member.channels[slot].1;
@@ -218,20 +182,30 @@ impl Hub {
         emptied
     }
 
-    /// Queues one shared frame for every reader of `channel`. A reader whose queue
-    /// is full is let go as a slow consumer; returns the channels that emptied.
+    /// Offers one shared frame to every reader of `channel`: written to idle
+    /// sockets, queued for the others. A reader whose queue is full is let go as a
+    /// slow consumer; returns the channels that emptied.
     pub(crate) fn dispatch(&mut self, channel: &str, frame: &Frame) -> Vec<String> {
         let Some(subs) = self.channels.get(channel) else {
             return Vec::new();
         };
         let mut slow = Vec::new();
         for sub in subs {
-            if let Err(mpsc::error::TrySendError::Full(_)) = sub.queue.try_send(frame.clone()) {
-                sub.signal.end(Ending::SlowConsumer);
-                slow.push(sub.id);
+            match sub.queue.offer(frame) {
+                Offer::Written => self.written += 1,
+                Offer::Queued => {}
+                Offer::Full => {
+                    sub.signal.end(Ending::SlowConsumer);
+                    slow.push(sub.id);
+                }
             }
         }
         slow.into_iter().flat_map(|id| self.leave(id)).collect()
+    }
+
+    /// How many frames dispatch wrote to sockets itself since the last call.
+    pub(crate) fn take_written(&mut self) -> u64 {
+        std::mem::take(&mut self.written)
     }
 
     /// Acknowledges every join whose `LISTEN` batch is done.
@@ -359,14 +333,14 @@ mod tests {
     use super::*;
 
     fn join(hub: &mut Hub, id: u64, chans: &[&str], cap: usize, seq: u64) -> Parts {
-        let (tx, rx) = mpsc::channel(cap);
+        let rx = Outbox::new(cap);
         let (ack, ack_rx) = oneshot::channel();
         let signal = Arc::new(Signal::default());
         let fresh = hub.join(
             Join {
                 id,
                 channels: chans.iter().map(|c| c.to_string()).collect(),
-                queue: tx,
+                queue: rx.clone(),
                 signal: signal.clone(),
                 ack,
             },
@@ -381,7 +355,7 @@ mod tests {
     }
 
     struct Parts {
-        rx: mpsc::Receiver<Frame>,
+        rx: Arc<Outbox>,
         ack_rx: oneshot::Receiver<()>,
         signal: Arc<Signal>,
         fresh: Vec<String>,
@@ -416,9 +390,9 @@ mod tests {
     #[test]
     fn dispatch_shares_one_frame_and_drops_slow_readers() {
         let mut hub = Hub::default();
-        let mut fast = join(&mut hub, 1, &["x"], 4, 1);
+        let fast = join(&mut hub, 1, &["x"], 4, 1);
         let slow = join(&mut hub, 2, &["x"], 1, 1);
-        let frame = Frame::from(Bytes::from_static(b"hello"));
+        let frame = Frame::from("hello");
         assert!(hub.dispatch("x", &frame).is_empty());
         assert!(hub.dispatch("x", &frame).is_empty());
         assert_eq!(slow.signal.ending(), Some(Ending::SlowConsumer));
@@ -521,12 +495,12 @@ mod tests {
             hub.leave(id);
             parts.remove(&id);
             assert_indexes_hold(&hub);
-            let frame = Frame::from(Bytes::from(format!("after {step}")));
+            let frame = Frame::from(format!("after {step}").as_str());
             hub.dispatch("a", &frame);
             for (id, p) in &mut parts {
                 let reads_a = id % 3 != 0;
                 assert_eq!(
-                    p.rx.try_recv().is_ok(),
+                    p.rx.try_recv().is_some(),
                     reads_a,
                     "socket {id} at step {step}"
                 );

@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -28,8 +27,10 @@ use crate::{
 
 use super::{
     catchup::{self, Batches, Delivery, Done, Seen},
+    frame::{Frame, Origin},
     history::History,
-    hub::{Frame, HELD, Hub, Join, Origin, Signal},
+    hub::{HELD, Hub, Join, Signal},
+    outbox::Outbox,
 };
 use crate::history::Reference;
 
@@ -61,7 +62,7 @@ pub(crate) struct ListenerHandle {
 /// A socket's place in the hub; leaving the hub when dropped.
 pub(crate) struct Subscription {
     id: u64,
-    pub(crate) queue: mpsc::Receiver<Frame>,
+    pub(crate) queue: Arc<Outbox>,
     pub(crate) signal: Arc<Signal>,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -75,7 +76,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 impl Subscription {
     /// A subscription that a test feeds instead of the hub.
-    pub(crate) fn detached(queue: mpsc::Receiver<Frame>) -> Self {
+    pub(crate) fn detached(queue: Arc<Outbox>) -> Self {
         Self {
             id: 0,
             queue,
@@ -93,19 +94,19 @@ impl ListenerHandle {
         channels: Vec<String>,
         queue: usize,
     ) -> Option<Subscription> {
-        let (tx, rx) = mpsc::channel(queue);
+        let queue = Outbox::new(queue);
         let (ack, acked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = Subscription {
             id,
-            queue: rx,
+            queue: queue.clone(),
             signal: Arc::new(Signal::default()),
             commands: self.commands.clone(),
         };
         let join = Join {
             id,
             channels,
-            queue: tx,
+            queue,
             signal: sub.signal.clone(),
             ack,
         };
@@ -582,9 +583,11 @@ impl Listener {
             channel: channel.clone().into_owned(),
             position: None,
         });
-        let frame = Frame::new(Bytes::copy_from_slice(payload.as_bytes()), Some(origin));
+        let frame = Frame::new(payload.as_bytes(), Some(origin));
         if pipe.deliveries.is_empty() {
-            return self.hub.dispatch(&channel, &frame);
+            let emptied = self.hub.dispatch(&channel, &frame);
+            self.counters.frames_delivered(self.hub.take_written());
+            return emptied;
         }
         let channel = channel.into_owned();
         pipe.push(catchup::ready(channel, frame));
@@ -697,6 +700,7 @@ impl Listener {
             }
             if !self.seen.check(channel, frame) {
                 emptied.extend(self.hub.dispatch(channel, frame));
+                self.counters.frames_delivered(self.hub.take_written());
             }
         }
         emptied

@@ -4,10 +4,12 @@
 //! (`catchup`) and the sockets' replays (`resume`).
 
 pub(crate) mod catchup;
+pub(crate) mod frame;
 pub(crate) mod history;
 pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod meta;
+pub(crate) mod outbox;
 pub(crate) mod publisher;
 pub(crate) mod resume;
 pub(crate) mod socket;

@@ -7,8 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use super::{
+    frame::Frame,
     history::{History, PAGE},
-    hub::Frame,
 };
 use crate::history::{Message, Position, Read};
 
@@ -289,11 +289,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::hub::Origin;
+    use crate::engine::frame::Origin;
 
     fn frame(channel: &str, position: Option<(&str, i64)>, payload: &str) -> Frame {
         Frame::new(
-            Bytes::from(payload.to_owned()),
+            payload.as_bytes(),
             Some(Arc::new(Origin {
                 channel: channel.into(),
                 position: position.map(|(epoch, offset)| Position {

@@ -1,6 +1,8 @@
 //! One connection's task: frames in, queue out, ping, expiry, close codes.
 
 use std::{
+    future::poll_fn,
+    io,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,11 +15,11 @@ use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, ReadHalf},
     sync::{OwnedSemaphorePermit, oneshot, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
-use tokio_websockets::{Limits, Message, Payload, ServerBuilder, WebSocketStream};
+use tokio_websockets::{Limits, Message, ServerBuilder, WebSocketStream};
 
 use crate::{
     auth::Grant,
@@ -30,10 +32,12 @@ use crate::{
 
 use super::{
     Engine,
+    frame::{Frame, text_frame},
     history::History,
-    hub::{Ending, Frame, Signal},
+    hub::{Ending, Signal},
     listener::Subscription,
     meta,
+    outbox::{CodecIo, Outbox},
     resume::Resume,
 };
 
@@ -41,10 +45,6 @@ use super::{
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// NOTIFY payloads must stay under this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
-/// Frames coalesced into one flush. The codec's frame queue grows to this many
-/// entries (about 56 bytes each) and never shrinks, so it is memory per socket once
-/// traffic has flowed: 16 keeps that under 1 KiB, where 64 took 3.5 KiB.
-const BATCH: usize = 16;
 
 /// How the exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +69,10 @@ pub(crate) struct Socket {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-type Stream<S> = SplitStream<WebSocketStream<S>>;
+/// The codec over the socket's read half and its [`Outbox`].
+type Ws<S> = WebSocketStream<CodecIo<ReadHalf<S>>>;
+type Sink<S> = SplitSink<Ws<S>, Message>;
+type Stream<S> = SplitStream<Ws<S>>;
 
 impl Socket {
     /// Waits for the upgrade, then runs the socket to its end. The returned future
@@ -90,11 +92,23 @@ impl Socket {
     /// Runs the socket to its end, meta events included.
     async fn run<S>(&mut self, io: S)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits =
             Limits::default().max_payload_len(Some(self.engine.settings.max_message_bytes));
-        let (mut sink, mut stream) = ServerBuilder::new().limits(limits).serve(io).split();
+        let (read, write) = tokio::io::split(io);
+        // Readers share their outbox with the hub; a socket that only writes has
+        // one of its own, for the codec's frames.
+        let outbox = match &self.subscription {
+            Some(sub) => sub.queue.clone(),
+            None => Outbox::new(0),
+        };
+        // A socket with positions renders each frame itself: the hub only queues.
+        outbox.attach(Box::new(write), self.resume.is_none());
+        let codec = ServerBuilder::new()
+            .limits(limits)
+            .serve(CodecIo::new(read, outbox.clone()));
+        let (mut sink, mut stream) = codec.split();
         let mode = self.grant.mode;
         self.engine.counters.socket_opened(mode);
         tracing::info!("socket open");
@@ -102,7 +116,7 @@ impl Socket {
         // notifications; the first message waits for it to keep the order.
         let open = self.meta(Event::ConnectionOpen);
         let announced = open.is_some();
-        let outcome = self.exchange(&mut sink, &mut stream, open).await;
+        let outcome = self.exchange(&mut sink, &mut stream, &outbox, open).await;
         match outcome {
             Outcome::Close(close) => {
                 tracing::info!(
@@ -114,6 +128,8 @@ impl Socket {
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
         finish(&mut sink, &mut stream, outcome).await;
+        // The hub may hold the outbox a little longer: the connection ends now.
+        drop(outbox.detach());
         // A Close only follows an Open, queued (and so published) after it.
         if announced && let Some(close) = self.meta(Event::ConnectionClose) {
             let _ = timeout(meta::WAIT, close).await;
@@ -125,20 +141,22 @@ impl Socket {
         &mut self,
         sink: &mut Sink<S>,
         stream: &mut Stream<S>,
+        outbox: &Outbox,
         open: Option<oneshot::Receiver<()>>,
     ) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let pong = AtomicBool::new(false);
-        let mut subscription = self.subscription.take();
+        // Held to the end: dropping it leaves the hub.
+        let subscription = self.subscription.take();
         let expiry = self.grant.expires_at.and_then(instant_at);
         let ping = self.engine.settings.ping_interval();
         let mut resume = self.resume.take();
         let writer = Writer {
             sink,
             signal: subscription.as_ref().map(|s| s.signal.clone()),
-            sub: subscription.as_mut(),
+            outbox,
             resume: resume.as_mut(),
             history: self.engine.history.as_deref(),
             pong: &pong,
@@ -280,7 +298,8 @@ impl Socket {
 /// a ping timeout or shutdown.
 struct Writer<'a, S> {
     sink: &'a mut Sink<S>,
-    sub: Option<&'a mut Subscription>,
+    /// Frames the hub could not write itself, and the codec's bytes.
+    outbox: &'a Outbox,
     /// Sockets that asked for positions: replayed first, then frames as JSON.
     resume: Option<&'a mut Resume>,
     history: Option<&'a History>,
@@ -336,14 +355,14 @@ where
                         ping.reset();
                     }
                 }
-                frame = recv(self.sub.as_deref_mut()) => {
-                    let Some(frame) = frame else {
+                work = poll_fn(|cx| self.outbox.poll_work(cx)) => {
+                    if !work {
                         return self.on_ending(Ending::ListenerRestarted).await;
-                    };
+                    }
                     // A write blocked for a whole ping interval means a peer that reads
                     // nothing. A tick due meanwhile is only late: it runs next, and
                     // checks the pong of a peer that may well have answered.
-                    if let Err(outcome) = written(within(ping_every, self.send_batch(frame)).await) {
+                    if let Err(outcome) = written(within(ping_every, self.send_batch()).await) {
                         return outcome;
                     }
                 }
@@ -395,53 +414,31 @@ where
         }
     }
 
-    /// Feeds a frame and whatever else is queued (up to a batch), then flushes once.
-    /// A hub signal arriving meanwhile wins, since a slow consumer may never flush.
-    async fn send_batch(&mut self, first: Frame) -> Result<(), tokio_websockets::Error> {
-        let sub = self
-            .sub
-            .as_deref_mut()
-            .expect("frames come from a subscription");
+    /// Writes what is queued, up to a batch, in one write, and flushes. A hub signal
+    /// arriving meanwhile wins, since a slow consumer may never flush.
+    async fn send_batch(&mut self) -> io::Result<()> {
+        let outbox = self.outbox;
         let signal = self.signal.as_deref();
-        let counters = self.counters;
-        let sink = &mut *self.sink;
         let resume = &mut self.resume;
-        let send = async {
-            let mut sent = 0u64;
-            let mut next = Some(first);
-            for _ in 0..BATCH {
-                let Some(frame) = next.take().or_else(|| sub.queue.try_recv().ok()) else {
-                    break;
-                };
-                if let Some(bytes) = render(resume, frame) {
-                    sink.feed(text(bytes)).await?;
-                    sent += 1;
-                }
-            }
-            sink.flush().await?;
-            counters.frames_delivered(sent);
-            Ok(())
+        let mut sent = 0u64;
+        let mut render = |frame: Frame| {
+            let bytes = render(resume, frame)?;
+            sent += 1;
+            Some(bytes)
         };
-        tokio::select! {
-            r = send => r,
+        let result = tokio::select! {
+            r = poll_fn(|cx| outbox.poll_send(cx, &mut render)) => r,
             _ = ended(signal) => Ok(()),
-        }
+        };
+        self.counters.frames_delivered(sent);
+        result
     }
 
     /// Sends everything still queued.
-    async fn drain(&mut self) -> Result<(), tokio_websockets::Error> {
-        let Some(sub) = self.sub.as_deref_mut() else {
-            return Ok(());
-        };
-        let mut sent = 0;
-        while let Ok(frame) = sub.queue.try_recv() {
-            if let Some(bytes) = render(&mut self.resume, frame) {
-                self.sink.feed(text(bytes)).await?;
-                sent += 1;
-            }
+    async fn drain(&mut self) -> io::Result<()> {
+        while !self.outbox.is_idle() {
+            self.send_batch().await?;
         }
-        self.sink.flush().await?;
-        self.counters.frames_delivered(sent);
         Ok(())
     }
 }
@@ -457,7 +454,7 @@ async fn within<F: Future>(limit: Option<Duration>, write: F) -> Option<F::Outpu
 }
 
 /// A bounded write's outcome: done, a failed stream, or a peer that read nothing.
-fn written(result: Option<Result<(), tokio_websockets::Error>>) -> Result<(), Outcome> {
+fn written<E>(result: Option<Result<(), E>>) -> Result<(), Outcome> {
     match result {
         Some(Ok(())) => Ok(()),
         Some(Err(_)) => Err(Outcome::Ended),
@@ -466,15 +463,16 @@ fn written(result: Option<Result<(), tokio_websockets::Error>>) -> Result<(), Ou
 }
 
 fn text(frame: Bytes) -> Message {
-    Message::text(Payload::from(frame))
+    Message::text(tokio_websockets::Payload::from(frame))
 }
 
-/// A queued frame as this socket sends it: its payload, or, for a socket that
-/// asked for positions, a JSON object (`None` for an offset already sent).
+/// A queued frame as this socket sends it, on the wire: its payload, or, for a
+/// socket that asked for positions, a JSON object (`None` for an offset already
+/// sent).
 fn render(resume: &mut Option<&mut Resume>, frame: Frame) -> Option<Bytes> {
     match resume {
-        Some(resume) => resume.live(&frame),
-        None => Some(frame.payload.clone()),
+        Some(resume) => resume.live(&frame).map(|json| text_frame(&json)),
+        None => Some(frame.wire.clone()),
     }
 }
 
@@ -503,13 +501,6 @@ async fn ended(signal: Option<&Signal>) -> Ending {
     }
 }
 
-async fn recv(sub: Option<&mut Subscription>) -> Option<Frame> {
-    match sub {
-        Some(sub) => sub.queue.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn tick(ping: &mut Option<Interval>) {
     match ping {
         Some(i) => {
@@ -531,14 +522,13 @@ mod tests {
 
     use tokio::{
         io::{DuplexStream, duplex},
-        sync::mpsc,
         task::JoinHandle,
         time::sleep_until,
     };
     use tokio_websockets::ClientBuilder;
 
     use super::*;
-    use crate::engine::listener::Subscription;
+    use crate::engine::{listener::Subscription, outbox::Offer};
 
     const EVERY: Duration = Duration::from_secs(10);
     /// Smaller than a frame, so a frame's write waits for the client to read.
@@ -548,7 +538,7 @@ mod tests {
 
     struct Setup {
         client: Client,
-        queue: mpsc::Sender<Frame>,
+        queue: Arc<Outbox>,
         shutdown: watch::Sender<bool>,
         writer: JoinHandle<Outcome>,
     }
@@ -558,17 +548,21 @@ mod tests {
     fn start() -> Setup {
         let (server_io, client_io) = duplex(PIPE);
         let client = ClientBuilder::new().take_over(client_io);
-        let (queue, rx) = mpsc::channel(16);
+        let queue = Outbox::new(16);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let outbox = queue.clone();
         let writer = tokio::spawn(async move {
-            let (mut sink, mut stream) = ServerBuilder::new().serve(server_io).split();
-            let mut sub = Subscription::detached(rx);
+            let (read, write) = tokio::io::split(server_io);
+            outbox.attach(Box::new(write), true);
+            let io = CodecIo::new(read, outbox.clone());
+            let (mut sink, mut stream) = ServerBuilder::new().serve(io).split();
+            let sub = Subscription::detached(outbox.clone());
             let pong = AtomicBool::new(false);
             let counters = Counters::default();
             let writer = Writer {
                 sink: &mut sink,
                 signal: Some(sub.signal.clone()),
-                sub: Some(&mut sub),
+                outbox: &outbox,
                 resume: None,
                 history: None,
                 pong: &pong,
@@ -612,7 +606,7 @@ mod tests {
     }
 
     fn big_frame() -> Frame {
-        Frame::from(Bytes::from(vec![b'x'; 4 * PIPE]))
+        Frame::from("x".repeat(4 * PIPE).as_str())
     }
 
     #[tokio::test(start_paused = true)]
@@ -624,7 +618,7 @@ mod tests {
         // The client stops reading from 19 s to 20.5 s; a frame queued at 19.5 s
         // is still being written when the 20 s tick is due.
         sleep_until(t0 + Duration::from_millis(19_500)).await;
-        s.queue.send(big_frame()).await.unwrap();
+        assert_ne!(s.queue.offer(&big_frame()), Offer::Full);
         sleep_until(t0 + Duration::from_millis(20_500)).await;
         assert_eq!(
             read_until(&mut s.client, t0 + Duration::from_secs(45)).await,
@@ -646,7 +640,7 @@ mod tests {
         let t0 = Instant::now();
         read_until(&mut s.client, t0 + Duration::from_secs(11)).await;
         // The client reads nothing more: the frame's write never finishes.
-        s.queue.send(big_frame()).await.unwrap();
+        assert_ne!(s.queue.offer(&big_frame()), Offer::Full);
         assert_eq!(s.writer.await.unwrap(), PING_TIMEOUT);
         assert!(Instant::now() <= t0 + Duration::from_secs(11) + EVERY);
     }
@@ -682,6 +676,10 @@ mod sizes {
         size_of::<R>()
     }
 
+    fn returned1<A, R>(_: impl FnOnce(A) -> R) -> usize {
+        size_of::<R>()
+    }
+
     fn returned3<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
         size_of::<R>()
     }
@@ -693,7 +691,7 @@ mod sizes {
         let writer = returned3(
             |w: Writer<'_, Io>, e: Option<Instant>, r: watch::Receiver<bool>| w.run(e, None, r),
         );
-        let batch = returned(|w: &mut Writer<'_, Io>, f: Frame| w.send_batch(f));
+        let batch = returned1(|w: &mut Writer<'_, Io>| w.send_batch());
         let replay = returned(|w: &mut Writer<'_, Io>, p: Option<Duration>| w.replay(p));
         eprintln!(
             "socket task: {serve} bytes; reader {read}, writer {writer} (send_batch {batch}), \

@@ -23,9 +23,9 @@ use crate::{
     close::Close,
     engine::{
         Engine,
+        frame::Frame,
         history::History,
         hub::Ending,
-        hub::Frame,
         listener::Subscription,
         resume::{self, Format, Json, Resume, Sent},
     },
@@ -417,7 +417,7 @@ impl EventStream {
                         let mut out = BytesMut::new();
                         let sub = &mut *this.sub;
                         let sent = write_queued(&mut out, &mut resume, None, usize::MAX, || {
-                            sub.queue.try_recv().ok()
+                            sub.queue.try_recv()
                         });
                         counters.frames_delivered(sent);
                         end(Close::GoingAway, out)
@@ -451,7 +451,7 @@ impl EventStream {
                                 let sub = &mut *this.sub;
                                 let sent =
                                     write_queued(&mut out, &mut resume, Some(first), BATCH, || {
-                                        sub.queue.try_recv().ok()
+                                        sub.queue.try_recv()
                                     });
                                 counters.frames_delivered(sent);
                                 *this.state = State::Live(resume);

@@ -1,0 +1,463 @@
+//! [`Outbox`]: what one reader has yet to receive, the hub's side and the owner's,
+//! and, for a WebSocket, the socket's write half.
+//!
+//! The hub offers each frame to every reader. A WebSocket that sends frames as
+//! they are and has nothing waiting gets the frame written there and then, with
+//! one non-blocking write of the frame's shared bytes: no task wakes, no queue
+//! moves. Anything else (a socket still writing, one that renders frames itself, an
+//! event stream) gets the frame queued and its task woken. The lock is per socket,
+//! held for a non-blocking write or a queue operation, never across an `.await`;
+//! only a socket's own task and the hub take it.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker, ready},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame::Frame;
+
+/// Frames coalesced into one write, at most.
+pub(crate) const BATCH: usize = 16;
+
+/// A socket's write half, as the outbox holds it.
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What became of a frame offered to a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Written to the socket by the hub (or started, and finished by the socket's
+    /// task before anything else).
+    Written,
+    /// Queued for the reader's task.
+    Queued,
+    /// The queue is full: the reader is a slow consumer.
+    Full,
+}
+
+/// One reader's outbound frames. Bounded: at most `capacity` frames wait, plus the
+/// one batch being written (see the queue policy in PROTOCOL.md).
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// Frames for the owner to take or render, oldest first.
+    frames: VecDeque<Frame>,
+    /// Bytes for the wire, in order: the rest of a frame written in part, the
+    /// codec's own frames (pongs, pings, closes, a replay), rendered frames.
+    wire: VecDeque<Bytes>,
+    writer: Option<Writer>,
+    /// Whether the hub may write `frame.wire` itself.
+    direct: bool,
+    /// Bytes handed to the writer that it may still buffer (TLS): flush pending.
+    unflushed: bool,
+    /// The hub let go: once the queue is empty, readers see the end.
+    closed: bool,
+    /// The owner's task, parked with nothing to do.
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    /// An outbox holding at most `capacity` frames.
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            capacity,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds good state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hub's side: writes `frame` now if the socket is idle and takes frames as
+    /// they are, else queues it (waking the owner), else reports a full queue.
+    pub(crate) fn offer(&self, frame: &Frame) -> Offer {
+        let mut s = self.lock();
+        let offer = if s.direct && s.is_idle() {
+            match s.write_now(&frame.wire) {
+                Some(n) if n == frame.wire.len() => Offer::Written,
+                Some(n) => {
+                    // Started: the owner sends the rest before anything else.
+                    s.wire.push_back(frame.wire.slice(n..));
+                    Offer::Written
+                }
+                None => s.push(frame, self.capacity),
+            }
+        } else {
+            s.push(frame, self.capacity)
+        };
+        if offer != Offer::Full && !s.is_idle() {
+            wake(s);
+        }
+        offer
+    }
+
+    /// The hub lets go of this reader; it reads what is queued, then the end.
+    pub(crate) fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        wake(s);
+    }
+
+    /// Hands the socket's write half over; `direct` lets the hub write frames as
+    /// they are.
+    pub(crate) fn attach(&self, writer: Writer, direct: bool) {
+        let mut s = self.lock();
+        s.writer = Some(writer);
+        s.direct = direct;
+    }
+
+    /// Takes the write half back (to drop it: the connection closes once both
+    /// halves are gone, whenever the hub drops its handle).
+    pub(crate) fn detach(&self) -> Option<Writer> {
+        let mut s = self.lock();
+        s.direct = false;
+        s.writer.take()
+    }
+
+    /// Whether everything is written: no frame queued, no byte waiting.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.lock().is_idle()
+    }
+
+    /// The next queued frame, without waiting.
+    pub(crate) fn try_recv(&self) -> Option<Frame> {
+        self.lock().frames.pop_front()
+    }
+
+    /// The next queued frame; `None` once the hub let go and the queue is empty.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
+        let mut s = self.lock();
+        if let Some(frame) = s.frames.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.park(cx);
+        Poll::Pending
+    }
+
+    /// Ready with `true` when there is something to write, `false` once the hub let
+    /// go and everything is written.
+    pub(crate) fn poll_work(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut s = self.lock();
+        if !s.is_idle() {
+            return Poll::Ready(true);
+        }
+        if s.closed {
+            return Poll::Ready(false);
+        }
+        s.park(cx);
+        Poll::Pending
+    }
+
+    /// Writes up to a batch: what is on the wire already, then queued frames as
+    /// `render` makes them (`None` skips a frame). Ready once that batch is out and
+    /// flushed; call again while [`poll_work`](Self::poll_work) is ready.
+    pub(crate) fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        render: &mut dyn FnMut(Frame) -> Option<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        let mut s = self.lock();
+        while s.wire.len() < BATCH {
+            let Some(frame) = s.frames.pop_front() else {
+                break;
+            };
+            if let Some(bytes) = render(frame) {
+                s.wire.push_back(bytes);
+            }
+        }
+        let done = s.poll_write_wire(cx);
+        s.shrink();
+        done
+    }
+
+    /// Writes what is on the wire (not the queued frames), then flushes.
+    fn poll_flush_wire(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.lock().poll_write_wire(cx)
+    }
+
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.lock();
+        ready!(s.poll_write_wire(cx))?;
+        match s.writer.as_mut() {
+            Some(w) => Pin::new(w).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn push_wire(&self, bytes: Bytes) {
+        let mut s = self.lock();
+        s.wire.push_back(bytes);
+    }
+}
+
+/// Wakes the owner, if parked, once the lock is let go.
+fn wake(mut s: MutexGuard<'_, State>) {
+    let waker = s.waker.take();
+    drop(s);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+impl State {
+    /// Queues `frame`, or reports the queue full.
+    fn push(&mut self, frame: &Frame, capacity: usize) -> Offer {
+        if self.frames.len() >= capacity {
+            return Offer::Full;
+        }
+        self.frames.push_back(frame.clone());
+        Offer::Queued
+    }
+
+    /// Nothing to write: neither frames nor bytes waiting, nothing to flush.
+    fn is_idle(&self) -> bool {
+        self.frames.is_empty() && self.wire.is_empty() && !self.unflushed
+    }
+
+    fn park(&mut self, cx: &mut Context<'_>) {
+        match &mut self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
+
+    /// One non-blocking write (and flush) of `bytes`; how much went, or `None`
+    /// when nothing did.
+    fn write_now(&mut self, bytes: &[u8]) -> Option<usize> {
+        let writer = self.writer.as_mut()?;
+        let mut cx = Context::from_waker(Waker::noop());
+        let n = match Pin::new(&mut *writer).poll_write(&mut cx, bytes) {
+            Poll::Ready(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        // A TLS writer may keep some of it: the owner flushes that.
+        self.unflushed = Pin::new(writer).poll_flush(&mut cx).is_pending();
+        Some(n)
+    }
+
+    /// Writes `wire` out, a batch of slices per write, then flushes.
+    fn poll_write_wire(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        while !self.wire.is_empty() {
+            let mut slices = [IoSlice::new(&[]); BATCH];
+            let count = self.wire.len().min(BATCH);
+            for (slice, bytes) in slices.iter_mut().zip(&self.wire) {
+                *slice = IoSlice::new(bytes);
+            }
+            let n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            advance(&mut self.wire, n);
+            self.unflushed = true;
+        }
+        ready!(Pin::new(writer).poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Gives back what a burst grew, once it is over: an idle socket holds no queue.
+    fn shrink(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > BATCH {
+            self.frames = VecDeque::new();
+        }
+        if self.wire.is_empty() && self.wire.capacity() > BATCH {
+            self.wire = VecDeque::new();
+        }
+    }
+}
+
+/// Drops the first `n` bytes of `wire`.
+fn advance(wire: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = wire.front_mut() else {
+            return;
+        };
+        if n < front.len() {
+            front.advance(n);
+            return;
+        }
+        n -= front.len();
+        wire.pop_front();
+    }
+}
+
+/// The transport the WebSocket codec runs on: reads from the socket's read half,
+/// writes into the [`Outbox`], so its frames (pongs, pings, closes, a replay) and
+/// the hub's go out one after the other, never interleaved. What the codec writes
+/// is kept until it flushes, then goes on the wire as one piece.
+pub(crate) struct CodecIo<R> {
+    read: R,
+    outbox: Arc<Outbox>,
+    staged: BytesMut,
+}
+
+impl<R> CodecIo<R> {
+    pub(crate) fn new(read: R, outbox: Arc<Outbox>) -> Self {
+        Self {
+            read,
+            outbox,
+            staged: BytesMut::new(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CodecIo<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for CodecIo<R> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.staged.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut n = 0;
+        for buf in bufs {
+            self.staged.extend_from_slice(buf);
+            n += buf.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.commit();
+        self.outbox.poll_flush_wire(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.commit();
+        self.outbox.poll_shutdown(cx)
+    }
+}
+
+impl<R> CodecIo<R> {
+    fn commit(&mut self) {
+        if !self.staged.is_empty() {
+            self.outbox
+                .push_wire(std::mem::take(&mut self.staged).freeze());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, duplex};
+    use tokio_websockets::{ClientBuilder, Message, ServerBuilder};
+
+    use super::*;
+
+    fn attached(pipe: usize) -> (Arc<Outbox>, tokio::io::DuplexStream) {
+        let (server, client) = duplex(pipe);
+        let outbox = Outbox::new(4);
+        outbox.attach(Box::new(server), true);
+        (outbox, client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_socket_gets_the_frame_written_by_the_offer() {
+        let (outbox, mut client) = attached(1024);
+        assert_eq!(outbox.offer(&Frame::from("hi")), Offer::Written);
+        let mut got = [0; 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x81\x02hi");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_socket_queues_in_order_then_reports_full() {
+        // Room for one 100-byte frame and part of the next.
+        let (outbox, mut client) = attached(150);
+        let frames: Vec<Frame> = (0..7)
+            .map(|i| Frame::from(format!("{i}").repeat(100).as_str()))
+            .collect();
+        assert_eq!(outbox.offer(&frames[0]), Offer::Written);
+        // Partly written: the rest waits on the wire, not in the queue.
+        assert_eq!(outbox.offer(&frames[1]), Offer::Written);
+        for frame in &frames[2..6] {
+            assert_eq!(outbox.offer(frame), Offer::Queued);
+        }
+        assert_eq!(outbox.offer(&frames[6]), Offer::Full);
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                while std::future::poll_fn(|cx| outbox.poll_work(cx)).await {
+                    let mut render = |f: Frame| Some(f.wire.clone());
+                    std::future::poll_fn(|cx| outbox.poll_send(cx, &mut render))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let mut client = ClientBuilder::new().take_over(&mut client);
+        for i in 0..6 {
+            let msg = client.next().await.unwrap().unwrap();
+            assert_eq!(msg.as_text().unwrap(), format!("{i}").repeat(100));
+        }
+        outbox.close();
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_codec_frames_go_between_whole_frames() {
+        let (server, client) = duplex(1 << 16);
+        let (read, write) = tokio::io::split(server);
+        let outbox = Outbox::new(4);
+        outbox.attach(Box::new(write), true);
+        let mut server = ServerBuilder::new().serve(CodecIo::new(read, outbox.clone()));
+        let mut client = ClientBuilder::new().take_over(client);
+        assert_eq!(outbox.offer(&Frame::from("one")), Offer::Written);
+        server.send(Message::text("two")).await.unwrap();
+        assert_eq!(outbox.offer(&Frame::from("three")), Offer::Written);
+        for want in ["one", "two", "three"] {
+            let msg = client.next().await.unwrap().unwrap();
+            assert_eq!(msg.as_text(), Some(want));
+        }
+        // A ping is answered through the outbox.
+        client.send(Message::ping("p")).await.unwrap();
+        client.send(Message::text("after")).await.unwrap();
+        let ping = server.next().await.unwrap().unwrap();
+        assert!(ping.is_ping());
+        assert_eq!(
+            server.next().await.unwrap().unwrap().as_text(),
+            Some("after")
+        );
+        let pong = client.next().await.unwrap().unwrap();
+        assert!(pong.is_pong());
+    }
+}
