@@ -105,6 +105,8 @@ pub(crate) struct Hub {
     pending: BTreeSet<(u64, u64)>,
     /// Frames the hub wrote to sockets itself, since [`take_written`](Self::take_written).
     written: u64,
+    /// Whether dispatch writes to idle sockets itself; see [`write_directly`](Self::write_directly).
+    queue_only: bool,
 }
 
 impl Hub {
@@ -191,7 +193,7 @@ impl Hub {
         };
         let mut slow = Vec::new();
         for sub in subs {
-            match sub.queue.offer(frame) {
+            match sub.queue.offer(frame, !self.queue_only) {
                 Offer::Written => self.written += 1,
                 Offer::Queued => {}
                 Offer::Full => {
@@ -201,6 +203,14 @@ impl Hub {
             }
         }
         slow.into_iter().flat_map(|id| self.leave(id)).collect()
+    }
+
+    /// Whether dispatch writes to idle sockets itself (one core's work, no task
+    /// woken) or queues every frame for the sockets' tasks (spread over the cores,
+    /// and coalesced): the listener asks for the second while notifications arrive
+    /// faster than it hands them out.
+    pub(crate) fn write_directly(&mut self, yes: bool) {
+        self.queue_only = !yes;
     }
 
     /// How many frames dispatch wrote to sockets itself since the last call.
@@ -402,6 +412,27 @@ mod tests {
         );
         assert_eq!(fast.signal.ending(), None);
         assert_eq!(hub.len(), 1);
+    }
+
+    #[test]
+    fn dispatch_writes_to_idle_sockets_unless_told_to_queue() {
+        let mut hub = Hub::default();
+        let writing = join(&mut hub, 1, &["x"], 4, 1);
+        writing.rx.attach(Box::new(tokio::io::sink()), true);
+        let rendering = join(&mut hub, 2, &["x"], 4, 1);
+        rendering.rx.attach(Box::new(tokio::io::sink()), false);
+        let frame = Frame::from("hello");
+        hub.dispatch("x", &frame);
+        assert_eq!(hub.take_written(), 1);
+        assert!(writing.rx.is_idle());
+        assert!(rendering.rx.try_recv().is_some());
+        hub.write_directly(false);
+        hub.dispatch("x", &frame);
+        assert_eq!(hub.take_written(), 0);
+        assert!(writing.rx.try_recv().is_some());
+        hub.write_directly(true);
+        hub.dispatch("x", &frame);
+        assert_eq!(hub.take_written(), 1);
     }
 
     #[test]

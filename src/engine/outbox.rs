@@ -79,11 +79,12 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The hub's side: writes `frame` now if the socket is idle and takes frames as
-    /// they are, else queues it (waking the owner), else reports a full queue.
-    pub(crate) fn offer(&self, frame: &Frame) -> Offer {
+    /// The hub's side: writes `frame` now if `write` allows it, the socket is idle
+    /// and takes frames as they are; else queues it (waking the owner); else
+    /// reports a full queue.
+    pub(crate) fn offer(&self, frame: &Frame, write: bool) -> Offer {
         let mut s = self.lock();
-        let offer = if s.direct && s.is_idle() {
+        let offer = if write && s.direct && s.is_idle() {
             match s.write_now(&frame.wire) {
                 Some(n) if n == frame.wire.len() => Offer::Written,
                 Some(n) => {
@@ -393,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_socket_gets_the_frame_written_by_the_offer() {
         let (outbox, mut client) = attached(1024);
-        assert_eq!(outbox.offer(&Frame::from("hi")), Offer::Written);
+        assert_eq!(outbox.offer(&Frame::from("hi"), true), Offer::Written);
         let mut got = [0; 4];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"\x81\x02hi");
@@ -406,13 +407,13 @@ mod tests {
         let frames: Vec<Frame> = (0..7)
             .map(|i| Frame::from(format!("{i}").repeat(100).as_str()))
             .collect();
-        assert_eq!(outbox.offer(&frames[0]), Offer::Written);
+        assert_eq!(outbox.offer(&frames[0], true), Offer::Written);
         // Partly written: the rest waits on the wire, not in the queue.
-        assert_eq!(outbox.offer(&frames[1]), Offer::Written);
+        assert_eq!(outbox.offer(&frames[1], true), Offer::Written);
         for frame in &frames[2..6] {
-            assert_eq!(outbox.offer(frame), Offer::Queued);
+            assert_eq!(outbox.offer(frame, true), Offer::Queued);
         }
-        assert_eq!(outbox.offer(&frames[6]), Offer::Full);
+        assert_eq!(outbox.offer(&frames[6], true), Offer::Full);
         let writer = {
             let outbox = outbox.clone();
             tokio::spawn(async move {
@@ -441,9 +442,9 @@ mod tests {
         outbox.attach(Box::new(write), true);
         let mut server = ServerBuilder::new().serve(CodecIo::new(read, outbox.clone()));
         let mut client = ClientBuilder::new().take_over(client);
-        assert_eq!(outbox.offer(&Frame::from("one")), Offer::Written);
+        assert_eq!(outbox.offer(&Frame::from("one"), true), Offer::Written);
         server.send(Message::text("two")).await.unwrap();
-        assert_eq!(outbox.offer(&Frame::from("three")), Offer::Written);
+        assert_eq!(outbox.offer(&Frame::from("three"), true), Offer::Written);
         for want in ["one", "two", "three"] {
             let msg = client.next().await.unwrap().unwrap();
             assert_eq!(msg.as_text(), Some(want));

@@ -618,7 +618,7 @@ mod tests {
         // The client stops reading from 19 s to 20.5 s; a frame queued at 19.5 s
         // is still being written when the 20 s tick is due.
         sleep_until(t0 + Duration::from_millis(19_500)).await;
-        assert_ne!(s.queue.offer(&big_frame()), Offer::Full);
+        assert_ne!(s.queue.offer(&big_frame(), true), Offer::Full);
         sleep_until(t0 + Duration::from_millis(20_500)).await;
         assert_eq!(
             read_until(&mut s.client, t0 + Duration::from_secs(45)).await,
@@ -640,7 +640,7 @@ mod tests {
         let t0 = Instant::now();
         read_until(&mut s.client, t0 + Duration::from_secs(11)).await;
         // The client reads nothing more: the frame's write never finishes.
-        assert_ne!(s.queue.offer(&big_frame()), Offer::Full);
+        assert_ne!(s.queue.offer(&big_frame(), true), Offer::Full);
         assert_eq!(s.writer.await.unwrap(), PING_TIMEOUT);
         assert!(Instant::now() <= t0 + Duration::from_secs(11) + EVERY);
     }
