@@ -11,14 +11,18 @@
 
 use std::{
     collections::VecDeque,
+    future::{Future, poll_fn},
     io::{self, IoSlice},
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker, ready},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    task::coop::unconstrained,
+};
 
 use super::frame::Frame;
 
@@ -239,14 +243,23 @@ impl State {
     /// One non-blocking write (and flush) of `bytes`; how much went, or `None`
     /// when nothing did.
     fn write_now(&mut self, bytes: &[u8]) -> Option<usize> {
-        let writer = self.writer.as_mut()?;
+        let mut writer = Pin::new(self.writer.as_mut()?);
         let mut cx = Context::from_waker(Waker::noop());
-        let n = match Pin::new(&mut *writer).poll_write(&mut cx, bytes) {
-            Poll::Ready(Ok(n)) if n > 0 => n,
-            _ => return None,
+        // Outside tokio's per-task budget: the hub writes to many sockets in one
+        // poll of the listener, and a spent budget would make every write after the
+        // 128th report "not ready" and fall back to the queue.
+        let write = poll_fn(|cx| match writer.as_mut().poll_write(cx, bytes) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                // A TLS writer may keep some of it: the owner flushes that.
+                Poll::Ready(Some((n, writer.as_mut().poll_flush(cx).is_pending())))
+            }
+            _ => Poll::Ready(None),
+        });
+        let Poll::Ready(written) = pin!(unconstrained(write)).poll(&mut cx) else {
+            unreachable!("the write above is always ready")
         };
-        // A TLS writer may keep some of it: the owner flushes that.
-        self.unflushed = Pin::new(writer).poll_flush(&mut cx).is_pending();
+        let (n, unflushed) = written?;
+        self.unflushed = unflushed;
         Some(n)
     }
 
@@ -398,6 +411,19 @@ mod tests {
         let mut got = [0; 4];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"\x81\x02hi");
+    }
+
+    /// tokio's per-task budget (128 I/O operations a poll) does not hold up the
+    /// hub: every idle socket of a large channel is written in the same poll.
+    #[tokio::test]
+    async fn one_poll_writes_to_more_sockets_than_the_task_budget() {
+        let sockets: Vec<_> = (0..300).map(|_| attached(1024)).collect();
+        let frame = Frame::from("hi");
+        let written = sockets
+            .iter()
+            .filter(|(outbox, _)| outbox.offer(&frame, true) == Offer::Written)
+            .count();
+        assert_eq!(written, 300);
     }
 
     #[tokio::test]
