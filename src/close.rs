@@ -1,7 +1,10 @@
 //! [`Close`]: every close frame pgws sends, with its code and reason in one table
 //! (PROTOCOL.md §9).
 
-use tokio_websockets::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame,
+    frame::{Utf8Bytes, coding::CloseCode},
+};
 
 /// A close pgws sends to a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,7 +13,12 @@ pub(crate) enum Close {
     WriteNotAllowed,
     /// The outbound queue filled up.
     SlowConsumer,
-    /// A text message that is not UTF-8.
+    /// A frame that breaks RFC 6455 (reserved bits or opcodes, a bad continuation, an
+    /// unmasked frame, a control frame fragmented or over 125 bytes, a non-minimal
+    /// length, a 1-byte close): the connection ends without waiting for an answer.
+    ProtocolError,
+    /// A message that is not UTF-8 (a text frame or close reason the codec rejects,
+    /// or a binary message pgws checks).
     InvalidUtf8,
     /// A message over `max_message_bytes` once its fragments are put together.
     MessageTooBig,
@@ -34,6 +42,7 @@ impl Close {
         match self {
             Self::WriteNotAllowed => (1008, "Write not allowed: this token's mode is r"),
             Self::SlowConsumer => (1008, "Slow consumer: the outbound queue is full"),
+            Self::ProtocolError => (1002, "Protocol error"),
             Self::InvalidUtf8 => (1007, "Invalid UTF-8"),
             Self::MessageTooBig => (1009, "Message too big"),
             Self::NotifyTooBig => (
@@ -63,7 +72,15 @@ impl Close {
 
     /// The code as the codec takes it.
     pub(crate) fn close_code(self) -> CloseCode {
-        CloseCode::try_from(self.code()).expect("every code in the table may be sent")
+        CloseCode::from(self.code())
+    }
+
+    /// The close frame, as the codec sends it.
+    pub(crate) fn frame(self) -> CloseFrame {
+        CloseFrame {
+            code: self.close_code(),
+            reason: Utf8Bytes::from_static(self.reason()),
+        }
     }
 }
 
@@ -76,6 +93,7 @@ mod tests {
         for close in [
             Close::WriteNotAllowed,
             Close::SlowConsumer,
+            Close::ProtocolError,
             Close::InvalidUtf8,
             Close::MessageTooBig,
             Close::NotifyTooBig,
@@ -85,6 +103,7 @@ mod tests {
             Close::JwtExpired,
             Close::GoingAway,
         ] {
+            assert!(close.close_code().is_allowed(), "{close:?}");
             assert_eq!(u16::from(close.close_code()), close.code());
             // A close frame's payload is at most 125 bytes, 2 of them the code.
             assert!(close.reason().len() <= 123, "{close:?}");

@@ -12,7 +12,7 @@
 use std::{
     collections::VecDeque,
     future::{Future, poll_fn},
-    io::{self, IoSlice},
+    io::{self, Cursor, IoSlice},
     pin::{Pin, pin},
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker, ready},
@@ -23,6 +23,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     task::coop::unconstrained,
 };
+use tokio_tungstenite::tungstenite::protocol::frame::{FrameHeader, coding::OpCode};
 
 use super::frame::Frame;
 
@@ -316,10 +317,17 @@ fn advance(wire: &mut VecDeque<Bytes>, mut n: usize) {
 /// writes into the [`Outbox`], so its frames (pongs, pings, closes, a replay) and
 /// the hub's go out one after the other, never interleaved. What the codec writes
 /// is kept until it flushes, then goes on the wire as one piece.
+///
+/// It also looks at each frame header as it passes (with the codec's own header
+/// parser) for the two faults the codec lets by or finds late: a length not in its
+/// minimal encoding, which the codec accepts, and a control frame over 125 bytes,
+/// which the codec finds only once the whole payload is in. Either fails the read
+/// with [`BadHeader`], once the frames before it are read.
 pub(crate) struct CodecIo<R> {
     read: R,
     outbox: Arc<Outbox>,
     staged: BytesMut,
+    headers: Headers,
 }
 
 impl<R> CodecIo<R> {
@@ -328,6 +336,107 @@ impl<R> CodecIo<R> {
             read,
             outbox,
             staged: BytesMut::new(),
+            headers: Headers::default(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> CodecIo<R> {
+    /// Reads and drops what has already arrived (at most `limit` bytes), without
+    /// waiting: a connection dropped with bytes unread ends with a reset, which may
+    /// cost the peer the close frame just sent.
+    pub(crate) fn discard_ready(&mut self, limit: usize) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut chunk = [0; 1024];
+        let mut left = limit;
+        while left > 0 {
+            let mut buf = ReadBuf::new(&mut chunk[..left.min(1024)]);
+            match Pin::new(&mut self.read).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => left -= buf.filled().len(),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// A frame header that breaks RFC 6455 in a way the codec does not check (in time):
+/// a non-minimal length, or a control frame over 125 bytes.
+#[derive(Debug)]
+pub(crate) struct BadHeader;
+
+impl std::fmt::Display for BadHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a non-minimal length or a control frame over 125 bytes")
+    }
+}
+
+impl std::error::Error for BadHeader {}
+
+impl BadHeader {
+    /// Whether a read failed on a bad header.
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|e| e.is::<BadHeader>())
+    }
+
+    fn error() -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, BadHeader)
+    }
+}
+
+/// Where the incoming bytes are: in a header, or in a payload to skip.
+#[derive(Default)]
+struct Headers {
+    /// Payload bytes of the current frame still to come.
+    skip: u64,
+    /// The start of a header that came in part.
+    head: [u8; 14],
+    held: u8,
+    /// A bad header was found: the next read fails.
+    bad: bool,
+    /// The codec rejects what came (a reserved opcode): nothing more to check.
+    off: bool,
+}
+
+impl Headers {
+    /// Follows `bytes`, just read; where a bad header starts in them, if one does
+    /// (0 when it started in an earlier read).
+    fn scan(&mut self, mut bytes: &[u8]) -> Option<usize> {
+        let total = bytes.len();
+        loop {
+            // Bounded by `bytes.len()`, so the cast back is lossless.
+            let n = self.skip.min(bytes.len() as u64) as usize;
+            self.skip -= n as u64;
+            bytes = &bytes[n..];
+            if bytes.is_empty() || self.off {
+                return None;
+            }
+            let held = usize::from(self.held);
+            let take = (self.head.len() - held).min(bytes.len());
+            self.head[held..held + take].copy_from_slice(&bytes[..take]);
+            let mut cursor = Cursor::new(&self.head[..held + take]);
+            match FrameHeader::parse(&mut cursor) {
+                // `take` was all of `bytes`: a header is never over 14 bytes.
+                Ok(None) => {
+                    self.held = (held + take) as u8;
+                    return None;
+                }
+                Ok(Some((header, len))) => {
+                    // Within `head`, so the cast is lossless.
+                    let size = cursor.position() as usize;
+                    let control = matches!(header.opcode, OpCode::Control(_));
+                    if size != header.len(len) || (control && len > 125) {
+                        self.bad = true;
+                        return Some((total - bytes.len()).saturating_sub(held));
+                    }
+                    self.held = 0;
+                    self.skip = len;
+                    bytes = &bytes[size - held..];
+                }
+                Err(_) => {
+                    self.off = true;
+                    return None;
+                }
+            }
         }
     }
 }
@@ -338,7 +447,21 @@ impl<R: AsyncRead + Unpin> AsyncRead for CodecIo<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        if self.headers.bad {
+            return Poll::Ready(Err(BadHeader::error()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.read).poll_read(cx, buf))?;
+        match self.headers.scan(&buf.filled()[before..]) {
+            None => Poll::Ready(Ok(())),
+            // Nothing before the bad header in this read: fail now.
+            Some(0) => Poll::Ready(Err(BadHeader::error())),
+            // The frames before it first; the next read fails.
+            Some(at) => {
+                buf.set_filled(before + at);
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -393,7 +516,11 @@ impl<R> CodecIo<R> {
 mod tests {
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, duplex};
-    use tokio_websockets::{ClientBuilder, Message, ServerBuilder};
+    use tokio_tungstenite::{
+        WebSocketStream,
+        tungstenite::{Message as ServerMessage, protocol::Role},
+    };
+    use tokio_websockets::{ClientBuilder, Message};
 
     use super::*;
 
@@ -466,10 +593,11 @@ mod tests {
         let (read, write) = tokio::io::split(server);
         let outbox = Outbox::new(4);
         outbox.attach(Box::new(write), true);
-        let mut server = ServerBuilder::new().serve(CodecIo::new(read, outbox.clone()));
+        let io = CodecIo::new(read, outbox.clone());
+        let mut server = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         let mut client = ClientBuilder::new().take_over(client);
         assert_eq!(outbox.offer(&Frame::from("one"), true), Offer::Written);
-        server.send(Message::text("two")).await.unwrap();
+        server.send(ServerMessage::text("two")).await.unwrap();
         assert_eq!(outbox.offer(&Frame::from("three"), true), Offer::Written);
         for want in ["one", "two", "three"] {
             let msg = client.next().await.unwrap().unwrap();
@@ -481,8 +609,8 @@ mod tests {
         let ping = server.next().await.unwrap().unwrap();
         assert!(ping.is_ping());
         assert_eq!(
-            server.next().await.unwrap().unwrap().as_text(),
-            Some("after")
+            server.next().await.unwrap().unwrap().to_text().unwrap(),
+            "after"
         );
         let pong = client.next().await.unwrap().unwrap();
         assert!(pong.is_pong());

@@ -19,7 +19,20 @@ use tokio::{
     sync::{OwnedSemaphorePermit, oneshot, watch},
     time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
 };
-use tokio_websockets::{Limits, Message, ServerBuilder, WebSocketStream};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Error as WsError, Message,
+        error::ProtocolError,
+        protocol::{
+            Role, WebSocketConfig,
+            frame::{
+                Frame as WsFrame,
+                coding::{Data, OpCode},
+            },
+        },
+    },
+};
 
 use crate::{
     auth::Grant,
@@ -37,7 +50,7 @@ use super::{
     hub::{Ending, Signal},
     listener::Subscription,
     meta,
-    outbox::{CodecIo, Outbox},
+    outbox::{BadHeader, CodecIo, Outbox},
     resume::Resume,
 };
 
@@ -45,13 +58,21 @@ use super::{
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// NOTIFY payloads must stay under this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
+/// The codec's read buffer to start with: it grows for a larger frame while that
+/// frame is read. Small, since an idle socket holds it.
+const READ_BUFFER: usize = 256;
+/// What a failed socket reads and drops before the connection ends, at most.
+const DISCARD_LIMIT: usize = 64 * 1024;
 
 /// How the exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// We close with this.
+    /// We close with this, and wait for the answer.
     Close(Close),
-    /// The peer closed, or the stream failed; the codec already answered.
+    /// The peer broke the protocol: we close with this and end the connection
+    /// without waiting for an answer.
+    Fail(Close),
+    /// The peer closed (the codec answers), or the stream failed.
     Ended,
 }
 
@@ -94,8 +115,7 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let limits =
-            Limits::default().max_payload_len(Some(self.engine.settings.max_message_bytes));
+        let config = codec_config(self.engine.settings.max_message_bytes);
         let (read, write) = tokio::io::split(io);
         // Readers share their outbox with the hub; a socket that only writes has
         // one of its own, for the codec's frames.
@@ -105,9 +125,12 @@ impl Socket {
         };
         // A socket with positions renders each frame itself: the hub only queues.
         outbox.attach(Box::new(write), self.resume.is_none());
-        let codec = ServerBuilder::new()
-            .limits(limits)
-            .serve(CodecIo::new(read, outbox.clone()));
+        let codec = WebSocketStream::from_raw_socket(
+            CodecIo::new(read, outbox.clone()),
+            Role::Server,
+            Some(config),
+        )
+        .await;
         let (mut sink, mut stream) = codec.split();
         let mode = self.grant.mode;
         self.engine.counters.socket_opened(mode);
@@ -118,7 +141,7 @@ impl Socket {
         let announced = open.is_some();
         let outcome = self.exchange(&mut sink, &mut stream, &outbox, open).await;
         match outcome {
-            Outcome::Close(close) => {
+            Outcome::Close(close) | Outcome::Fail(close) => {
                 tracing::info!(
                     code = close.code(),
                     reason = close.reason(),
@@ -128,6 +151,11 @@ impl Socket {
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
         finish(&mut sink, &mut stream, outcome).await;
+        if let Outcome::Fail(_) = outcome
+            && let Ok(mut codec) = stream.reunite(sink)
+        {
+            codec.get_mut().discard_ready(DISCARD_LIMIT);
+        }
         // The hub may hold the outbox a little longer: the connection ends now.
         drop(outbox.detach());
         // A Close only follows an Open, queued (and so published) after it.
@@ -195,39 +223,32 @@ impl Socket {
                 _ = shutting_down(&mut shutdown) => return GOING_AWAY,
                 next = stream.next() => next,
             };
-            let msg = match next {
-                Some(Ok(msg)) => msg,
-                // Too long once reassembled: the codec leaves that answer to us.
-                Some(Err(tokio_websockets::Error::PayloadTooLong { .. })) => {
-                    return Outcome::Close(Close::MessageTooBig);
+            let payload = match next {
+                Some(Ok(Message::Text(text))) => Bytes::from(text),
+                Some(Ok(Message::Binary(bytes))) => bytes,
+                Some(Ok(Message::Pong(_))) => {
+                    pong.store(true, Ordering::Release);
+                    continue;
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "socket stream error");
-                    return Outcome::Ended;
-                }
-                None => return Outcome::Ended,
+                // Answered by the codec on its next read or write.
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => return Outcome::Ended,
+                Some(Err(e)) => return failed(e),
             };
-            if msg.is_close() {
-                return Outcome::Ended;
-            } else if msg.is_pong() {
-                pong.store(true, Ordering::Release);
-            } else if msg.is_text() || msg.is_binary() {
-                if let Some(open) = open.take() {
-                    let _ = timeout(meta::WAIT, open).await;
-                }
-                if let Err(outcome) = self.on_message(msg).await {
-                    return outcome;
-                }
+            if let Some(open) = open.take() {
+                let _ = timeout(meta::WAIT, open).await;
+            }
+            if let Err(outcome) = self.on_message(payload).await {
+                return outcome;
             }
         }
     }
 
     /// Checks one data message (mode, UTF-8, NOTIFY size) and NOTIFYs it.
-    async fn on_message(&self, msg: Message) -> Result<(), Outcome> {
+    async fn on_message(&self, payload: Bytes) -> Result<(), Outcome> {
         if !self.grant.mode.writes() {
             return Err(Outcome::Close(Close::WriteNotAllowed));
         }
-        let payload = msg.into_payload();
         let text = std::str::from_utf8(&payload).map_err(|_| Outcome::Close(Close::InvalidUtf8))?;
         let notifies = self.engine.mapping.notifies(
             &self.grant.channels,
@@ -346,7 +367,7 @@ where
                         return PING_TIMEOUT;
                     }
                     pinged = true;
-                    let sent = within(ping_every, self.sink.send(Message::ping(Bytes::new())));
+                    let sent = within(ping_every, self.sink.send(Message::Ping(Bytes::new())));
                     if let Err(outcome) = written(sent.await) {
                         return outcome;
                     }
@@ -462,8 +483,34 @@ fn written<E>(result: Option<Result<(), E>>) -> Result<(), Outcome> {
     }
 }
 
+/// A rendered frame's payload, as a text message; it is UTF-8 already.
 fn text(frame: Bytes) -> Message {
-    Message::text(tokio_websockets::Payload::from(frame))
+    Message::Frame(WsFrame::message(frame, OpCode::Data(Data::Text), true))
+}
+
+/// The codec for a socket: a small read buffer, no write buffer (what it writes
+/// goes to the outbox at once), frames and messages up to `max_message_bytes`.
+fn codec_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
+/// What a failed read means: a peer that broke the protocol gets the close for it
+/// (and the connection ends without waiting for its answer); a lost stream, nothing.
+fn failed(e: WsError) -> Outcome {
+    let close = match &e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(Close::ProtocolError),
+        WsError::Utf8(_) => Some(Close::InvalidUtf8),
+        WsError::Capacity(_) => Some(Close::MessageTooBig),
+        WsError::Io(io) if BadHeader::is(io) => Some(Close::ProtocolError),
+        _ => None,
+    };
+    tracing::debug!(error = %e, "socket stream error");
+    close.map_or(Outcome::Ended, Outcome::Fail)
 }
 
 /// A queued frame as this socket sends it, on the wire: its payload, or, for a
@@ -476,18 +523,24 @@ fn render(resume: &mut Option<&mut Resume>, frame: Frame) -> Option<Bytes> {
     }
 }
 
-/// Sends our close (if any) and waits at most [`CLOSE_TIMEOUT`] for the peer's answer.
+/// Sends our close (if any) and, unless the peer broke the protocol, waits at most
+/// [`CLOSE_TIMEOUT`] for its answer (reading on also flushes the codec's answer to
+/// the peer's close).
 async fn finish<S>(sink: &mut Sink<S>, stream: &mut Stream<S>, outcome: Outcome)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
-        if let Outcome::Close(close) = outcome {
-            // Refused when the codec already queued its own close; reading on
-            // flushes that one.
-            let _ = sink
-                .send(Message::close(Some(close.close_code()), close.reason()))
-                .await;
+        match outcome {
+            Outcome::Close(close) => {
+                // Refused once the peer closed: the codec answers that one.
+                let _ = sink.send(Message::Close(Some(close.frame()))).await;
+            }
+            Outcome::Fail(close) => {
+                let _ = sink.send(Message::Close(Some(close.frame()))).await;
+                return;
+            }
+            Outcome::Ended => {}
         }
         while stream.next().await.is_some() {}
     })
@@ -534,7 +587,7 @@ mod tests {
     /// Smaller than a frame, so a frame's write waits for the client to read.
     const PIPE: usize = 4096;
 
-    type Client = WebSocketStream<DuplexStream>;
+    type Client = tokio_websockets::WebSocketStream<DuplexStream>;
 
     struct Setup {
         client: Client,
@@ -555,7 +608,9 @@ mod tests {
             let (read, write) = tokio::io::split(server_io);
             outbox.attach(Box::new(write), true);
             let io = CodecIo::new(read, outbox.clone());
-            let (mut sink, mut stream) = ServerBuilder::new().serve(io).split();
+            let (mut sink, mut stream) = WebSocketStream::from_raw_socket(io, Role::Server, None)
+                .await
+                .split();
             let sub = Subscription::detached(outbox.clone());
             let pong = AtomicBool::new(false);
             let counters = Counters::default();
