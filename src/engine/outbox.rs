@@ -191,7 +191,7 @@ impl Outbox {
     }
 
     /// Writes what is on the wire (not the queued frames), then flushes.
-    fn poll_flush_wire(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush_wire(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.lock().poll_write_wire(cx)
     }
 
@@ -315,8 +315,10 @@ fn advance(wire: &mut VecDeque<Bytes>, mut n: usize) {
 
 /// The transport the WebSocket codec runs on: reads from the socket's read half,
 /// writes into the [`Outbox`], so its frames (pongs, pings, closes, a replay) and
-/// the hub's go out one after the other, never interleaved. What the codec writes
-/// is kept until it flushes, then goes on the wire as one piece.
+/// the hub's go out one after the other, never interleaved. Each write of the codec
+/// is whole frames (it encodes a frame in full, then writes it), and goes on the
+/// wire as one piece: written on its flush, or by [`Outbox::poll_flush_wire`] (the
+/// codec's last write, its answer to a close, comes without a flush).
 ///
 /// It also looks at each frame header as it passes (with the codec's own header
 /// parser) for the two faults the codec lets by or finds late: a length not in its
@@ -326,7 +328,6 @@ fn advance(wire: &mut VecDeque<Bytes>, mut n: usize) {
 pub(crate) struct CodecIo<R> {
     read: R,
     outbox: Arc<Outbox>,
-    staged: BytesMut,
     headers: Headers,
 }
 
@@ -335,7 +336,6 @@ impl<R> CodecIo<R> {
         Self {
             read,
             outbox,
-            staged: BytesMut::new(),
             headers: Headers::default(),
         }
     }
@@ -467,23 +467,28 @@ impl<R: AsyncRead + Unpin> AsyncRead for CodecIo<R> {
 
 impl<R: Unpin> AsyncWrite for CodecIo<R> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.staged.extend_from_slice(buf);
+        if !buf.is_empty() {
+            self.outbox.push_wire(Bytes::copy_from_slice(buf));
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         _: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut n = 0;
+        let mut all = BytesMut::new();
         for buf in bufs {
-            self.staged.extend_from_slice(buf);
-            n += buf.len();
+            all.extend_from_slice(buf);
+        }
+        let n = all.len();
+        if n > 0 {
+            self.outbox.push_wire(all.freeze());
         }
         Poll::Ready(Ok(n))
     }
@@ -492,23 +497,12 @@ impl<R: Unpin> AsyncWrite for CodecIo<R> {
         true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.commit();
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.outbox.poll_flush_wire(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.commit();
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.outbox.poll_shutdown(cx)
-    }
-}
-
-impl<R> CodecIo<R> {
-    fn commit(&mut self) {
-        if !self.staged.is_empty() {
-            self.outbox
-                .push_wire(std::mem::take(&mut self.staged).freeze());
-        }
     }
 }
 

@@ -150,7 +150,7 @@ impl Socket {
             }
             Outcome::Ended => tracing::info!("socket closed by the peer"),
         }
-        finish(&mut sink, &mut stream, outcome).await;
+        finish(&mut sink, &mut stream, &outbox, outcome).await;
         if let Outcome::Fail(_) = outcome
             && let Ok(mut codec) = stream.reunite(sink)
         {
@@ -523,10 +523,10 @@ fn render(resume: &mut Option<&mut Resume>, frame: Frame) -> Option<Bytes> {
     }
 }
 
-/// Sends our close (if any) and, unless the peer broke the protocol, waits at most
-/// [`CLOSE_TIMEOUT`] for its answer (reading on also flushes the codec's answer to
-/// the peer's close).
-async fn finish<S>(sink: &mut Sink<S>, stream: &mut Stream<S>, outcome: Outcome)
+/// Sends our close (if any) and, unless the peer broke the protocol, waits for its
+/// answer; then writes out what the codec left (its answer to the peer's close).
+/// All within [`CLOSE_TIMEOUT`].
+async fn finish<S>(sink: &mut Sink<S>, stream: &mut Stream<S>, outbox: &Outbox, outcome: Outcome)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -538,11 +538,13 @@ where
             }
             Outcome::Fail(close) => {
                 let _ = sink.send(Message::Close(Some(close.frame()))).await;
-                return;
             }
             Outcome::Ended => {}
         }
-        while stream.next().await.is_some() {}
+        if !matches!(outcome, Outcome::Fail(_)) {
+            while stream.next().await.is_some() {}
+        }
+        let _ = poll_fn(|cx| outbox.poll_flush_wire(cx)).await;
     })
     .await;
 }
