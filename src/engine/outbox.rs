@@ -525,6 +525,65 @@ mod tests {
         (outbox, client)
     }
 
+    /// A masked client frame with `len` in the 7-bit, 16-bit or 64-bit form.
+    fn frame_with(first: u8, len: usize, form: u8) -> Vec<u8> {
+        let mut bytes = vec![first];
+        match form {
+            7 => bytes.push(0x80 | len as u8),
+            16 => {
+                bytes.push(0x80 | 126);
+                bytes.extend((len as u16).to_be_bytes());
+            }
+            _ => {
+                bytes.push(0x80 | 127);
+                bytes.extend((len as u64).to_be_bytes());
+            }
+        }
+        bytes.extend([0; 4]);
+        bytes.extend(std::iter::repeat_n(b'x', len));
+        bytes
+    }
+
+    #[test]
+    fn headers_are_followed_across_reads_and_a_bad_one_is_found_where_it_starts() {
+        let good = [
+            frame_with(0x81, 5, 7),
+            frame_with(0x81, 300, 16),
+            frame_with(0x82, 70_000, 64),
+            frame_with(0x89, 125, 7),
+        ]
+        .concat();
+        for bad in [
+            frame_with(0x81, 5, 16),
+            frame_with(0x81, 5, 64),
+            frame_with(0x81, 300, 64),
+            frame_with(0x89, 126, 16),
+        ] {
+            let bytes = [good.clone(), bad].concat();
+            // In one read, and in reads of 1 and 7 bytes.
+            for chunk in [bytes.len(), 1, 7] {
+                let mut headers = Headers::default();
+                let mut found = None;
+                for (i, part) in bytes.chunks(chunk).enumerate() {
+                    if let Some(at) = headers.scan(part) {
+                        found = Some(i * chunk + at);
+                        break;
+                    }
+                }
+                let found = found.expect("the bad header is found") - good.len();
+                // Where it starts, or (begun in an earlier read) at the start of the
+                // read that completes it.
+                if chunk == bytes.len() {
+                    assert_eq!(found, 0);
+                } else {
+                    assert!(found < 14, "{found}");
+                }
+            }
+        }
+        let mut headers = Headers::default();
+        assert_eq!(headers.scan(&good), None);
+    }
+
     #[tokio::test]
     async fn an_idle_socket_gets_the_frame_written_by_the_offer() {
         let (outbox, mut client) = attached(1024);
