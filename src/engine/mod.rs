@@ -4,6 +4,7 @@
 //! (`catchup`) and the sockets' replays (`resume`).
 
 pub(crate) mod catchup;
+pub(crate) mod codec_io;
 pub(crate) mod frame;
 pub(crate) mod history;
 pub(crate) mod hub;

@@ -45,12 +45,13 @@ use crate::{
 
 use super::{
     Engine,
+    codec_io::{BadHeader, CodecIo},
     frame::{Frame, text_frame},
     history::History,
     hub::{Ending, Signal},
     listener::Subscription,
     meta,
-    outbox::{BadHeader, CodecIo, Outbox},
+    outbox::Outbox,
     resume::Resume,
 };
 
@@ -583,7 +584,7 @@ mod tests {
     use tokio_websockets::ClientBuilder;
 
     use super::*;
-    use crate::engine::{listener::Subscription, outbox::Offer};
+    use crate::engine::{codec_io::CodecIo, listener::Subscription, outbox::Offer};
 
     const EVERY: Duration = Duration::from_secs(10);
     /// Smaller than a frame, so a frame's write waits for the client to read.

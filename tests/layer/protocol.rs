@@ -32,7 +32,8 @@
 //! | 6.1 | empty texts and empty fragments | `text_messages_of_each_length_encoding_are_notified`, `a_message_in_many_small_fragments_is_reassembled` |
 //! | 6.2, 6.5–6.7, 6.11, 6.22 (samples) | valid UTF-8, whole and split on and within code points | `valid_utf8_is_notified_however_it_is_fragmented` |
 //! | 6.3, 6.8–6.10, 6.12–6.21 (samples) | invalid UTF-8: bad bytes, 5/6-byte forms, overlongs, surrogates, > U+10FFFF, truncated | `invalid_utf8_in_a_text_frame_is_1007`, `invalid_utf8_split_across_fragments_is_1007`, `an_incomplete_code_point_before_an_empty_final_fragment_is_1007` |
-//! | 6.4.1–6.4.4 | fail fast on invalid UTF-8, before the message (or frame) ends | `invalid_utf8_fails_fast_before_the_message_ends` |
+//! | 6.4.1–6.4.2 | fail fast on invalid UTF-8, before the message ends | `invalid_utf8_fails_fast_before_the_message_ends` |
+//! | 6.4.3–6.4.4 | invalid UTF-8 early in a frame: failed once the frame is in (non-strict) | `invalid_utf8_early_in_a_frame_is_1007_once_the_frame_is_in` |
 //! | — (pgws §6) | binary frames carrying UTF-8 are text | `valid_utf8_in_a_binary_frame_is_notified_as_text`, `invalid_utf8_in_a_binary_frame_is_1007` |
 //! | 7.1.1, 7.1.6 | close after a message (a large one) | `a_close_is_echoed_and_the_connection_ends` |
 //! | 7.1.2–7.1.4 | a second close, a ping, a text after the close | `frames_after_the_close_are_ignored` |
@@ -58,11 +59,12 @@
 //! that a fresh socket on the same server still works, and that nothing outside the
 //! test code panicked.
 //!
-//! Who answers: most protocol errors are found by the codec (tokio-websockets), which
-//! queues its close (1002, 1007 `invalid utf8` or 1009 `max length: N`; the reasons
-//! are its own, so only the codes are asserted), stops reading and drops the connection
-//! at once. pgws's own checks (mode, binary UTF-8, NOTIFY size) close cleanly: the
-//! test answers the close, and then the connection ends.
+//! Who answers: most protocol errors are found by the codec (tungstenite), or by the
+//! header check in front of it; pgws then sends the close (1002, 1007 or 1009, reasons
+//! from its close table; only the codes are asserted for these rows) and drops the
+//! connection at once, since the stream can't be read on. pgws's own checks (mode,
+//! binary UTF-8, NOTIFY size) close cleanly: the test answers the close, and then the
+//! connection ends.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -172,8 +174,8 @@ async fn close_cleanly(ws: &mut RawWs) {
 /// Who closes.
 #[derive(Clone, Copy, PartialEq)]
 enum By {
-    /// The codec fails the connection: its close, then the TCP connection ends without
-    /// waiting for an answer.
+    /// The stream is broken (found by the codec): pgws's close, then the TCP connection
+    /// ends without waiting for an answer.
     Codec,
     /// pgws closes cleanly: its close, our answer, then the TCP connection ends.
     Pgws,
@@ -221,7 +223,7 @@ fn cat(frames: &[Vec<u8>]) -> Vec<u8> {
 /// How a failure's close reason is checked.
 #[derive(Clone, Copy)]
 enum Reason {
-    /// Not at all: the codec's reasons are its own.
+    /// Not at all: only the code is the contract for a broken stream.
     Any,
     /// It says something.
     Given,
@@ -360,10 +362,9 @@ fn failures() -> Vec<Failure> {
     sixty_four.extend([0; 4]);
     sixty_four.extend(b"hello");
     // A single frame with invalid UTF-8, sent only up to just past the bad bytes.
-    let mut cut = b"ok so far \xed\xa0\x80".to_vec();
-    let sent = 14 + cut.len();
-    cut.extend([b'x'; 200]);
-    let cut = frame(TEXT, &cut)[..sent].to_vec();
+    // Bad bytes early in a frame whose payload goes on.
+    let mut early = b"ok so far \xed\xa0\x80".to_vec();
+    early.extend([b'x'; 200]);
     // Samples split at each point over two fragments.
     let split = [&b"\xed\xa0\x80"[..], b"\xf4\x90\x80\x80", b"\xc0\xaf"]
         .into_iter()
@@ -496,8 +497,7 @@ fn failures() -> Vec<Failure> {
                 ]),
             ],
         ),
-        // UTF-8 (Autobahn 6.*). The codec validates text frames; its reason is its
-        // own ("invalid utf8").
+        // UTF-8 (Autobahn 6.*). The codec validates text frames.
         codec(
             "invalid_utf8_in_a_text_frame_is_1007",
             1007,
@@ -521,16 +521,19 @@ fn failures() -> Vec<Failure> {
         codec(
             "invalid_utf8_fails_fast_before_the_message_ends",
             1007,
-            vec![
-                // The bad fragment is not the last, and the last never comes (6.4.1,
-                // 6.4.2).
-                cat(&[
-                    masked(TEXT, "κόσμε".as_bytes()),
-                    masked(CONT, b"\xf4\x90\x80\x80"),
-                ]),
-                // 6.4.3, 6.4.4.
-                cut,
-            ],
+            // The bad fragment is not the last, and the last never comes (6.4.1,
+            // 6.4.2).
+            vec![cat(&[
+                masked(TEXT, "κόσμε".as_bytes()),
+                masked(CONT, b"\xf4\x90\x80\x80"),
+            ])],
+        ),
+        // Within one frame the check comes once the frame is in (6.4.3, 6.4.4 as
+        // Autobahn's non-strict pass; PROTOCOL.md §7).
+        codec(
+            "invalid_utf8_early_in_a_frame_is_1007_once_the_frame_is_in",
+            1007,
+            vec![frame(TEXT, &early)],
         ),
         // The codec only validates frames with a payload, so a message ending in the
         // first byte of a code point, then an empty final fragment, gets past it:
