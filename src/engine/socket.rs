@@ -532,15 +532,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = timeout(CLOSE_TIMEOUT, async {
-        match outcome {
-            Outcome::Close(close) => {
-                // Refused once the peer closed: the codec answers that one.
-                let _ = sink.send(Message::Close(Some(close.frame()))).await;
-            }
-            Outcome::Fail(close) => {
-                let _ = sink.send(Message::Close(Some(close.frame()))).await;
-            }
-            Outcome::Ended => {}
+        // Refused once the peer closed: the codec answers that one.
+        if let Outcome::Close(close) | Outcome::Fail(close) = outcome {
+            let _ = sink.send(Message::Close(Some(close.frame()))).await;
         }
         if !matches!(outcome, Outcome::Fail(_)) {
             while stream.next().await.is_some() {}
