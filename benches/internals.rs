@@ -1,8 +1,8 @@
 //! Micro-benchmarks of pgws internals, in process, no sockets and no database:
 //! the token check and channel grant (HS256, RS256), envelope encoding, the hub's
 //! dispatch of one notification to N subscribers, the per-channel `LISTEN`
-//! bookkeeping (join/leave), N readers of one channel leaving at once, and the
-//! socket's write path (frames fed to the WebSocket codec, then one flush).
+//! bookkeeping (join/leave), N readers of one channel leaving at once, and a
+//! socket's backlog (frames queued, then written 16 a write).
 //!
 //! ```text
 //! cargo bench --bench internals                 # everything, about two minutes
@@ -19,20 +19,17 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::SinkExt;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use pgws::{
     __bench::{
-        Auth, BenchFrame, BenchHub, EnvelopeClaims, envelope_multiplexed, envelope_per_channel,
-        route_multiplexed,
+        Auth, BenchFrame, BenchHub, BenchOutbox, EnvelopeClaims, envelope_multiplexed,
+        envelope_per_channel, route_multiplexed,
     },
     Config,
 };
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_websockets::{Message, Payload, ServerBuilder};
 
 const SECRET: &str = "reallyreallyreallyreallyverysafe";
 const RSA_PRIVATE: &str = include_str!("../tests/fixtures/keys/rsa_private.pem");
@@ -251,28 +248,22 @@ fn mass_leave(c: &mut Criterion) {
     g.finish();
 }
 
-/// The socket's write path without the kernel: `batch` text frames of 64 bytes fed to
-/// the WebSocket codec, then one flush, into an I/O that takes every vectored write
-/// whole (as a socket with room does). The writer coalesces up to 16 frames a flush
-/// (`BATCH` in src/engine/socket.rs); this is what each frame costs at 1, 16 and 64.
-fn write_batch(c: &mut Criterion) {
-    let mut g = c.benchmark_group("write_batch");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let payload = Bytes::from(format!("{:0>64}", 1));
+/// A socket's backlog without the kernel: `batch` frames of 64 bytes queued (as the
+/// hub does for a socket still writing), then written by the socket's task, up to 16
+/// a write, into an I/O that takes every vectored write whole. What each frame costs
+/// at 1, 16 and 64; an idle socket's frame costs one `written_by_the_hub` instead.
+fn backlog(c: &mut Criterion) {
+    let mut g = c.benchmark_group("backlog");
+    let frame = BenchFrame::new(&format!("{:0>64}", 1));
     for batch in [1usize, 16, 64] {
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_function(BenchmarkId::new("frames_then_flush", batch), |b| {
-            let mut ws = ServerBuilder::new().serve(Discard);
+        g.bench_function(BenchmarkId::new("queued_then_written", batch), |b| {
+            let outbox = BenchOutbox::new(batch, Discard);
             b.iter(|| {
-                rt.block_on(async {
-                    for _ in 0..batch {
-                        let frame = Message::text(Payload::from(payload.clone()));
-                        ws.feed(frame).await.expect("feed");
-                    }
-                    ws.flush().await.expect("flush");
-                })
+                for _ in 0..batch {
+                    assert!(outbox.queue(&frame));
+                }
+                assert_eq!(outbox.send_all(), batch);
             })
         });
     }
@@ -333,6 +324,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = token_check, envelopes, dispatch, bookkeeping, mass_leave, write_batch
+    targets = token_check, envelopes, dispatch, bookkeeping, mass_leave, backlog
 }
 criterion_main!(benches);

@@ -14,7 +14,7 @@ use crate::{
     engine::{
         frame::Frame,
         hub::{Hub, Join, Signal},
-        outbox::Outbox,
+        outbox::{Offer, Outbox},
     },
     envelope::{self, Claims, Event},
     http::handshake::{self, Route},
@@ -174,6 +174,46 @@ impl BenchHub {
     /// How many channels have readers.
     pub fn channel_count(&self) -> usize {
         self.hub.channel_count()
+    }
+}
+
+/// One socket's outbox (`Outbox`) with `writer` as its write half, for the backlog
+/// path: frames queued by the hub, then written by the socket's task, up to 16 a
+/// write.
+pub struct BenchOutbox(Arc<Outbox>);
+
+impl BenchOutbox {
+    /// An outbox of `queue` frames writing to `writer`.
+    pub fn new(queue: usize, writer: impl tokio::io::AsyncWrite + Send + Unpin + 'static) -> Self {
+        let outbox = Outbox::new(queue);
+        outbox.attach(Box::new(writer), true);
+        Self(outbox)
+    }
+
+    /// Queues `frame`, as the hub does for a socket that is still writing; `false`
+    /// when the queue is full.
+    pub fn queue(&self, frame: &BenchFrame) -> bool {
+        self.0.offer(&frame.0, false) != Offer::Full
+    }
+
+    /// Writes everything queued, as the socket's task does; returns the frames
+    /// written (fewer if the writer is not ready).
+    pub fn send_all(&self) -> usize {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut sent = 0;
+        while !self.0.is_idle() {
+            let mut render = |frame: Frame| {
+                sent += 1;
+                Some(frame.wire.clone())
+            };
+            if !matches!(
+                self.0.poll_send(&mut cx, &mut render),
+                std::task::Poll::Ready(Ok(()))
+            ) {
+                break;
+            }
+        }
+        sent
     }
 }
 
