@@ -9,6 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicU8, Ordering},
     },
+    time::Instant,
 };
 
 use tokio::sync::{Notify, oneshot};
@@ -16,6 +17,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{
     frame::Frame,
     outbox::{Offer, Outbox},
+    pace::Pace,
 };
 
 /// Why the hub let go of a socket; the socket closes with the matching code.
@@ -105,8 +107,8 @@ pub(crate) struct Hub {
     pending: BTreeSet<(u64, u64)>,
     /// Frames the hub wrote to sockets itself, since [`take_written`](Self::take_written).
     written: u64,
-    /// Whether dispatch writes to idle sockets itself; see [`write_directly`](Self::write_directly).
-    queue_only: bool,
+    /// Whether dispatch writes to idle sockets itself, or queues for their tasks.
+    pace: Pace,
 }
 
 impl Hub {
@@ -185,15 +187,18 @@ impl Hub {
     }
 
     /// Offers one shared frame to every reader of `channel`: written to idle
-    /// sockets, queued for the others. A reader whose queue is full is let go as a
-    /// slow consumer; returns the channels that emptied.
+    /// sockets while the hub's own writes keep up ([`Pace`]), queued for the others.
+    /// A reader whose queue is full is let go as a slow consumer; returns the
+    /// channels that emptied.
     pub(crate) fn dispatch(&mut self, channel: &str, frame: &Frame) -> Vec<String> {
         let Some(subs) = self.channels.get(channel) else {
             return Vec::new();
         };
+        let start = Instant::now();
+        let write = self.pace.writes();
         let mut slow = Vec::new();
         for sub in subs {
-            match sub.queue.offer(frame, !self.queue_only) {
+            match sub.queue.offer(frame, write) {
                 Offer::Written => self.written += 1,
                 Offer::Queued => {}
                 Offer::Full => {
@@ -202,15 +207,9 @@ impl Hub {
                 }
             }
         }
+        let now = Instant::now();
+        self.pace.record(subs.len(), now - start, now);
         slow.into_iter().flat_map(|id| self.leave(id)).collect()
-    }
-
-    /// Whether dispatch writes to idle sockets itself (one core's work, no task
-    /// woken) or queues every frame for the sockets' tasks (spread over the cores,
-    /// and coalesced): the listener asks for the second while notifications arrive
-    /// faster than it hands them out.
-    pub(crate) fn write_directly(&mut self, yes: bool) {
-        self.queue_only = !yes;
     }
 
     /// How many frames dispatch wrote to sockets itself since the last call.
@@ -415,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn dispatch_writes_to_idle_sockets_unless_told_to_queue() {
+    fn dispatch_writes_to_idle_sockets_unless_pace_says_queue() {
         let mut hub = Hub::default();
         let writing = join(&mut hub, 1, &["x"], 4, 1);
         writing.rx.attach(Box::new(tokio::io::sink()), true);
@@ -426,13 +425,10 @@ mod tests {
         assert_eq!(hub.take_written(), 1);
         assert!(writing.rx.is_idle());
         assert!(rendering.rx.try_recv().is_some());
-        hub.write_directly(false);
+        hub.pace.queue_only();
         hub.dispatch("x", &frame);
         assert_eq!(hub.take_written(), 0);
         assert!(writing.rx.try_recv().is_some());
-        hub.write_directly(true);
-        hub.dispatch("x", &frame);
-        assert_eq!(hub.take_written(), 1);
     }
 
     #[test]

@@ -358,9 +358,7 @@ impl Listener {
                     if pipe.load() < MAX_DELIVERIES || !*pipe.listening.borrow() => {
                     // With those already received: their announcements make one batch.
                     let mut msg = msg;
-                    let mut handled = 0;
                     for _ in 0..DRAIN {
-                        handled += 1;
                         match msg {
                             Some(Ok(AsyncMessage::Notification(n))) => {
                                 let emptied = self.deliver(n.channel(), n.payload(), pipe);
@@ -381,8 +379,6 @@ impl Listener {
                             None => break,
                         }
                     }
-                    // Several at once: the writes to idle sockets are falling behind.
-                    self.hub.write_directly(handled == 1);
                     pipe.batches.release();
                 }
                 Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {

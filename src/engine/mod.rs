@@ -11,6 +11,7 @@ pub(crate) mod hub;
 pub(crate) mod listener;
 pub(crate) mod meta;
 pub(crate) mod outbox;
+pub(crate) mod pace;
 pub(crate) mod publisher;
 pub(crate) mod resume;
 pub(crate) mod socket;

@@ -1,0 +1,115 @@
+//! [`Pace`]: whether the hub writes to idle sockets itself, or queues every frame
+//! for the sockets' own tasks.
+//!
+//! Writing from the hub costs no task wake-up, but it is one task's work, on one
+//! core. Queuing spreads the writes over every core and lets a socket coalesce the
+//! frames that wait. So the hub writes itself while those writes would take under
+//! half of one core: the deliveries of the last window, times what a write cost when
+//! the hub last made them.
+
+use std::time::{Duration, Instant};
+
+/// How often the choice is made again.
+const WINDOW: Duration = Duration::from_millis(250);
+/// The share of one core the hub's own writes may take.
+const BUSY: f64 = 0.5;
+/// A write's cost until one is measured: a small frame to a local socket.
+const FIRST_COST: Duration = Duration::from_micros(5);
+
+/// The hub's choice between writing and queuing, made every [`WINDOW`].
+#[derive(Debug)]
+pub(crate) struct Pace {
+    started: Instant,
+    /// Frames offered since `started`.
+    offered: u64,
+    /// What one offer cost while writing, averaged.
+    cost: Duration,
+    write: bool,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            offered: 0,
+            cost: FIRST_COST,
+            write: true,
+        }
+    }
+}
+
+impl Pace {
+    /// Whether the hub writes to idle sockets itself.
+    pub(crate) fn writes(&self) -> bool {
+        self.write
+    }
+
+    /// Counts a dispatch of `offered` frames that took `took` (what a write costs is
+    /// learnt from those made while writing); chooses again once a window is over.
+    pub(crate) fn record(&mut self, offered: usize, took: Duration, now: Instant) {
+        if offered == 0 {
+            return;
+        }
+        self.offered += offered as u64;
+        if self.write {
+            let each = took / offered as u32;
+            // A moving average, so one slow pass (a page fault, a preemption) only
+            // moves it a little.
+            self.cost = (self.cost * 7 + each) / 8;
+        }
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed >= WINDOW {
+            let busy = self.cost.as_secs_f64() * self.offered as f64 / elapsed.as_secs_f64();
+            self.write = busy < BUSY;
+            self.started = now;
+            self.offered = 0;
+        }
+    }
+
+    /// Queues every frame from now on (tests).
+    #[cfg(test)]
+    pub(crate) fn queue_only(&mut self) {
+        self.write = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `per_second` frames a second, each costing `cost`, for two seconds.
+    fn run(pace: &mut Pace, per_second: u32, cost: Duration) -> bool {
+        let start = pace.started;
+        // One dispatch every 10 ms.
+        let each = (per_second / 100) as usize;
+        for tick in 1..=200 {
+            pace.record(
+                each,
+                cost * each as u32,
+                start + Duration::from_millis(tick * 10),
+            );
+        }
+        pace.writes()
+    }
+
+    #[test]
+    fn the_hub_writes_while_its_writes_take_under_half_a_core() {
+        let mut pace = Pace::default();
+        // 50,000 frames/s at 5 µs: a quarter of a core.
+        assert!(run(&mut pace, 50_000, Duration::from_micros(5)));
+        // 200,000 frames/s: a whole core. Queue.
+        assert!(!run(&mut pace, 200_000, Duration::from_micros(5)));
+        // Queuing is cheaper per offer, but the cost learnt while writing stands:
+        // the same load keeps queuing rather than swinging back.
+        assert!(!run(&mut pace, 200_000, Duration::from_nanos(100)));
+        // The load falls: write again.
+        assert!(run(&mut pace, 20_000, Duration::from_nanos(100)));
+    }
+
+    #[test]
+    fn dearer_writes_turn_queuing_on_at_a_lower_rate() {
+        let mut pace = Pace::default();
+        // 50,000 frames/s at 20 µs (TLS, say): a whole core.
+        assert!(!run(&mut pace, 50_000, Duration::from_micros(20)));
+    }
+}
