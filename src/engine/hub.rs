@@ -212,6 +212,12 @@ impl Hub {
         slow.into_iter().flat_map(|id| self.leave(id)).collect()
     }
 
+    /// Replaces the pace (tests and benchmarks).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn set_pace(&mut self, pace: Pace) {
+        self.pace = pace;
+    }
+
     /// How many frames dispatch wrote to sockets itself since the last call.
     pub(crate) fn take_written(&mut self) -> u64 {
         std::mem::take(&mut self.written)
@@ -425,7 +431,7 @@ mod tests {
         assert_eq!(hub.take_written(), 1);
         assert!(writing.rx.is_idle());
         assert!(rendering.rx.try_recv().is_some());
-        hub.pace.queue_only();
+        hub.set_pace(Pace::fixed(false));
         hub.dispatch("x", &frame);
         assert_eq!(hub.take_written(), 0);
         assert!(writing.rx.try_recv().is_some());

@@ -25,6 +25,8 @@ pub(crate) struct Pace {
     /// What one offer cost while writing, averaged.
     cost: Duration,
     write: bool,
+    /// Never chooses again (tests and benchmarks).
+    fixed: bool,
 }
 
 impl Default for Pace {
@@ -34,6 +36,7 @@ impl Default for Pace {
             offered: 0,
             cost: FIRST_COST,
             write: true,
+            fixed: false,
         }
     }
 }
@@ -47,7 +50,7 @@ impl Pace {
     /// Counts a dispatch of `offered` frames that took `took` (what a write costs is
     /// learnt from those made while writing); chooses again once a window is over.
     pub(crate) fn record(&mut self, offered: usize, took: Duration, now: Instant) {
-        if offered == 0 {
+        if offered == 0 || self.fixed {
             return;
         }
         self.offered += offered as u64;
@@ -66,10 +69,15 @@ impl Pace {
         }
     }
 
-    /// Queues every frame from now on (tests).
-    #[cfg(test)]
-    pub(crate) fn queue_only(&mut self) {
-        self.write = false;
+    /// Writes (or queues) always, whatever the load: for tests, and for benchmarks,
+    /// whose back-to-back dispatches would otherwise read as a busy hub.
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn fixed(write: bool) -> Self {
+        Self {
+            write,
+            fixed: true,
+            ..Self::default()
+        }
     }
 }
 
