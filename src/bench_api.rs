@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     engine::{
         frame::Frame,
-        hub::{Hub, Join, Signal},
+        hub::{Hub, Join},
         outbox::{Offer, Outbox},
         pace::Pace,
     },
@@ -118,7 +118,6 @@ impl BenchHub {
                 id,
                 channels: channels.iter().map(|c| (*c).to_owned()).collect(),
                 queue: rx.clone(),
-                signal: Arc::new(Signal::default()),
                 ack,
             },
             id,

@@ -5,64 +5,17 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering},
-    },
+    sync::Arc,
     time::Instant,
 };
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
     frame::Frame,
-    outbox::{Offer, Outbox},
+    outbox::{Ending, Offer, Outbox},
     pace::Pace,
 };
-
-/// Why the hub let go of a socket; the socket closes with the matching code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Ending {
-    /// Its queue was full: 1008.
-    SlowConsumer = 1,
-    /// The listener lost its connection: 1012.
-    ListenerRestarted = 2,
-}
-
-/// Tells one socket that the hub let go of it, and why. The first reason wins.
-#[derive(Debug, Default)]
-pub(crate) struct Signal {
-    reason: AtomicU8,
-    notify: Notify,
-}
-
-impl Signal {
-    pub(crate) fn end(&self, ending: Ending) {
-        let _ = self
-            .reason
-            .compare_exchange(0, ending as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
-    }
-
-    pub(crate) fn ending(&self) -> Option<Ending> {
-        match self.reason.load(Ordering::Acquire) {
-            1 => Some(Ending::SlowConsumer),
-            2 => Some(Ending::ListenerRestarted),
-            _ => None,
-        }
-    }
-
-    /// Resolves once [`end`](Self::end) has been called.
-    pub(crate) async fn ended(&self) -> Ending {
-        loop {
-            if let Some(ending) = self.ending() {
-                return ending;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
 
 /// The batch of a join that waits for something else than a `LISTEN`: while
 /// offline, or until the listener knows where its history channels stand.
@@ -74,7 +27,6 @@ pub(crate) struct Join {
     /// Distinct channels (grants hold no repeats): a repeat is delivered twice.
     pub(crate) channels: Vec<String>,
     pub(crate) queue: Arc<Outbox>,
-    pub(crate) signal: Arc<Signal>,
     pub(crate) ack: oneshot::Sender<()>,
 }
 
@@ -85,14 +37,12 @@ struct Subscriber {
     /// there when a leave moves this entry.
     slot: usize,
     queue: Arc<Outbox>,
-    signal: Arc<Signal>,
 }
 
 struct Member {
     /// Each channel, with this member's index in that channel's subscriber list.
     channels: Vec<(String, usize)>,
     queue: Arc<Outbox>,
-    signal: Arc<Signal>,
     /// The `LISTEN` batch this member waits for, and its ack; `None` once acked.
     waiting: Option<(u64, oneshot::Sender<()>)>,
 }
@@ -126,7 +76,6 @@ impl Hub {
                 id: join.id,
                 slot: channels.len(),
                 queue: join.queue.clone(),
-                signal: join.signal.clone(),
             });
             channels.push((channel, subs.len() - 1));
         }
@@ -136,7 +85,6 @@ impl Hub {
             Member {
                 channels,
                 queue: join.queue,
-                signal: join.signal,
                 waiting: Some((seq, join.ack)),
             },
         );
@@ -202,7 +150,7 @@ impl Hub {
                 Offer::Written => self.written += 1,
                 Offer::Queued => {}
                 Offer::Full => {
-                    sub.signal.end(Ending::SlowConsumer);
+                    sub.queue.end(Ending::SlowConsumer);
                     slow.push(sub.id);
                 }
             }
@@ -292,7 +240,7 @@ impl Hub {
         let mut emptied = Vec::new();
         for id in live {
             if let Some(m) = self.members.get(&id) {
-                m.signal.end(Ending::ListenerRestarted);
+                m.queue.end(Ending::ListenerRestarted);
             }
             emptied.extend(self.leave(id));
         }
@@ -309,7 +257,7 @@ impl Hub {
         let mut emptied = Vec::new();
         for id in ids {
             if let Some(m) = self.members.get(&id) {
-                m.signal.end(Ending::ListenerRestarted);
+                m.queue.end(Ending::ListenerRestarted);
             }
             emptied.extend(self.leave(id));
         }
@@ -350,29 +298,21 @@ mod tests {
     fn join(hub: &mut Hub, id: u64, chans: &[&str], cap: usize, seq: u64) -> Parts {
         let rx = Outbox::new(cap);
         let (ack, ack_rx) = oneshot::channel();
-        let signal = Arc::new(Signal::default());
         let fresh = hub.join(
             Join {
                 id,
                 channels: chans.iter().map(|c| c.to_string()).collect(),
                 queue: rx.clone(),
-                signal: signal.clone(),
                 ack,
             },
             seq,
         );
-        Parts {
-            rx,
-            ack_rx,
-            signal,
-            fresh,
-        }
+        Parts { rx, ack_rx, fresh }
     }
 
     struct Parts {
         rx: Arc<Outbox>,
         ack_rx: oneshot::Receiver<()>,
-        signal: Arc<Signal>,
         fresh: Vec<String>,
     }
 
@@ -410,12 +350,12 @@ mod tests {
         let frame = Frame::from("hello");
         assert!(hub.dispatch("x", &frame).is_empty());
         assert!(hub.dispatch("x", &frame).is_empty());
-        assert_eq!(slow.signal.ending(), Some(Ending::SlowConsumer));
+        assert_eq!(slow.rx.ending(), Some(Ending::SlowConsumer));
         assert_eq!(
             fast.rx.try_recv().unwrap().payload.as_ptr(),
             frame.payload.as_ptr()
         );
-        assert_eq!(fast.signal.ending(), None);
+        assert_eq!(fast.rx.ending(), None);
         assert_eq!(hub.len(), 1);
     }
 
@@ -444,8 +384,8 @@ mod tests {
         let waiting = join(&mut hub, 2, &["x"], 4, 2);
         hub.ack_through(1);
         hub.drop_live(|_| false);
-        assert_eq!(live.signal.ending(), Some(Ending::ListenerRestarted));
-        assert_eq!(waiting.signal.ending(), None);
+        assert_eq!(live.rx.ending(), Some(Ending::ListenerRestarted));
+        assert_eq!(waiting.rx.ending(), None);
         assert_eq!(hub.channels().collect::<Vec<_>>(), ["x"]);
     }
 

@@ -29,7 +29,7 @@ use super::{
     catchup::{self, Batches, Delivery, Done, Seen},
     frame::{Frame, Origin},
     history::History,
-    hub::{HELD, Hub, Join, Signal},
+    hub::{HELD, Hub, Join},
     outbox::Outbox,
 };
 use crate::history::Reference;
@@ -63,26 +63,12 @@ pub(crate) struct ListenerHandle {
 pub(crate) struct Subscription {
     id: u64,
     pub(crate) queue: Arc<Outbox>,
-    pub(crate) signal: Arc<Signal>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Leave(self.id));
-    }
-}
-
-#[cfg(test)]
-impl Subscription {
-    /// A subscription that a test feeds instead of the hub.
-    pub(crate) fn detached(queue: Arc<Outbox>) -> Self {
-        Self {
-            id: 0,
-            queue,
-            signal: Arc::default(),
-            commands: mpsc::unbounded_channel().0,
-        }
     }
 }
 
@@ -100,14 +86,12 @@ impl ListenerHandle {
         let sub = Subscription {
             id,
             queue: queue.clone(),
-            signal: Arc::new(Signal::default()),
             commands: self.commands.clone(),
         };
         let join = Join {
             id,
             channels,
             queue,
-            signal: sub.signal.clone(),
             ack,
         };
         self.commands.send(Command::Join(join)).ok()?;

@@ -41,6 +41,15 @@ pub(crate) enum Offer {
     Full,
 }
 
+/// Why the hub let go of a reader; a socket closes with the matching code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Its queue was full: 1008, at once.
+    SlowConsumer,
+    /// The listener lost its connection: 1012, once what is queued is sent.
+    ListenerRestarted,
+}
+
 /// One reader's outbound frames. Bounded: at most `capacity` frames wait, plus the
 /// one batch being written (see the queue policy in PROTOCOL.md).
 pub(crate) struct Outbox {
@@ -62,6 +71,8 @@ struct State {
     unflushed: bool,
     /// The hub let go: once the queue is empty, readers see the end.
     closed: bool,
+    /// Why the hub let go, when it said; the first reason wins.
+    ending: Option<Ending>,
     /// The owner's task, parked with nothing to do.
     waker: Option<Waker>,
 }
@@ -85,7 +96,8 @@ impl Outbox {
     /// reports a full queue.
     pub(crate) fn offer(&self, frame: &Frame, write: bool) -> Offer {
         let mut s = self.lock();
-        let offer = if write && s.direct && s.is_idle() {
+        let was_idle = s.is_idle();
+        let offer = if write && s.direct && was_idle {
             match s.write_now(&frame.wire) {
                 Some(n) if n == frame.wire.len() => Offer::Written,
                 Some(n) => {
@@ -98,7 +110,8 @@ impl Outbox {
         } else {
             s.push(frame, self.capacity)
         };
-        if offer != Offer::Full && !s.is_idle() {
+        // A busy owner looks for more work after each write: only an idle one waits.
+        if was_idle && !s.is_idle() {
             wake(s);
         }
         offer
@@ -109,6 +122,29 @@ impl Outbox {
         let mut s = self.lock();
         s.closed = true;
         wake(s);
+    }
+
+    /// The hub lets go of this reader for `ending` (the first reason given wins),
+    /// and wakes it; [`close`](Self::close) follows.
+    pub(crate) fn end(&self, ending: Ending) {
+        let mut s = self.lock();
+        s.ending.get_or_insert(ending);
+        wake(s);
+    }
+
+    /// Why the hub let go, if it said.
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        self.lock().ending
+    }
+
+    /// Ready once the hub said why it let go.
+    pub(crate) fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<Ending> {
+        let mut s = self.lock();
+        if let Some(ending) = s.ending {
+            return Poll::Ready(ending);
+        }
+        s.park(cx);
+        Poll::Pending
     }
 
     /// Hands the socket's write half over; `direct` lets the hub write frames as

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadHalf},
     sync::{OwnedSemaphorePermit, oneshot, watch},
-    time::{Instant, Interval, MissedTickBehavior, interval_at, timeout},
+    time::{Instant, sleep_until, timeout},
 };
 use tokio_tungstenite::{
     WebSocketStream,
@@ -35,12 +35,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    auth::Grant,
-    close::Close,
-    envelope::Event,
-    mapping::Notify,
-    stats::Counters,
-    time::{instant_at, sleep_until_opt},
+    auth::Grant, close::Close, envelope::Event, mapping::Notify, stats::Counters, time::instant_at,
 };
 
 use super::{
@@ -48,10 +43,9 @@ use super::{
     codec_io::{BadHeader, CodecIo},
     frame::{Frame, text_frame},
     history::History,
-    hub::{Ending, Signal},
     listener::Subscription,
     meta,
-    outbox::Outbox,
+    outbox::{Ending, Outbox},
     resume::Resume,
 };
 
@@ -178,13 +172,12 @@ impl Socket {
     {
         let pong = AtomicBool::new(false);
         // Held to the end: dropping it leaves the hub.
-        let subscription = self.subscription.take();
+        let _subscription = self.subscription.take();
         let expiry = self.grant.expires_at.and_then(instant_at);
         let ping = self.engine.settings.ping_interval();
         let mut resume = self.resume.take();
         let writer = Writer {
             sink,
-            signal: subscription.as_ref().map(|s| s.signal.clone()),
             outbox,
             resume: resume.as_mut(),
             history: self.engine.history.as_deref(),
@@ -316,8 +309,8 @@ impl Socket {
     }
 }
 
-/// The sending half: queued notifications and pings, until a hub signal, expiry,
-/// a ping timeout or shutdown.
+/// The sending half: queued notifications and pings, until the hub lets go,
+/// expiry, a ping timeout or shutdown.
 struct Writer<'a, S> {
     sink: &'a mut Sink<S>,
     /// Frames the hub could not write itself, and the codec's bytes.
@@ -325,7 +318,6 @@ struct Writer<'a, S> {
     /// Sockets that asked for positions: replayed first, then frames as JSON.
     resume: Option<&'a mut Resume>,
     history: Option<&'a History>,
-    signal: Option<Arc<Signal>>,
     pong: &'a AtomicBool,
     counters: &'a Counters,
 }
@@ -340,12 +332,6 @@ where
         ping_every: Option<Duration>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Outcome {
-        let mut ping = ping_every.map(|every| {
-            let mut i = interval_at(Instant::now() + every, every);
-            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            i
-        });
-        let mut pinged = false;
         // The replay comes before live frames, which wait in the queue meanwhile.
         // Boxed: its history queries are large, and this future lives as long as
         // the socket (its size is memory per socket); most sockets never replay.
@@ -354,27 +340,35 @@ where
         {
             return outcome;
         }
+        // One timer for the socket's life, set to the next ping or the expiry.
+        let mut clock = Clock::new(expiry, ping_every);
+        let timer = sleep_until(clock.next().unwrap_or_else(Instant::now));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 biased;
-                ending = ended(self.signal.as_deref()) => return self.on_ending(ending).await,
+                ending = poll_fn(|cx| self.outbox.poll_ended(cx)) => {
+                    return self.on_ending(ending).await;
+                }
                 _ = shutting_down(&mut shutdown) => {
                     let _ = timeout(CLOSE_TIMEOUT, self.drain()).await;
                     return GOING_AWAY;
                 }
-                _ = sleep_until_opt(expiry) => return Outcome::Close(Close::JwtExpired),
-                _ = tick(&mut ping) => {
-                    if pinged && !self.pong.swap(false, Ordering::AcqRel) {
+                _ = &mut timer, if clock.next().is_some() => {
+                    if clock.expired() {
+                        return Outcome::Close(Close::JwtExpired);
+                    }
+                    if clock.pinged && !self.pong.swap(false, Ordering::AcqRel) {
                         return PING_TIMEOUT;
                     }
-                    pinged = true;
                     let sent = within(ping_every, self.sink.send(Message::Ping(Bytes::new())));
                     if let Err(outcome) = written(sent.await) {
                         return outcome;
                     }
                     // The peer gets a whole interval from the moment the ping is out.
-                    if let Some(ping) = &mut ping {
-                        ping.reset();
+                    clock.ping_sent();
+                    if let Some(next) = clock.next() {
+                        timer.as_mut().reset(next);
                     }
                 }
                 work = poll_fn(|cx| self.outbox.poll_work(cx)) => {
@@ -382,7 +376,7 @@ where
                         return self.on_ending(Ending::ListenerRestarted).await;
                     }
                     // A write blocked for a whole ping interval means a peer that reads
-                    // nothing. A tick due meanwhile is only late: it runs next, and
+                    // nothing. A ping due meanwhile is only late: it goes next, and
                     // checks the pong of a peer that may well have answered.
                     if let Err(outcome) = written(within(ping_every, self.send_batch()).await) {
                         return outcome;
@@ -436,11 +430,10 @@ where
         }
     }
 
-    /// Writes what is queued, up to a batch, in one write, and flushes. A hub signal
-    /// arriving meanwhile wins, since a slow consumer may never flush.
+    /// Writes what is queued, up to a batch, in one write, and flushes. Being let go
+    /// as a slow consumer meanwhile wins, since such a peer may never read.
     async fn send_batch(&mut self) -> io::Result<()> {
         let outbox = self.outbox;
-        let signal = self.signal.as_deref();
         let resume = &mut self.resume;
         let mut sent = 0u64;
         let mut render = |frame: Frame| {
@@ -450,7 +443,7 @@ where
         };
         let result = tokio::select! {
             r = poll_fn(|cx| outbox.poll_send(cx, &mut render)) => r,
-            _ = ended(signal) => Ok(()),
+            _ = slow_consumer(outbox) => Ok(()),
         };
         self.counters.frames_delivered(sent);
         result
@@ -544,19 +537,49 @@ where
     .await;
 }
 
-async fn ended(signal: Option<&Signal>) -> Ending {
-    match signal {
-        Some(signal) => signal.ended().await,
-        None => std::future::pending().await,
+/// Resolves once the hub lets go of the socket as a slow consumer. Other endings
+/// let the write go on: what was queued is still good.
+async fn slow_consumer(outbox: &Outbox) {
+    if poll_fn(|cx| outbox.poll_ended(cx)).await != Ending::SlowConsumer {
+        std::future::pending::<()>().await;
     }
 }
 
-async fn tick(ping: &mut Option<Interval>) {
-    match ping {
-        Some(i) => {
-            i.tick().await;
+/// The writer's deadlines: the token's expiry and the next ping.
+struct Clock {
+    expiry: Option<Instant>,
+    every: Option<Duration>,
+    ping: Option<Instant>,
+    /// A ping is out: the next one first checks that it was answered.
+    pinged: bool,
+}
+
+impl Clock {
+    fn new(expiry: Option<Instant>, every: Option<Duration>) -> Self {
+        let ping = every.map(|every| Instant::now() + every);
+        Self {
+            expiry,
+            every,
+            ping,
+            pinged: false,
         }
-        None => std::future::pending().await,
+    }
+
+    /// The earlier deadline, if any.
+    fn next(&self) -> Option<Instant> {
+        match (self.expiry, self.ping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.expiry.is_some_and(|at| at <= Instant::now())
+    }
+
+    fn ping_sent(&mut self) {
+        self.pinged = true;
+        self.ping = self.every.map(|every| Instant::now() + every);
     }
 }
 
@@ -578,7 +601,7 @@ mod tests {
     use tokio_websockets::ClientBuilder;
 
     use super::*;
-    use crate::engine::{codec_io::CodecIo, listener::Subscription, outbox::Offer};
+    use crate::engine::{codec_io::CodecIo, outbox::Offer};
 
     const EVERY: Duration = Duration::from_secs(10);
     /// Smaller than a frame, so a frame's write waits for the client to read.
@@ -608,12 +631,10 @@ mod tests {
             let (mut sink, mut stream) = WebSocketStream::from_raw_socket(io, Role::Server, None)
                 .await
                 .split();
-            let sub = Subscription::detached(outbox.clone());
             let pong = AtomicBool::new(false);
             let counters = Counters::default();
             let writer = Writer {
                 sink: &mut sink,
-                signal: Some(sub.signal.clone()),
                 outbox: &outbox,
                 resume: None,
                 history: None,

@@ -25,8 +25,8 @@ use crate::{
         Engine,
         frame::Frame,
         history::History,
-        hub::Ending,
         listener::Subscription,
+        outbox::Ending,
         resume::{self, Format, Json, Resume, Sent},
     },
     envelope::Event,
@@ -409,7 +409,7 @@ impl EventStream {
                 }
                 State::Live(mut resume) => {
                     // In the WebSocket's order: hub signal, shutdown, expiry, frames.
-                    if this.sub.signal.ending() == Some(Ending::SlowConsumer) {
+                    if this.sub.queue.ending() == Some(Ending::SlowConsumer) {
                         counters.slow_consumer_closed();
                         end(Close::SlowConsumer, BytesMut::new())
                     } else if this.shutdown.as_mut().poll(cx).is_ready() {
@@ -439,7 +439,7 @@ impl EventStream {
                             }
                             // The hub let go: a full queue, or the listener lost its
                             // connection (what was queued before is delivered).
-                            Poll::Ready(None) => match this.sub.signal.ending() {
+                            Poll::Ready(None) => match this.sub.queue.ending() {
                                 Some(Ending::SlowConsumer) => {
                                     counters.slow_consumer_closed();
                                     end(Close::SlowConsumer, BytesMut::new())
