@@ -175,7 +175,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let socket = Socket {
         grant,
         subscription,
-        resume,
+        resume: resume.map(Box::new),
         shutdown: engine.shutdown.subscribe(),
         engine,
         _permit: permit,
