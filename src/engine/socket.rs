@@ -719,6 +719,25 @@ mod tests {
         assert!(Instant::now() <= t0 + Duration::from_secs(11) + EVERY);
     }
 
+    /// Let go after the listener's loss while its peer reads nothing, the writer
+    /// tries to send what was queued for the drain timeout, then closes 1012. (It
+    /// once never gave up: the wait that cuts a slow consumer's write short also
+    /// woke for this ending. Two threads, real time: a loop that never yields
+    /// must not stop the test's own clock.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocked_write_at_listener_loss_gives_up_after_the_drain_timeout() {
+        let s = start();
+        assert_ne!(s.queue.offer(&big_frame(), true), Offer::Full);
+        s.queue.end(Ending::ListenerRestarted);
+        s.queue.close();
+        let outcome = timeout(2 * CLOSE_TIMEOUT, s.writer).await;
+        assert_eq!(
+            outcome.expect("the writer did not give up").unwrap(),
+            Outcome::Close(Close::ListenerRestarted)
+        );
+        drop(s.client);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_answering_pings_is_a_ping_timeout() {
         let mut s = start();
