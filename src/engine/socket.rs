@@ -568,10 +568,7 @@ impl Clock {
 
     /// The earlier deadline, if any.
     fn next(&self) -> Option<Instant> {
-        match (self.expiry, self.ping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.expiry.into_iter().chain(self.ping).min()
     }
 
     fn expired(&self) -> bool {
