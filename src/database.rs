@@ -15,20 +15,17 @@ use std::{
 
 use percent_encoding::percent_decode_str;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        verify_server_cert_signed_by_trust_anchor,
-    },
-    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
-    server::ParsedCertificate,
+    ClientConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 use tokio_postgres::{Socket, config::SslMode, tls::MakeTlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{ConfigError, error_chain};
+
+mod verifier;
+
+use verifier::{Roots, Verifier};
 
 /// The TLS in force on pgws's connections to PostgreSQL: the URI's `sslmode`, as
 /// libpq (and so `psql`) reads it. Returned by [`Config::database_tls`](crate::Config::database_tls).
@@ -293,7 +290,7 @@ fn split_key_values(s: &str, params: &mut TlsParams) -> Option<String> {
 /// What the parameters mean once defaults and files are applied.
 struct TlsSettings {
     mode: DatabaseTls,
-    roots: Option<RootCertStore>,
+    roots: Option<Roots>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
@@ -374,29 +371,18 @@ impl TlsSettings {
         let mut roots = || {
             self.roots
                 .take()
-                .map(Arc::new)
                 .ok_or_else(|| format!("sslmode \"{}\" needs a root certificate", self.mode))
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
-            DatabaseTls::VerifyFull => {
-                WebPkiServerVerifier::builder_with_provider(roots()?, provider.clone())
-                    .build()
-                    .map_err(|e| format!("sslrootcert: {e}"))?
-            }
-            DatabaseTls::VerifyCa => Arc::new(Lenient {
-                roots: Some(roots()?),
-                provider: provider.clone(),
-            }),
-            _ => Arc::new(Lenient {
-                roots: None,
-                provider: provider.clone(),
-            }),
+        let verifier = match self.mode {
+            DatabaseTls::VerifyFull => Verifier::trusting(roots()?, true, provider.clone()),
+            DatabaseTls::VerifyCa => Verifier::trusting(roots()?, false, provider.clone()),
+            _ => Verifier::any(provider.clone()),
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
+            .with_custom_certificate_verifier(Arc::new(verifier));
         let mut config = match self.client {
             Some((certs, key)) => builder
                 .with_client_auth_cert(certs, key)
@@ -439,28 +425,20 @@ fn pem_certs(param: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-fn pem_roots(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in pem_certs("sslrootcert", path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("sslrootcert: {}: {e}", path.display()))?;
-    }
-    Ok(roots)
+fn pem_roots(path: &Path) -> Result<Roots, String> {
+    let certs = pem_certs("sslrootcert", path)?;
+    Roots::new(certs).map_err(|e| format!("sslrootcert: {}: {e}", path.display()))
 }
 
-fn system_roots() -> Result<RootCertStore, String> {
+fn system_roots() -> Result<Roots, String> {
     let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
-    if roots.is_empty() {
+    Roots::new(found.certs).map_err(|e| {
         let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
-        return Err(format!(
-            "sslrootcert=system: no certificate in the platform's store ({})",
+        format!(
+            "sslrootcert=system: no certificate in the platform's store ({e}; {})",
             why.join("; ")
-        ));
-    }
-    Ok(roots)
+        )
+    })
 }
 
 /// The client certificate and key: `sslcert`/`sslkey`, or libpq's defaults
@@ -487,74 +465,6 @@ fn client_identity(
     let key = PrivateKeyDer::from_pem_slice(&read("sslkey", &key_path)?)
         .map_err(|e| format!("sslkey: {}: {e}", key_path.display()))?;
     Ok(Some((certs, key)))
-}
-
-/// The checks weaker than `verify-full`: `prefer` and `require` take any
-/// certificate, as libpq does; `verify-ca` wants a chain to a root but not the
-/// name. The handshake's own signatures are always checked, so channel binding
-/// still means something.
-#[derive(Debug)]
-struct Lenient {
-    /// `Some` for `verify-ca`.
-    roots: Option<Arc<RootCertStore>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Lenient {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = ParsedCertificate::try_from(end_entity)?;
-            verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

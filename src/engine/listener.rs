@@ -341,8 +341,10 @@ impl Listener {
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
                     if pipe.load() < MAX_DELIVERIES || !*pipe.listening.borrow() => {
                     // With those already received: their announcements make one batch.
+                    // A message is taken only when this round will handle it.
                     let mut msg = msg;
-                    for _ in 0..DRAIN {
+                    let mut handled = 0;
+                    loop {
                         match msg {
                             Some(Ok(AsyncMessage::Notification(n))) => {
                                 let emptied = self.deliver(n.channel(), n.payload(), pipe);
@@ -355,7 +357,8 @@ impl Listener {
                             }
                             None => return End::Lost,
                         }
-                        if pipe.load() >= MAX_DELIVERIES {
+                        handled += 1;
+                        if handled == DRAIN || pipe.load() >= MAX_DELIVERIES {
                             break;
                         }
                         match std::future::poll_fn(|cx| conn.poll_message(cx)).now_or_never() {

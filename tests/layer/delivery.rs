@@ -195,3 +195,33 @@ where
     }
     panic!("condition not reached");
 }
+
+/// More notifications than the listener handles in one go, committed together so
+/// that they arrive in a few reads: none of them may be dropped between rounds.
+#[tokio::test]
+async fn a_transaction_of_thousands_of_notifications_arrives_whole() {
+    const N: i32 = 3000;
+    let server = TestServer::start(config()).await;
+    let chan = unique("burst");
+    let path = format!("/{}", token(claims("r", Some(&chan))));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        readers.push(server.connect(&path).await);
+    }
+    db().await
+        .execute(
+            "select count(pg_notify($1, g::text)) from generate_series(1, $2) g",
+            &[&chan, &N],
+        )
+        .await
+        .unwrap();
+    for ws in &mut readers {
+        for i in 1..=N {
+            assert_eq!(
+                recv_text(ws).await,
+                i.to_string(),
+                "notification {i} of {N}"
+            );
+        }
+    }
+}
