@@ -385,6 +385,8 @@ fn every_sslmode_through_pgws() {
         case(name, &uri, &admin, expect);
     }
 
+    self_signed_as_the_postgresql_manual_makes_it();
+
     let plain_admin = plain.uri();
     let plain_local = format!("postgres://postgres@localhost:{}/postgres", plain.port);
     case(
@@ -399,4 +401,88 @@ fn every_sslmode_through_pgws() {
         &plain_admin,
         Expect::Plain,
     );
+}
+
+/// The server certificate of the PostgreSQL manual's recipe (`openssl req -x509`,
+/// which OpenSSL 3 marks `CA:TRUE`, with the host name in the common name only),
+/// trusted as its own root: `psql` takes it under `verify-full`, and so must pgws.
+fn self_signed_as_the_postgresql_manual_makes_it() {
+    let dir = std::env::temp_dir().join(unique("pgws_manual_cert"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
+        .args([
+            "-out",
+            "server.crt",
+            "-keyout",
+            "server.key",
+            "-subj",
+            "/CN=dbhost",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let (cert, key) = (read("server.crt"), read("server.key"));
+    let cluster = Cluster::init().with_tls(&cert, &key, &cert);
+    cluster.start();
+    let (port, root) = (cluster.port, dir.join("server.crt").display().to_string());
+    let named = |host: &str, mode: &str| {
+        format!(
+            "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
+             sslmode={mode} sslrootcert='{root}'"
+        )
+    };
+    let full = named("dbhost", "verify-full");
+    if let Ok(psql) = std::process::Command::new("psql")
+        .args([
+            full.as_str(),
+            "-Atc",
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        ])
+        .output()
+    {
+        let out = String::from_utf8_lossy(&psql.stdout);
+        assert_eq!(
+            out.trim(),
+            "t",
+            "psql: {}",
+            String::from_utf8_lossy(&psql.stderr)
+        );
+    }
+    let admin = cluster.uri();
+    let url = format!(
+        "postgres://postgres@dbhost:{port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full\
+         &sslrootcert={root}"
+    );
+    case(
+        "the manual's certificate, verify-full",
+        &full,
+        &admin,
+        Expect::Tls,
+    );
+    case(
+        "the manual's certificate, URL form",
+        &url,
+        &admin,
+        Expect::Tls,
+    );
+    case(
+        "the manual's certificate, verify-ca",
+        &named("elsewhere", "verify-ca"),
+        &admin,
+        Expect::Tls,
+    );
+    case(
+        "the manual's certificate, another host name",
+        &named("otherhost", "verify-full"),
+        &admin,
+        Expect::Refused("certificate not valid for name \"otherhost\""),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

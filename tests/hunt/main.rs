@@ -206,14 +206,19 @@ fn summary(plan: &Plan, commits: &[oracle::Commit], lives: &[Life], faults: &[Fa
         };
         *ends.entry(end).or_default() += 1;
     }
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for r in &plan.readers {
+        let kind = format!("{:?}/{:?}", r.transport, r.behaviour);
+        let kind = kind.split('(').next().unwrap_or_default().to_owned();
+        *kinds.entry(kind).or_default() += 1;
+    }
     format!(
-        "ok: {:?}, {} channels ({} history), queue {}, {} readers, {} messages, \
+        "ok: {:?}, {} channels ({} history), queue {}, readers {kinds:?}, {} messages, \
          {frames} frames, {} connections ended {ends:?}, faults {faults:?}",
         plan.mapping,
         plan.channels.len(),
         plan.history().count(),
         plan.queue_length,
-        plan.readers.len(),
         messages,
         lives.len(),
     )

@@ -80,9 +80,16 @@ pub struct Life {
     pub channels: Vec<usize>,
     pub opened: Instant,
     pub positioned: bool,
+    /// An event stream: it reads where its history channels stand before it
+    /// goes live, as a positioned socket replays.
+    pub sse: bool,
     pub got: Vec<Got>,
     pub gaps: usize,
     pub end: End,
+}
+
+fn all_plain(plan: &Plan, life: &Life) -> bool {
+    life.channels.iter().all(|&c| !plan.channels[c].history)
 }
 
 /// The id a frame carries: the `id` of a JSON payload, else the first word of the
@@ -242,13 +249,14 @@ impl Oracle<'_> {
             .iter()
             .any(|f| matches!(f, Fault::TerminateListener | Fault::RestartPostgres));
         let db_restarted = self.faults.contains(&Fault::RestartPostgres);
+        let reads_store = life.positioned || (life.sse && !all_plain(self.plan, life));
         match &life.end {
             End::Open | End::Left => None,
             // pgws stops only when told to, at a fault or at the end.
             End::Closed(1001, _) => None,
             End::Closed(1008, r) if r.starts_with("Slow consumer") => None,
             End::Closed(1012, _) if listener_lost && plain => None,
-            End::Closed(1013, _) if db_restarted && life.positioned => None,
+            End::Closed(1013, _) if db_restarted && reads_store => None,
             End::Closed(code, reason) => Some(format!("closed with {code} {reason:?}")),
             End::Dropped(why) => Some(format!("ended without a close: {why}")),
         }
@@ -260,7 +268,8 @@ impl Oracle<'_> {
     fn check_frames(&self, index: &Index<'_>, life: &Life, who: &str) -> Vec<String> {
         let mut breaches = Vec::new();
         let mut seen = HashSet::new();
-        let mut last_of_source: HashMap<usize, usize> = HashMap::new();
+        // A replay goes channel after channel: there, order holds within a channel.
+        let mut last_of_source: HashMap<(usize, Option<usize>), usize> = HashMap::new();
         let mut last_rank = None;
         let mut last_offset: HashMap<usize, i64> = HashMap::new();
         for got in &life.got {
@@ -274,7 +283,8 @@ impl Oracle<'_> {
             if !life.channels.contains(&channel) {
                 breaches.push(format!("{who}: got {} of channel {channel}", got.id));
             }
-            if let Some(&before) = last_of_source.get(&commit.source)
+            let key = (commit.source, life.positioned.then_some(channel));
+            if let Some(&before) = last_of_source.get(&key)
                 && place < before
             {
                 breaches.push(format!(
@@ -282,7 +292,7 @@ impl Oracle<'_> {
                     got.id
                 ));
             }
-            last_of_source.insert(commit.source, place);
+            last_of_source.insert(key, place);
             if let Some(&rank) = index.rank.get(got.id.as_str()) {
                 if last_rank.is_some_and(|r| rank < r) {
                     breaches.push(format!("{who}: {} out of commit order", got.id));

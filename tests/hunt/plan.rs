@@ -132,7 +132,7 @@ impl Plan {
             name: format!("{run}_h{i}"),
             history: true,
         }));
-        let faults = faults(&mut rng, history > 0);
+        let faults = faults(&mut rng);
         let mut plan = Plan {
             seed,
             mapping,
@@ -242,16 +242,14 @@ impl Step {
     }
 }
 
-fn faults(rng: &mut StdRng, history: bool) -> Vec<(Duration, Fault)> {
+fn faults(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
     let mut faults = Vec::new();
     for _ in 0..rng.random_range(0..=2) {
         let at = Duration::from_millis(rng.random_range(100..2500));
         let fault = match rng.random_range(0..10) {
-            0..=4 => Fault::TerminateListener,
-            5..=7 => Fault::RestartPgws,
-            // History channels keep what is published while PostgreSQL is away.
-            _ if history => Fault::RestartPostgres,
-            _ => Fault::TerminateListener,
+            0..=3 => Fault::TerminateListener,
+            4..=6 => Fault::RestartPgws,
+            _ => Fault::RestartPostgres,
         };
         faults.push((at, fault));
     }

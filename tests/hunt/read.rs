@@ -79,6 +79,7 @@ async fn one_life(
         channels: reader.channels.clone(),
         opened: std::time::Instant::now(),
         positioned,
+        sse: reader.transport == Transport::Sse,
         got: Vec::new(),
         gaps: 0,
         end: End::Open,
