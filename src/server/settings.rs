@@ -453,7 +453,8 @@ server_settings! {
         };
     // Accepted and ignored: the layer retries forever.
     RETRIES = "PGWS_RETRIES", "ignored", "accepted for compatibility", |_, _, _| Ok(());
-    DEV_DB = "PGWS_DEV_DB", "auto", "auto, on or off: the development database",
+    DEV_DB = "PGWS_DEV_DB", "auto",
+        "auto (on an interactive start only), on or off: the development database",
         |s, v, var| {
             s.dev_db = DevDbSettings::from_vars(v, var)?;
             Ok(())
