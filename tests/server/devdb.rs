@@ -226,7 +226,20 @@ async fn with_nothing_at_the_default_address_an_interactive_start_runs_its_own_d
     task.await.unwrap().unwrap();
     assert!(!dir.pid_file().exists(), "the cluster outlived the server");
 
-    // Started again, it finds its data.
+    // As an earlier pgws left its data folder: TCP with trust, no Unix socket.
+    let data = dir.0.join("data");
+    let conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+    let conf: String = conf
+        .lines()
+        .filter(|l| !l.contains("pgws.conf"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let old = "listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n";
+    std::fs::write(data.join("postgresql.conf"), conf + old).unwrap();
+    let hba = "host all all 127.0.0.1/32 trust\n";
+    std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+
+    // Started again, it finds its data, and takes no TCP connection any more.
     let (report, stop, task) = launch(start()).await;
     let out = run_psql_command(&report, "select note from kept");
     assert_eq!(
@@ -234,6 +247,9 @@ async fn with_nothing_at_the_default_address_an_interactive_start_runs_its_own_d
         "run 1",
         "{out:?}"
     );
+    assert_eq!(dir.postmaster().listen_addresses, "");
+    let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("host"), "{hba}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     assert!(!dir.pid_file().exists(), "the cluster outlived the server");
