@@ -1,14 +1,16 @@
 //! The private development database (`PGWS_DEV_DB`): when `PGWS_DB_URI` is not set
-//! and the default database cannot work, a PostgreSQL cluster of pgws's own,
-//! made with the server programs of this machine, started for the run and stopped
-//! with it. Its data folder survives restarts.
+//! and it is asked for, or on an interactive start where the default database
+//! cannot work, a PostgreSQL cluster of pgws's own, made with the server programs
+//! of this machine, started for the run and stopped with it. Its data folder
+//! survives restarts. It takes connections on a Unix socket only, in a folder only
+//! the OS user running it may enter: no other user of the machine reaches it.
 //!
 //! Everything here blocks (it runs `initdb` and `pg_ctl`): call it off the runtime.
 
 use std::{
     fs::{self, File},
     io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -25,6 +27,20 @@ const PG_CTL_WAIT_SECS: &str = "60";
 const SUPERUSER: &str = "postgres";
 /// The OS user that runs the cluster when pgws runs as root (PostgreSQL refuses root).
 const OS_USER: &str = "postgres";
+/// The folder of the cluster's Unix socket, in the development database's folder.
+const SOCKET_DIR: &str = "socket";
+/// The port in the socket's name (`.s.PGSQL.5432`): libpq's default, so `psql -h`
+/// needs no `-p`. The cluster opens no TCP port.
+const SOCKET_PORT: u16 = 5432;
+/// The settings pgws writes at every start, included by `postgresql.conf`.
+const PGWS_CONF: &str = "pgws.conf";
+/// The line of `postgresql.conf` that reads [`PGWS_CONF`], last.
+const INCLUDE_PGWS_CONF: &str = "include 'pgws.conf'";
+/// `pg_hba.conf`, written at every start: the Unix socket alone, whose folder only
+/// the cluster's OS user (and root) may enter, is the gate.
+const HBA: &str = "# Written by pgws at every start: connections on the Unix socket only, whose\n\
+                   # folder only the OS user running the cluster may enter. No TCP.\n\
+                   local all all trust\n";
 
 /// Whether this process runs as root.
 pub(crate) fn is_root() -> bool {
@@ -40,20 +56,12 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// Starts the development database when `settings` call for one: `Ok(None)` when
-/// `auto` finds the default database usable, or something there that is not
-/// plainly unusable (see [`probe`]). An error says what to install or set instead.
+/// `auto` is not on an interactive start, or finds the default database usable, or
+/// something there that is not plainly unusable (see [`probe`]). An error says what
+/// to install or set instead.
 pub(crate) fn prepare(settings: &DevDbSettings) -> Result<Option<DevDb>, String> {
-    let addr = settings.default_addr;
-    let reason = match settings.mode {
-        DevDbMode::On => "PGWS_DEV_DB is on".to_owned(),
-        DevDbMode::Auto => match probe(addr) {
-            Probe::Refused => format!("PGWS_DB_URI is not set and nothing answers at {addr}"),
-            Probe::NoEntry => format!(
-                "PGWS_DB_URI is not set and the database at {addr} does not let user \
-                 {SUPERUSER} in without a password"
-            ),
-            Probe::Usable => return Ok(None),
-        },
+    let Some(reason) = reason(settings) else {
+        return Ok(None);
     };
     let Some(dir) = &settings.dir else {
         return Err(format!(
@@ -73,11 +81,31 @@ pub(crate) fn prepare(settings: &DevDbSettings) -> Result<Option<DevDb>, String>
     );
     let db = DevDb::start(dir, bin, reason)?;
     tracing::warn!(
-        dir = %dir.display(),
-        url = %db.url(),
-        "development database started; it stops with pgws"
+        dir = %db.dir.display(),
+        socket = %db.socket().display(),
+        "development database started, on a Unix socket only; it stops with pgws"
     );
     Ok(Some(db))
+}
+
+/// Why a development database is needed, or `None` when it is not.
+fn reason(settings: &DevDbSettings) -> Option<String> {
+    let addr = settings.default_addr;
+    match settings.mode {
+        DevDbMode::On => Some("PGWS_DEV_DB is on".to_owned()),
+        // A service waits for its database, which may come up a moment after it.
+        DevDbMode::Auto if !settings.interactive => None,
+        DevDbMode::Auto => match probe(addr) {
+            Probe::Refused => Some(format!(
+                "PGWS_DB_URI is not set and nothing answers at {addr}"
+            )),
+            Probe::NoEntry => Some(format!(
+                "PGWS_DB_URI is not set and the database at {addr} does not let user \
+                 {SUPERUSER} in without a password"
+            )),
+            Probe::Usable => None,
+        },
+    }
 }
 
 /// What answers at the default database's address, for `auto`.
@@ -150,9 +178,9 @@ fn error_code(body: &[u8]) -> Option<String> {
 /// A running development database; stopped by [`stop`](Self::stop) or on drop.
 #[derive(Debug)]
 pub(crate) struct DevDb {
+    /// Absolute.
     dir: PathBuf,
     bin: PathBuf,
-    port: u16,
     /// Why it was started, for the report.
     reason: String,
     /// Held while it runs: a second pgws on the same folder is told so.
@@ -168,7 +196,10 @@ impl DevDb {
                 dir.display()
             )
         };
-        fs::create_dir_all(dir).map_err(dir_error)?;
+        // Absolute: the socket's folder is named in the cluster's settings.
+        let dir = std::path::absolute(dir).map_err(dir_error)?;
+        check_socket_path(&dir)?;
+        fs::create_dir_all(&dir).map_err(dir_error)?;
         let lock = File::create(dir.join("pgws.lock")).map_err(dir_error)?;
         lock.try_lock().map_err(|_| {
             format!(
@@ -178,47 +209,66 @@ impl DevDb {
             )
         })?;
         let mut db = DevDb {
-            dir: dir.to_owned(),
+            dir,
             bin,
-            port: 0,
             reason,
             _lock: lock,
             running: false,
         };
+        db.make_private()?;
         db.own_folder()?;
         if !db.data().join("PG_VERSION").exists() {
             db.init()?;
         }
+        db.configure()?;
+        // What root wrote goes to the cluster's user too.
+        db.own_folder()?;
         db.clear_leftover()?;
-        db.port = db.choose_port();
-        let log = dir.join("postgres.log");
-        let opts = format!("-p {}", db.port);
-        db.pg_ctl(&["-l", &log.display().to_string(), "-o", &opts, "start"])
+        let log = db.dir.join("postgres.log");
+        db.pg_ctl(&["-l", &log.display().to_string(), "start"])
             .map_err(|e| format!("{e}\n{}", log_tail(&log)))?;
         db.running = true;
         Ok(db)
     }
 
-    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    /// The folder of its Unix socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.dir.join(SOCKET_DIR)
+    }
+
+    /// The layer's connection string: the Unix socket, as user `postgres`.
     pub(crate) fn url(&self) -> String {
-        format!(
-            "postgres://{SUPERUSER}@{}:{}/postgres",
-            Ipv4Addr::LOCALHOST,
-            self.port
-        )
+        // libpq's quoting, which tokio-postgres reads: `\` escapes in '…'.
+        let host = self.socket().display().to_string();
+        let host = host.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("host='{host}' port={SOCKET_PORT} user={SUPERUSER} dbname=postgres sslmode=disable")
+    }
+
+    /// The `psql` command that reaches it, quoted for a POSIX shell.
+    fn psql_command(&self) -> String {
+        let socket = self.socket().display().to_string();
+        // Only a NUL byte cannot be quoted, and no path holds one.
+        let quoted = shlex::try_quote(&socket).map_or_else(|_| socket.clone(), |q| q.into_owned());
+        format!("psql -h {quoted} -U {SUPERUSER} postgres")
     }
 
     /// What the start-up report says of it.
     pub(crate) fn report(&self) -> String {
+        let who = if is_root() {
+            format!("root and OS user {OS_USER}, who runs it,")
+        } else {
+            "your OS user (and root)".to_owned()
+        };
         format!(
             "\nWARNING: development database: {}, so pgws started a private\n\
              WARNING: PostgreSQL in {} (PGWS_DEV_DB_DIR). It stops with pgws and keeps\n\
-             WARNING: its data. Anyone on this machine may connect to it. PGWS_DEV_DB=off\n\
-             WARNING: turns this off; a set PGWS_DB_URI always wins.\n\
-             psql: psql {}\n",
+             WARNING: its data. It takes no TCP connections: only {who}\n\
+             WARNING: can reach its Unix socket. PGWS_DEV_DB=off turns this off; a set\n\
+             WARNING: PGWS_DB_URI always wins.\n\
+             psql: {}\n",
             self.reason,
             self.dir.display(),
-            self.url()
+            self.psql_command()
         )
     }
 
@@ -232,6 +282,17 @@ impl DevDb {
 
     fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// The folder and the socket's folder are the cluster user's alone (0700).
+    fn make_private(&self) -> Result<(), String> {
+        let socket = self.socket();
+        for dir in [&self.dir, &socket] {
+            fs::create_dir_all(dir)
+                .and_then(|()| set_private(dir))
+                .map_err(|e| format!("development database: {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 
     /// For root, the folder goes to user `postgres`, who runs the cluster.
@@ -250,8 +311,7 @@ impl DevDb {
         Ok(())
     }
 
-    /// `initdb` with `trust` for the superuser, listening on loopback only and on
-    /// no Unix socket (whose folder may not be ours to write).
+    /// `initdb`: `trust` on the Unix socket, TCP refused (it opens none anyway).
     fn init(&self) -> Result<(), String> {
         let data = self.data().display().to_string();
         let args = [
@@ -259,20 +319,53 @@ impl DevDb {
             &data,
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            "--auth-local=trust",
+            "--auth-host=reject",
             "-E",
             "UTF8",
             "--no-locale",
         ];
-        self.pg("initdb", &args)?;
-        let conf = self.data().join("postgresql.conf");
-        let mut text = fs::read_to_string(&conf).map_err(|e| format!("{}: {e}", conf.display()))?;
-        text.push_str(
-            "\n# Added by pgws: a development database, on loopback only.\n\
-             listen_addresses = '127.0.0.1'\n\
-             unix_socket_directories = ''\n",
-        );
-        fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))
+        self.pg("initdb", &args)
+    }
+
+    /// Writes `pg_hba.conf` and [`PGWS_CONF`] afresh, and has `postgresql.conf`
+    /// include the latter last: a data folder an earlier pgws made, with TCP and
+    /// `trust` on it, gets the same settings as a new one.
+    fn configure(&self) -> Result<(), String> {
+        let data = self.data();
+        let write = |name: &str, text: &str| {
+            let path = data.join(name);
+            fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        write("pg_hba.conf", HBA)?;
+        write(PGWS_CONF, &self.settings())?;
+        let conf = data.join("postgresql.conf");
+        let text = fs::read_to_string(&conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+        if text.lines().any(|l| l.trim() == INCLUDE_PGWS_CONF) {
+            return Ok(());
+        }
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .map_err(|e| format!("{}: {e}", conf.display()))?;
+        write!(
+            file,
+            "\n# Added by pgws: its settings, rewritten at every start.\n{INCLUDE_PGWS_CONF}\n"
+        )
+        .map_err(|e| format!("{}: {e}", conf.display()))
+    }
+
+    /// [`PGWS_CONF`]: no TCP, the socket in [`socket`](Self::socket), for its owner.
+    fn settings(&self) -> String {
+        format!(
+            "# Written by pgws at every start: a development database on a Unix socket\n\
+             # only, in a folder only the OS user running it may enter.\n\
+             listen_addresses = ''\n\
+             port = {SOCKET_PORT}\n\
+             unix_socket_directories = {}\n\
+             unix_socket_permissions = 0700\n",
+            socket_directories(&self.socket())
+        )
     }
 
     /// A cluster left running by a pgws that did not stop it (killed, crashed) is
@@ -283,15 +376,7 @@ impl DevDb {
         let Ok(text) = fs::read_to_string(&pid_file) else {
             return Ok(());
         };
-        // Line 4 of postmaster.pid is the port.
-        let answers = text
-            .lines()
-            .nth(3)
-            .and_then(|line| line.trim().parse::<u16>().ok())
-            .is_some_and(|port| {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok()
-            });
+        let answers = takes_connections(&text);
         if answers && self.pg_ctl(&["status"]).is_ok() {
             tracing::warn!(
                 dir = %self.dir.display(),
@@ -301,24 +386,6 @@ impl DevDb {
         }
         tracing::info!(file = %pid_file.display(), "development database: removing a stale postmaster.pid");
         fs::remove_file(&pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))
-    }
-
-    /// The port of the last run when it is free, so the `psql` command stays the
-    /// same; else any free one.
-    fn choose_port(&self) -> u16 {
-        let file = self.dir.join("port");
-        let last = fs::read_to_string(&file)
-            .ok()
-            .and_then(|p| p.trim().parse::<u16>().ok())
-            .filter(|&p| p != 0 && TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok());
-        let port = last
-            .or_else(|| {
-                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
-                Some(listener.local_addr().ok()?.port())
-            })
-            .unwrap_or(5433);
-        let _ = fs::write(&file, format!("{port}\n"));
-        port
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
@@ -352,6 +419,93 @@ impl Drop for DevDb {
             let _ = self.pg_ctl(&["-m", "fast", "stop"]);
         }
     }
+}
+
+/// The socket's path must fit a Unix socket address (PostgreSQL would say so only
+/// in its log) and hold no comma, which separates hosts for libpq and
+/// tokio-postgres.
+fn check_socket_path(dir: &Path) -> Result<(), String> {
+    if dir.to_string_lossy().contains(',') {
+        return Err(format!(
+            "development database: {} has a comma, which cannot be in the path of a \
+             socket that psql and pgws reach: set PGWS_DEV_DB_DIR to a folder without one",
+            dir.display()
+        ));
+    }
+    let path = dir.join(SOCKET_DIR).join(format!(".s.PGSQL.{SOCKET_PORT}"));
+    let len = path.as_os_str().len();
+    let max = max_socket_path();
+    if len > max {
+        return Err(format!(
+            "development database: its socket, {}, would be {len} bytes long, over the \
+             {max} a Unix socket allows: set PGWS_DEV_DB_DIR to a shorter folder",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the server a `postmaster.pid` names answers: on its Unix socket
+/// (line 5 is the socket's folder, line 4 the port), or on TCP (line 6 is the
+/// address) for a cluster an earlier pgws started that way.
+fn takes_connections(pid_file: &str) -> bool {
+    let lines: Vec<&str> = pid_file.lines().map(str::trim).collect();
+    let Some(port) = lines.get(3).and_then(|l| l.parse::<u16>().ok()) else {
+        return false;
+    };
+    let on_socket = lines
+        .get(4)
+        .filter(|d| !d.is_empty())
+        .is_some_and(|d| socket_answers(&Path::new(d).join(format!(".s.PGSQL.{port}"))));
+    let on_tcp = lines.get(5).is_some_and(|a| !a.is_empty()) && {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok()
+    };
+    on_socket || on_tcp
+}
+
+#[cfg(unix)]
+fn socket_answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+#[cfg(not(unix))]
+fn socket_answers(_: &Path) -> bool {
+    false
+}
+
+/// Mode 0700: for its owner alone.
+#[cfg(unix)]
+fn set_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(not(unix))]
+fn set_private(_: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+fn max_socket_path() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: sockaddr_un is plain old data, valid when zeroed.
+        let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_path.len() - 1
+    }
+    #[cfg(not(unix))]
+    {
+        107
+    }
+}
+
+/// `unix_socket_directories` for one folder: a list element in double quotes
+/// (`""` inside), in a settings-file string (`''` and `\\` inside), so that a
+/// quote or a space in the path keeps its meaning.
+fn socket_directories(dir: &Path) -> String {
+    let element = format!("\"{}\"", dir.display().to_string().replace('"', "\"\""));
+    format!("'{}'", element.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// Runs `cmd`; its output, or what it said when it failed.
@@ -500,16 +654,16 @@ fn missing_programs(reason: &str, dir: &Path, made_by: Option<&str>, found: &[St
 /// database was started.
 pub(crate) fn unreachable_hint(settings: &DevDbSettings) -> String {
     format!(
-        "\nPGWS_DB_URI is not set, so pgws uses the default database at {}. Set \
-         PGWS_DB_URI to your database, or PGWS_DEV_DB=on for a private development \
-         database.\n",
+        "\nPGWS_DB_URI is not set, so pgws uses the default database at {} and keeps \
+         trying it. Set PGWS_DB_URI to your database, or PGWS_DEV_DB=on for a private \
+         development database.\n",
         settings.default_addr
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{net::TcpListener, path::Path};
 
     use super::*;
 
@@ -535,7 +689,16 @@ mod tests {
             mode,
             dir: None,
             default_addr,
+            interactive: true,
         }
+    }
+
+    /// A port that was just free: nothing answers there.
+    fn refusing() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
     }
 
     #[test]
@@ -547,15 +710,57 @@ mod tests {
 
     #[test]
     fn auto_steps_in_when_the_default_address_refuses() {
-        // A port that was just free: nothing answers there.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = refusing();
         // Without a folder it says so, which shows that it would have started one.
         let err = prepare(&settings(DevDbMode::Auto, addr)).unwrap_err();
         assert!(err.contains(&format!("nothing answers at {addr}")), "{err}");
         assert!(err.contains("PGWS_DEV_DB_DIR"), "{err}");
+    }
+
+    #[test]
+    fn auto_never_steps_in_without_a_terminal() {
+        let s = DevDbSettings {
+            interactive: false,
+            ..settings(DevDbMode::Auto, refusing())
+        };
+        assert_eq!(reason(&s), None);
+        // Asked for, it starts whether or not there is a terminal.
+        let on = DevDbSettings {
+            mode: DevDbMode::On,
+            ..s
+        };
+        assert_eq!(reason(&on).as_deref(), Some("PGWS_DEV_DB is on"));
+    }
+
+    #[test]
+    fn a_socket_folder_with_quotes_keeps_its_meaning() {
+        let dir = Path::new("/tmp/a, 'b\"c\\d");
+        assert_eq!(socket_directories(dir), r#"'"/tmp/a, ''b""c\\d"'"#);
+    }
+
+    #[test]
+    fn a_socket_path_with_a_comma_or_too_long_is_refused_with_the_variable() {
+        assert_eq!(check_socket_path(Path::new("/tmp/pgws devdb")), Ok(()));
+        let err = check_socket_path(Path::new("/tmp/a,b")).unwrap_err();
+        assert!(
+            err.contains("comma") && err.contains("PGWS_DEV_DB_DIR"),
+            "{err}"
+        );
+        let long = format!("/tmp/{}", "d".repeat(max_socket_path()));
+        let err = check_socket_path(Path::new(&long)).unwrap_err();
+        assert!(
+            err.contains("shorter") && err.contains("PGWS_DEV_DB_DIR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pid_file_of_a_server_that_is_gone_takes_no_connections() {
+        let refused = refusing().port();
+        let dir = std::env::temp_dir();
+        let pid = format!("1\n/x\n0\n{refused}\n{}\n127.0.0.1\n", dir.display());
+        assert!(!takes_connections(&pid));
+        assert!(!takes_connections("1\n/x\n"));
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!   Logged request paths have every JWT-shaped segment replaced by `<redacted>` and
 //!   no query string; header values are never logged;
 //! - `PGWS_DEV_DB` (`auto`, `on`, `off`) and `PGWS_DEV_DB_DIR`: a private
-//!   development database when `PGWS_DB_URI` is not set (see [`DevDbSettings`]).
+//!   development database when `PGWS_DB_URI` is not set, on a Unix socket only its
+//!   owner reaches; unasked, only on an interactive start (see [`DevDbSettings`]).
 //!
 //! Try the browser chat:
 //!

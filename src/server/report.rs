@@ -45,7 +45,7 @@ fn database_text(reachable: bool) -> String {
 /// is never shown).
 fn database_tls_text(tls: DatabaseTls) -> String {
     let meaning = match tls {
-        DatabaseTls::Disable => "plain TCP",
+        DatabaseTls::Disable => "no TLS",
         DatabaseTls::Prefer => "TLS when the server offers it, unverified",
         DatabaseTls::Require => "TLS, certificate not verified",
         DatabaseTls::VerifyCa => "TLS, chain verified against sslrootcert",

@@ -15,6 +15,9 @@ use crate::{Config, ConfigBuilder, ConfigError};
 
 use super::tls::tls_config;
 
+/// The layer's database variable, which decides whether a development database
+/// may start.
+const DB_URI: &str = "PGWS_DB_URI";
 /// How long a client has to send a request head, the WebSocket handshake included.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one HTTP/2 connection may have open at once.
@@ -77,28 +80,34 @@ impl LayerBuilder {
 }
 
 /// `PGWS_DEV_DB`: when [`launch`](super::launch) starts a private development
-/// database. It never does when `PGWS_DB_URI` is set, nor with `PGWS_DEV_DB=off`.
+/// database. It never does when `PGWS_DB_URI` is set, nor with `PGWS_DEV_DB=off`;
+/// a deployment (a service, a container, CI: no terminal) gets one only when it
+/// asks for it with `on`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DevDbMode {
-    /// `auto` (the default): only when the default database
+    /// `auto` (the default): only on an interactive start
+    /// ([`DevDbSettings::interactive`]), and only when the default database
     /// ([`DevDbSettings::default_addr`]) plainly cannot work: nothing answers there
     /// (the connection is refused), or the PostgreSQL there asks user `postgres`
     /// for a password or turns it away, as a fresh Debian or Ubuntu install does.
+    /// Otherwise pgws uses the default database and keeps trying it.
     #[default]
     Auto,
-    /// `on`: even when something answers there, for instance a system PostgreSQL
-    /// that asks for a password.
+    /// `on`: whatever answers at the default address and whether or not there is a
+    /// terminal.
     On,
 }
 
 /// The private development database: a PostgreSQL cluster of pgws's own, made
 /// with the server programs found on this machine (`initdb`, `pg_ctl`), kept in
-/// [`dir`](Self::dir) across restarts, listening on 127.0.0.1 only with `trust`
-/// for user `postgres`, started by [`launch`](super::launch) and stopped with it.
+/// [`dir`](Self::dir) across restarts, started by [`launch`](super::launch) and
+/// stopped with it.
 ///
-/// For development only: any user of this machine may connect to it. The start-up
-/// report and a WARN log line say when it runs, with the `psql` command that
-/// reaches it.
+/// It takes connections on a Unix socket only (no TCP), in a folder that only the
+/// OS user running the cluster may enter (mode 0700): the user who started pgws,
+/// or user `postgres` when that is root. No other user of the machine can reach
+/// it. The start-up report and a WARN log line say when it runs, with the `psql`
+/// command that reaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevDbSettings {
     /// `PGWS_DEV_DB`.
@@ -111,6 +120,10 @@ pub struct DevDbSettings {
     /// The address of the default database (`127.0.0.1:5432`), which `auto` tries
     /// first.
     pub default_addr: SocketAddr,
+    /// Whether pgws was started by a person at a terminal (stdin and stderr are
+    /// both terminals), which `auto` requires: a service, a container without a
+    /// TTY or CI never gets a development database by accident.
+    pub interactive: bool,
 }
 
 impl DevDbSettings {
@@ -120,7 +133,7 @@ impl DevDbSettings {
         mode: Option<&str>,
         var: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, String> {
-        if var("PGWS_DB_URI").is_some() {
+        if var(DB_URI).is_some() {
             return Ok(None);
         }
         let mode = match mode.map(|v| v.trim().to_ascii_lowercase()) {
@@ -134,8 +147,15 @@ impl DevDbSettings {
             mode,
             dir: default_dev_db_dir(var),
             default_addr: default_db_addr(),
+            interactive: interactive(),
         }))
     }
+}
+
+/// Whether a person started this process: stdin and stderr are terminals.
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
 }
 
 /// Where the development database lives unless `PGWS_DEV_DB_DIR` says otherwise.
@@ -433,7 +453,8 @@ server_settings! {
         };
     // Accepted and ignored: the layer retries forever.
     RETRIES = "PGWS_RETRIES", "ignored", "accepted for compatibility", |_, _, _| Ok(());
-    DEV_DB = "PGWS_DEV_DB", "auto", "auto, on or off: the development database",
+    DEV_DB = "PGWS_DEV_DB", "auto",
+        "auto (on an interactive start only), on or off: the development database",
         |s, v, var| {
             s.dev_db = DevDbSettings::from_vars(v, var)?;
             Ok(())
@@ -453,6 +474,7 @@ fn settings_from(
     builder: ConfigBuilder,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Settings, String> {
+    refuse_empty_db_uri(&var)?;
     // An empty value counts as unset (PROTOCOL.md §13).
     let var = |name: &str| var(name).filter(|v| !v.is_empty());
     let (builder, dev_token) = ensure_secret(builder)?;
@@ -469,6 +491,18 @@ fn settings_from(
         settings.builder = Some(LayerBuilder(builder));
     }
     Ok(settings)
+}
+
+/// `PGWS_DB_URI=` (set, but empty) is a mistake, such as an unset variable in a
+/// compose file, not a request for the default database or a development one.
+fn refuse_empty_db_uri(var: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    match var(DB_URI) {
+        Some(v) if v.trim().is_empty() => Err(format!(
+            "{DB_URI} is set but empty: set it to your database's URI, or unset it \
+             (PGWS_DEV_DB=on starts a private development database)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `PGWS_ADMIN_ADDR`: `host:port`, an IPv6 address in brackets.
@@ -605,6 +639,17 @@ mod tests {
             assert!(!s.doc.is_empty(), "{s:?}");
             assert!(SETTINGS[..i].iter().all(|o| o.variable != s.variable));
             assert!(Config::SETTINGS.iter().all(|o| o.variable != s.variable));
+        }
+    }
+
+    #[test]
+    fn a_set_but_empty_database_uri_is_refused_with_its_name() {
+        for empty in ["", " "] {
+            let builder = Config::builder().jwt_secret("reallyreallyreallyreallyverysafe");
+            let err =
+                Settings::from_vars(builder, |name| (name == DB_URI).then(|| empty.to_owned()))
+                    .unwrap_err();
+            assert!(err.starts_with("PGWS_DB_URI is set but empty"), "{err}");
         }
     }
 
