@@ -20,9 +20,11 @@ pub struct Program {
 
 impl Program {
     /// Starts `pgws` on 127.0.0.1 and a free port with `vars` and no other `PGWS_*`
-    /// variable, then reads its report up to the line `last` says ends it.
+    /// variable, then reads its report up to the line `last` says ends it. The
+    /// program is this build's, or the one `PGWS_TEST_BIN` names (a release build).
     pub fn start(vars: &[(&str, &str)], last: impl Fn(&str) -> bool) -> Program {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgws"));
+        let exe = std::env::var_os("PGWS_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_pgws").into());
+        let mut cmd = Command::new(exe);
         for (name, _) in std::env::vars() {
             if name.starts_with("PGWS_") {
                 cmd.env_remove(name);
