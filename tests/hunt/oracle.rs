@@ -88,8 +88,10 @@ pub struct Life {
     pub end: End,
 }
 
-fn all_plain(plan: &Plan, life: &Life) -> bool {
-    life.channels.iter().all(|&c| !plan.channels[c].history)
+/// Whether a connection reads the store before it goes live: a positioned socket,
+/// or an event stream with a history channel (it starts from the heads).
+fn reads_store(plan: &Plan, life: &Life) -> bool {
+    life.positioned || (life.sse && life.channels.iter().any(|&c| plan.channels[c].history))
 }
 
 /// The id a frame carries: the `id` of a JSON payload, else the first word of the
@@ -215,10 +217,11 @@ impl Oracle<'_> {
 
     fn check_life(&self, index: &Index<'_>, life: &Life) -> Vec<String> {
         let who = format!(
-            "reader {} (channels {:?}{})",
+            "reader {} ({:?}, channels {:?}{})",
             life.reader,
+            self.plan.readers[life.reader].behaviour,
             life.channels,
-            if life.positioned { ", positioned" } else { "" }
+            if life.sse { ", event stream" } else { "" }
         );
         let mut breaches = Vec::new();
         if life.gaps > 0 {
@@ -249,14 +252,14 @@ impl Oracle<'_> {
             .iter()
             .any(|f| matches!(f, Fault::TerminateListener | Fault::RestartPostgres));
         let db_restarted = self.faults.contains(&Fault::RestartPostgres);
-        let reads_store = life.positioned || (life.sse && !all_plain(self.plan, life));
+
         match &life.end {
             End::Open | End::Left => None,
             // pgws stops only when told to, at a fault or at the end.
             End::Closed(1001, _) => None,
             End::Closed(1008, r) if r.starts_with("Slow consumer") => None,
             End::Closed(1012, _) if listener_lost && plain => None,
-            End::Closed(1013, _) if db_restarted && reads_store => None,
+            End::Closed(1013, _) if db_restarted && reads_store(self.plan, life) => None,
             End::Closed(code, reason) => Some(format!("closed with {code} {reason:?}")),
             End::Dropped(why) => Some(format!("ended without a close: {why}")),
         }
@@ -268,11 +271,12 @@ impl Oracle<'_> {
     fn check_frames(&self, index: &Index<'_>, life: &Life, who: &str) -> Vec<String> {
         let mut breaches = Vec::new();
         let mut seen = HashSet::new();
-        // A replay goes channel after channel: there, order holds within a channel.
-        let mut last_of_source: HashMap<(usize, Option<usize>), usize> = HashMap::new();
+        // A replay (an event stream's too, from the heads) goes channel after
+        // channel, before the live frames: there, order holds within a channel.
+        let mut last_of_source: HashMap<(usize, Option<usize>), (usize, usize)> = HashMap::new();
         let mut last_rank = None;
         let mut last_offset: HashMap<usize, i64> = HashMap::new();
-        for got in &life.got {
+        for (i, got) in life.got.iter().enumerate() {
             let Some(&(commit, place, channel)) = index.by_id.get(got.id.as_str()) else {
                 breaches.push(format!("{who}: got {}, which nobody sent", got.id));
                 continue;
@@ -283,16 +287,23 @@ impl Oracle<'_> {
             if !life.channels.contains(&channel) {
                 breaches.push(format!("{who}: got {} of channel {channel}", got.id));
             }
-            let key = (commit.source, life.positioned.then_some(channel));
-            if let Some(&before) = last_of_source.get(&key)
+            let key = (commit.source, reads_store(self.plan, life).then_some(channel));
+            if let Some(&(before, at)) = last_of_source.get(&key)
                 && place < before
             {
+                let later = &life.got[at].id;
                 breaches.push(format!(
-                    "{who}: {} came after a later message of its source",
-                    got.id
+                    "{who}: {} (frame #{i}, channel {channel}, offset {:?}) came after {later} \
+                     (frame #{at}, channel {:?}, offset {:?}), a later message of its source; \
+                     end {:?}",
+                    got.id,
+                    index.offsets.get(&got.id),
+                    index.by_id.get(later.as_str()).map(|e| e.2),
+                    index.offsets.get(later),
+                    life.end
                 ));
             }
-            last_of_source.insert(key, place);
+            last_of_source.insert(key, (place, i));
             if let Some(&rank) = index.rank.get(got.id.as_str()) {
                 if last_rank.is_some_and(|r| rank < r) {
                     breaches.push(format!("{who}: {} out of commit order", got.id));
