@@ -35,6 +35,9 @@ use tokio::{
 
 use super::{BoxError, logging::LoggedBody};
 
+/// The longest wait a deadline allows: 365 days, far from overflowing a clock.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// How long a connection may wait in each state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadlines {
@@ -67,6 +70,12 @@ impl Http {
     /// HTTP/2 allows `http2_max_streams` streams per connection (`0`: no HTTP/2)
     /// and takes WebSockets as extended CONNECT streams (RFC 8441).
     pub(crate) fn new(deadlines: Deadlines, http2_max_streams: u32) -> Http {
+        // Settings built by hand may hold any duration.
+        let deadlines = Deadlines {
+            handshake: deadlines.handshake.min(LONGEST),
+            keep_alive: deadlines.keep_alive.min(LONGEST),
+            http2_idle: deadlines.http2_idle.min(LONGEST),
+        };
         // The deadlines replace hyper's header timer: it would close an idle
         // keep-alive connection at the handshake deadline, not at its own.
         if http2_max_streams == 0 {

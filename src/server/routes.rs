@@ -77,6 +77,9 @@ fn without_body(res: Response<Body>) -> Response<Body> {
 /// counting as `/`: an upstream that decodes them (as nginx does) would climb
 /// out of its base path with it.
 fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     let decoded: Vec<u8> = percent_decode_str(path).collect();
     decoded
         .split(|b| *b == b'/' || *b == b'\\')
