@@ -74,7 +74,6 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, service_fn};
-use tower_http::services::ServeDir;
 
 use crate::PgWsLayer;
 
@@ -87,10 +86,10 @@ pub use self::{
 };
 
 use admin::{Admin, prometheus, serve_admin};
-use connection::{Drain, Http, serve_connection};
+use connection::{Deadlines, Drain, Http, serve_connection};
 use logging::request_log;
 use proxy::upstream_client;
-use routes::{Routes, fallback};
+use routes::{Routes, StaticFiles, fallback};
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,12 +147,19 @@ impl Server {
         let app = App {
             layer: PgWsLayer::new(settings.config),
             routes: Arc::new(Routes {
-                static_files: settings.root_path.map(ServeDir::new),
+                static_files: settings.root_path.map(StaticFiles::new),
                 upstream: settings.upstream,
                 client: upstream_client(),
                 scheme,
             }),
-            http: Http::new(settings.handshake_timeout, settings.http2_max_streams),
+            http: Http::new(
+                Deadlines {
+                    handshake: settings.handshake_timeout,
+                    keep_alive: settings.keepalive_timeout,
+                    http2_idle: settings.http2_idle_timeout,
+                },
+                settings.http2_max_streams,
+            ),
             tls: settings
                 .tls
                 .map(|tls| tls::acceptor(tls, settings.http2_max_streams > 0)),
@@ -224,6 +230,7 @@ impl Server {
 
 impl App {
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, drain: Drain) {
+        let opened = tokio::time::Instant::now();
         // Small WebSocket frames should leave at once.
         let _ = stream.set_nodelay(true);
         let routes = self.routes.clone();
@@ -237,12 +244,14 @@ impl App {
                 svc,
                 peer,
                 drain,
+                opened,
             ));
             return;
         };
         tokio::spawn(async move {
-            if let Some(stream) = tls::accept(&tls, stream, peer).await {
-                serve_connection(http, TokioIo::new(stream), svc, peer, drain).await;
+            let deadline = http.first_request_deadline(opened);
+            if let Some(stream) = tls::accept(&tls, stream, peer, deadline).await {
+                serve_connection(http, TokioIo::new(stream), svc, peer, drain, opened).await;
             }
         });
     }

@@ -30,8 +30,10 @@ pub(crate) fn upstream_client() -> UpstreamClient {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), besides those named in `Connection`.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Upgrade` among them: the proxy never upgrades.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -44,6 +46,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 pub(crate) async fn proxy(
     client: &UpstreamClient,
@@ -85,13 +88,9 @@ fn upstream_request(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     remove_hop_by_hop(headers);
+    remove_client_forwarding(headers);
     headers.insert(header::HOST, upstream.host.clone());
-    match original_host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
-    append_forwarded_for(headers, peer.ip().to_canonical());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    set_forwarding(headers, peer.ip().to_canonical(), scheme, original_host);
     Ok(req)
 }
 
@@ -113,16 +112,60 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For: <what came in>, <peer>`.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let mut chain: Vec<String> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// What the client said about earlier hops: `Forwarded`, `X-Forwarded-*` and
+/// `X-Real-IP`. Nothing vouches for it, so the upstream never sees it.
+fn remove_client_forwarding(headers: &mut HeaderMap) {
+    let claimed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name == header::FORWARDED || name == X_REAL_IP || name.starts_with("x-forwarded-")
+        })
+        .cloned()
         .collect();
-    chain.push(peer.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
+    for name in claimed {
+        headers.remove(name);
+    }
+}
+
+/// The hop from the client, from what pgws knows: `Forwarded` (RFC 7239) and
+/// `X-Forwarded-For`, `-Proto` and `-Host`.
+fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    scheme: &'static str,
+    host: Option<HeaderValue>,
+) {
+    // An IPv6 address is quoted, in brackets (RFC 7239 §6).
+    let mut forwarded = match peer {
+        IpAddr::V4(ip) => format!("for={ip};proto={scheme}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={scheme}"),
+    };
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(&format!(";host={}", quoted(host)));
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// `text` as an RFC 9110 quoted-string.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }

@@ -1,11 +1,17 @@
 //! What the layer does not take: static files, then the upstream, else `404`.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
@@ -16,7 +22,7 @@ use super::{
 
 /// The fallback for requests the layer does not take.
 pub(crate) struct Routes {
-    pub(crate) static_files: Option<ServeDir>,
+    pub(crate) static_files: Option<StaticFiles>,
     pub(crate) upstream: Option<Upstream>,
     pub(crate) client: UpstreamClient,
     /// `X-Forwarded-Proto` for the upstream: `https` under TLS.
@@ -25,7 +31,8 @@ pub(crate) struct Routes {
 
 /// Static files first, then the upstream; `404` when neither answers. `CONNECT`
 /// (an HTTP/1.1 tunnel, or an HTTP/2 extended CONNECT the layer did not take) is
-/// `501`: the proxy forwards plain requests, never a tunnel.
+/// `501`: the proxy forwards plain requests, never a tunnel. A path with a dot
+/// segment is `400`: it could leave the upstream's base path.
 pub(crate) async fn fallback(
     routes: Arc<Routes>,
     req: Request<Incoming>,
@@ -39,6 +46,12 @@ pub(crate) async fn fallback(
 async fn route(routes: &Routes, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if req.method() == Method::CONNECT {
         return plain(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
+    }
+    if has_dot_segment(req.uri().path()) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: a path segment is . or ..",
+        );
     }
     let req = match serve_static(routes, req).await {
         Ok(res) => return res,
@@ -60,15 +73,92 @@ fn without_body(res: Response<Body>) -> Response<Body> {
     })
 }
 
+/// Whether `path` has a `.` or `..` segment once percent-decoded, `%2F` and `\`
+/// counting as `/`: an upstream that decodes them (as nginx does) would climb
+/// out of its base path with it.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_decode_str(path).collect();
+    decoded
+        .split(|b| *b == b'/' || *b == b'\\')
+        .any(|segment| segment == b"." || segment == b"..")
+}
+
+/// `PGWS_ROOT_PATH`: files under the root that are not hidden. A name that
+/// starts with a dot (`.env`, `.git`), save `.well-known` (RFC 8615), and a
+/// symbolic link that leads out of the root are not served: such a request goes
+/// on as if the file were not there.
+pub(crate) struct StaticFiles {
+    dir: ServeDir,
+    /// The root with every symbolic link resolved.
+    root: PathBuf,
+}
+
+impl StaticFiles {
+    pub(crate) fn new(root: PathBuf) -> StaticFiles {
+        StaticFiles {
+            dir: ServeDir::new(&root),
+            root: std::fs::canonicalize(&root).unwrap_or(root),
+        }
+    }
+
+    /// Whether the file for `path` may be served; `true` when there is none,
+    /// for [`ServeDir`] to answer as it does.
+    async fn may_serve(&self, path: &str) -> bool {
+        let Ok(decoded) = percent_decode_str(path).decode_utf8() else {
+            return true;
+        };
+        let mut file = self.root.clone();
+        for part in Path::new(decoded.trim_start_matches('/')).components() {
+            match part {
+                Component::Normal(_) if is_hidden(part) => return false,
+                Component::Normal(name) => file.push(name),
+                // ServeDir refuses them.
+                _ => return true,
+            }
+        }
+        let Ok(real) = tokio::fs::canonicalize(&file).await else {
+            return true;
+        };
+        if !self.holds(&real) {
+            return false;
+        }
+        if !tokio::fs::metadata(&real).await.is_ok_and(|m| m.is_dir()) {
+            return true;
+        }
+        match tokio::fs::canonicalize(real.join("index.html")).await {
+            Ok(index) => self.holds(&index),
+            Err(_) => true,
+        }
+    }
+
+    /// Whether the resolved path `real` is under the root and not hidden.
+    fn holds(&self, real: &Path) -> bool {
+        real.strip_prefix(&self.root)
+            .is_ok_and(|inside| !inside.components().any(is_hidden))
+    }
+}
+
+/// A name that starts with a dot, save `.well-known`.
+fn is_hidden(part: Component<'_>) -> bool {
+    let name = part.as_os_str().as_encoded_bytes();
+    name.starts_with(b".") && name != b".well-known"
+}
+
 /// The static file for a GET or HEAD, or the request back when there is none.
 async fn serve_static(
     routes: &Routes,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Request<Incoming>> {
-    let Some(dir) = &routes.static_files else {
+    let Some(files) = &routes.static_files else {
         return Err(req);
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(req);
+    }
+    if !files.may_serve(req.uri().path()).await {
         return Err(req);
     }
     // ServeDir consumes its request; give it a bodiless copy to keep ours for the proxy.
@@ -77,7 +167,7 @@ async fn serve_static(
     *probe.uri_mut() = req.uri().clone();
     *probe.version_mut() = req.version();
     *probe.headers_mut() = req.headers().clone();
-    let Ok(res) = dir.clone().oneshot(probe).await;
+    let Ok(res) = files.dir.clone().oneshot(probe).await;
     if res.status() == StatusCode::NOT_FOUND {
         return Err(req);
     }

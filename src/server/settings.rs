@@ -18,8 +18,12 @@ use super::tls::tls_config;
 /// The layer's database variable, which decides whether a development database
 /// may start.
 const DB_URI: &str = "PGWS_DB_URI";
-/// How long a client has to send a request head, the WebSocket handshake included.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has from connecting to its first request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1.1 connection waits for its next request head.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/2 connection is kept with no request in flight.
+const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Streams one HTTP/2 connection may have open at once.
 const HTTP2_MAX_STREAMS: u32 = 256;
 
@@ -48,8 +52,15 @@ pub struct Settings {
     pub admin_addr: Option<SocketAddr>,
     /// `PGWS_LOG_FORMAT`.
     pub log_format: LogFormat,
-    /// How long a client has to send its request head (`PGWS_HANDSHAKE_TIMEOUT`, s).
+    /// How long a client has from connecting to its first request head, TLS
+    /// handshake and HTTP/2 preface included (`PGWS_HANDSHAKE_TIMEOUT`, s).
     pub handshake_timeout: Duration,
+    /// How long an HTTP/1.1 connection waits for its next request head, from the
+    /// end of an answer (`PGWS_KEEPALIVE_TIMEOUT`, s).
+    pub keepalive_timeout: Duration,
+    /// How long an HTTP/2 connection with no request in flight is kept before it
+    /// gets GOAWAY; WebSockets open on it go on (`PGWS_HTTP2_IDLE_TIMEOUT`, s).
+    pub http2_idle_timeout: Duration,
     /// How many streams (requests and WebSockets) one HTTP/2 connection may have
     /// open at once (`PGWS_HTTP2_MAX_STREAMS`); `0` turns HTTP/2 off.
     pub http2_max_streams: u32,
@@ -201,6 +212,8 @@ impl std::fmt::Debug for Settings {
             .field("admin_addr", &self.admin_addr)
             .field("log_format", &self.log_format)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("http2_idle_timeout", &self.http2_idle_timeout)
             .field("http2_max_streams", &self.http2_max_streams)
             .field("dev_db", &self.dev_db)
             .field("builder", &self.builder)
@@ -245,7 +258,9 @@ impl Settings {
             tls: None,
             admin_addr: None,
             log_format: LogFormat::Text,
-            handshake_timeout: HEADER_READ_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            http2_idle_timeout: HTTP2_IDLE_TIMEOUT,
             http2_max_streams: HTTP2_MAX_STREAMS,
             dev_db: None,
             builder: None,
@@ -415,19 +430,14 @@ server_settings! {
             Ok(())
         };
     HANDSHAKE_TIMEOUT = "PGWS_HANDSHAKE_TIMEOUT", "10",
-        "seconds a client has to send its request head, above 0",
-        |s, v, _| {
-            if let Some(v) = v {
-                s.handshake_timeout = match v.trim().parse::<u64>() {
-                    Ok(secs) if secs > 0 => Duration::from_secs(secs),
-                    _ => return Err(format!(
-                        "{}: {v:?} is not a whole number of seconds above 0",
-                        var::HANDSHAKE_TIMEOUT
-                    )),
-                };
-            }
-            Ok(())
-        };
+        "seconds a client has from connecting to its first request head (TLS handshake and HTTP/2 preface included), 1 to 31536000",
+        |s, v, _| seconds(var::HANDSHAKE_TIMEOUT, v, &mut s.handshake_timeout);
+    KEEPALIVE_TIMEOUT = "PGWS_KEEPALIVE_TIMEOUT", "10",
+        "seconds an HTTP/1.1 connection waits for its next request head, 1 to 31536000",
+        |s, v, _| seconds(var::KEEPALIVE_TIMEOUT, v, &mut s.keepalive_timeout);
+    HTTP2_IDLE_TIMEOUT = "PGWS_HTTP2_IDLE_TIMEOUT", "60",
+        "seconds an HTTP/2 connection with no request in flight is kept, 1 to 31536000",
+        |s, v, _| seconds(var::HTTP2_IDLE_TIMEOUT, v, &mut s.http2_idle_timeout);
     HTTP2_MAX_STREAMS = "PGWS_HTTP2_MAX_STREAMS", "256",
         "streams (requests and WebSockets) one HTTP/2 connection may have open at once; 0 turns HTTP/2 off",
         |s, v, _| {
@@ -503,6 +513,25 @@ fn refuse_empty_db_uri(var: &impl Fn(&str) -> Option<String>) -> Result<(), Stri
         )),
         _ => Ok(()),
     }
+}
+
+/// The longest deadline: 365 days, far from overflowing a clock.
+const MAX_SECONDS: u64 = 365 * 24 * 60 * 60;
+
+/// A whole number of seconds, 1 to [`MAX_SECONDS`], into `to` when `value` is set.
+fn seconds(variable: &str, value: Option<&str>, to: &mut Duration) -> Result<(), String> {
+    if let Some(v) = value {
+        *to = match v.trim().parse::<u64>() {
+            Ok(secs) if (1..=MAX_SECONDS).contains(&secs) => Duration::from_secs(secs),
+            _ => {
+                return Err(format!(
+                    "{variable}: {v:?} is not a whole number of seconds above 0 \
+                     and at most {MAX_SECONDS} (365 days)"
+                ));
+            }
+        };
+    }
+    Ok(())
 }
 
 /// `PGWS_ADMIN_ADDR`: `host:port`, an IPv6 address in brackets.

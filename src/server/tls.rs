@@ -1,13 +1,10 @@
 //! TLS on the public port: the rustls configuration and the handshake.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, time::Instant};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-
-/// How long a client may take over its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The rustls configuration for a PEM certificate chain and private key, with the
 /// `ring` crypto provider chosen explicitly. Errors name the variable and the file.
@@ -73,14 +70,15 @@ pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>, http2: bool) -> TlsAcc
     TlsAcceptor::from(Arc::new(config))
 }
 
-/// A client's TLS handshake, given [`TLS_HANDSHAKE_TIMEOUT`]; `None`, logged at
-/// DEBUG, when it fails or times out.
+/// A client's TLS handshake, done by `deadline`; `None`, logged at DEBUG, when
+/// it fails or times out.
 pub(crate) async fn accept(
     tls: &TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
+    deadline: Instant,
 ) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+    match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -26,11 +26,11 @@ use crate::{
     tls::{Pki, tls_connect, tls_settings},
 };
 
-type TestBody = BoxBody<Bytes, Infallible>;
+pub(crate) type TestBody = BoxBody<Bytes, Infallible>;
 /// One HTTP/2 connection: every request sent through it (or a clone) is a stream on it.
-type H2 = SendRequest<TestBody>;
+pub(crate) type H2 = SendRequest<TestBody>;
 /// A WebSocket over one HTTP/2 stream.
-type H2Ws = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type H2Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -84,7 +84,7 @@ async fn h2_tls(pki: &Pki, addr: SocketAddr) -> H2 {
 
 /// One request on the connection; `uri` is absolute (`http://localhost/...`), as
 /// HTTP/2 sends the scheme and authority as pseudo-headers.
-async fn request(h2: &H2, req: Request<TestBody>) -> Response<Incoming> {
+pub(crate) async fn request(h2: &H2, req: Request<TestBody>) -> Response<Incoming> {
     let mut h2 = h2.clone();
     tokio::time::timeout(WAIT, async {
         h2.ready().await?;
@@ -155,7 +155,7 @@ async fn h2_websocket(
     ))
 }
 
-async fn h2_ws(h2: &H2, uri: &str) -> H2Ws {
+pub(crate) async fn h2_ws(h2: &H2, uri: &str) -> H2Ws {
     match h2_websocket(h2, uri, &[]).await {
         Ok((ws, _)) => ws,
         Err(res) => panic!("refused: {}", res.status()),
@@ -178,10 +178,10 @@ async fn h2_refusal(h2: &H2, uri: &str, headers: &[(&str, &str)]) -> (StatusCode
 // ---------------------------------------------------------------------------
 
 /// A long-lived stream on an HTTP/2 connection, as the texts it receives.
-type Texts = Pin<Box<dyn Stream<Item = String> + Send>>;
+pub(crate) type Texts = Pin<Box<dyn Stream<Item = String> + Send>>;
 
 /// The texts of a WebSocket (pings and pongs are the codec's business).
-fn ws_texts(ws: H2Ws) -> Texts {
+pub(crate) fn ws_texts(ws: H2Ws) -> Texts {
     Box::pin(ws.filter_map(|msg| {
         let text = msg.ok().and_then(|m| m.as_text().map(str::to_owned));
         std::future::ready(text)
@@ -190,7 +190,7 @@ fn ws_texts(ws: H2Ws) -> Texts {
 
 /// The `data` of each event of a server-sent event stream (comments, `retry`
 /// and id-only events carry none).
-async fn sse_texts(h2: &H2, uri: &str) -> Texts {
+pub(crate) async fn sse_texts(h2: &H2, uri: &str) -> Texts {
     let req = Request::get(uri)
         .header(header::ACCEPT, "text/event-stream")
         .body(empty())

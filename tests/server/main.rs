@@ -6,9 +6,12 @@
 mod common;
 
 mod admin;
+mod deadlines;
 mod devdb;
 mod http2;
 mod program;
+mod proxy;
 mod rolling;
 mod server;
+mod static_files;
 mod tls;
