@@ -114,9 +114,9 @@ fn alg_none_is_an_invalid_token() {
 
 #[test]
 fn an_unknown_kid_is_an_invalid_token() {
-    let jwks = r#"{"keys":[{"kty":"oct","kid":"a","k":"c2VjcmV0LWE"}]}"#;
-    let auth = authorizer_with(jwks, false);
-    let key = EncodingKey::from_secret(b"secret-a");
+    let jwks = json!({"keys": [{"kty": "oct", "kid": "a", "k": b64url(SECRET.as_bytes())}]});
+    let auth = authorizer_with(&jwks.to_string(), false);
+    let key = hmac();
     let token = sign(Algorithm::HS256, Some("zzz"), &key, &good());
     assert_eq!(
         refusal(auth.authorize(None, &token)),
