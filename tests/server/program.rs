@@ -117,3 +117,59 @@ async fn a_pem_key_or_a_short_secret_ends_the_program() {
     notify(&chan, "short but allowed").await;
     assert_eq!(recv_text(&mut ws).await, "short but allowed");
 }
+
+/// A text log line per event, whatever a client puts in its URL: a path channel
+/// with a line feed, a line of its own and an escape sequence stays on its line,
+/// escaped; a token whose header JSON starts with a space is taken, and redacted.
+#[tokio::test]
+async fn text_logs_escape_what_clients_send_and_redact_every_token() {
+    use base64::Engine as _;
+    let uri = db_uri();
+    let vars = [("PGWS_DB_URI", uri.as_str()), ("PGWS_JWT_SECRET", SECRET)];
+    let pgws = Program::start(&vars, |line| line.starts_with("  Admin:"));
+
+    let b64url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = b64url(br#" {"alg":"HS256","typ":"JWT"}"#);
+    assert!(header.starts_with("IHsi"), "{header}");
+    let signed = format!(
+        "{header}.{}",
+        b64url(claims("r", None).to_string().as_bytes())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(signed.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .unwrap();
+    let jwt = format!("{signed}.{signature}");
+
+    let forged = "2030-01-01  INFO pgws: forged";
+    let channel = format!("{}\n{forged}\u{1b}[2J", unique("lf"));
+    let encoded =
+        percent_encoding::utf8_percent_encode(&channel, percent_encoding::NON_ALPHANUMERIC);
+    let url = format!("ws://{}/{encoded}/{jwt}", pgws.addr());
+    let (mut ws, _) = ClientBuilder::from_uri(url.parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    notify(&channel, "through").await;
+    assert_eq!(recv_text(&mut ws).await, "through");
+    futures_util::SinkExt::close(&mut ws).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !pgws.stderr().contains("socket closed") {
+        assert!(std::time::Instant::now() < deadline, "{}", pgws.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let logs = pgws.stderr();
+    assert!(!logs.contains(&signature), "the token was logged:\n{logs}");
+    assert!(!logs.contains(&header), "the token was logged:\n{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "a raw escape was logged:\n{logs:?}"
+    );
+    assert!(
+        logs.lines().all(|l| !l.starts_with(forged)),
+        "a line was forged:\n{logs}"
+    );
+    let open = logs.lines().find(|l| l.contains("socket open")).unwrap();
+    assert!(open.contains(&format!(r"\n{forged}\u{{1b}}[2J")), "{open}");
+}
