@@ -267,6 +267,10 @@ settings! {
     listen_channel: opt_text = None, "PGWS_LISTEN_CHANNEL", "unset", channel_name;
     /// Publishes `ConnectionOpen`/`ConnectionClose` events on this channel.
     meta_channel: opt_text = None, "PGWS_META_CHANNEL", "unset", channel_name;
+    /// The token claims copied into meta events, comma-separated (such as `sub`);
+    /// `*` copies every claim. Unset: none, since every reader of the meta channel
+    /// sees them.
+    meta_claims: opt_text = None, "PGWS_META_CLAIMS", "unset";
     /// A path prefix before `/<jwt>`, such as `/ws`.
     path_prefix: text = String::new(), "PGWS_PATH_PREFIX", "unset";
     /// Only handshakes whose `Origin` is one of these are taken (compared
