@@ -45,7 +45,7 @@ pub(crate) const PAGE: i64 = 500;
 /// How often expired history messages are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the keeper looks whether a ready store is still there.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(10);
+const CHECK_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 

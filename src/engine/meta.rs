@@ -49,8 +49,8 @@ pub(crate) struct Meta {
 /// reader of the meta channel sees them, so none unless named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MetaClaims {
-    None,
     All,
+    /// These only; none when empty.
     Named(Vec<String>),
 }
 
@@ -66,8 +66,6 @@ impl MetaClaims {
             .collect();
         if names.iter().any(|n| n == "*") {
             MetaClaims::All
-        } else if names.is_empty() {
-            MetaClaims::None
         } else {
             MetaClaims::Named(names)
         }
@@ -105,10 +103,6 @@ impl Meta {
         let only;
         let claims = match &self.claims {
             MetaClaims::All => &grant.claims,
-            MetaClaims::None => {
-                only = grant.claims.only(&[]);
-                &only
-            }
             MetaClaims::Named(names) => {
                 only = grant.claims.only(names);
                 &only
@@ -184,8 +178,11 @@ mod tests {
 
     #[test]
     fn meta_claims_are_none_unless_named() {
-        assert_eq!(MetaClaims::parse(None), MetaClaims::None);
-        assert_eq!(MetaClaims::parse(Some(" , ")), MetaClaims::None);
+        assert_eq!(MetaClaims::parse(None), MetaClaims::Named(Vec::new()));
+        assert_eq!(
+            MetaClaims::parse(Some(" , ")),
+            MetaClaims::Named(Vec::new())
+        );
         assert_eq!(MetaClaims::parse(Some("*")), MetaClaims::All);
         assert_eq!(MetaClaims::parse(Some("sub, *")), MetaClaims::All);
         assert_eq!(
