@@ -692,7 +692,7 @@ mod tests {
         assert!(e.contains("needs a host name"), "{e}");
         // Errors from the environment name the variable, and never the password.
         let e = crate::config::Config::builder()
-            .jwt_secret("s")
+            .jwt_secret("reallyreallyreallyreallyverysafe")
             .database_url("postgres://u:hunter2@h/db?sslmode=verify-ful")
             .build_from_env()
             .unwrap_err()

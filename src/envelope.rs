@@ -54,6 +54,23 @@ impl Claims {
 }
 
 impl Claims {
+    /// Only the claims named in `names`, in the same form.
+    pub(crate) fn only(&self, names: &[String]) -> Claims {
+        let named = |key: &str| names.iter().any(|n| n == key);
+        match self {
+            Claims::Object(raw) => {
+                // Written by serde_json, so it parses.
+                let all: Map<String, Value> = serde_json::from_str(raw.get()).unwrap_or_default();
+                let kept: Map<String, Value> = all.into_iter().filter(|(k, _)| named(k)).collect();
+                Claims::object(&kept)
+            }
+            Claims::Entries(entries) => {
+                let kept = entries.iter().filter(|(k, _)| named(k)).cloned();
+                Claims::Entries(kept.collect())
+            }
+        }
+    }
+
     /// About how many bytes the claims take in an envelope.
     fn encoded_len(&self) -> usize {
         match self {
@@ -240,6 +257,27 @@ mod tests {
             expected.insert(DELIVERED_AT.into(), 1.0.into());
             assert_eq!(v["claims"], Value::Object(expected), "{s}");
         }
+    }
+
+    #[test]
+    fn only_keeps_the_named_claims_in_either_form() {
+        let claims = map(r#"{"email":"a@b","mode":"r","sub":"42","o":{"k":1}}"#);
+        let names = ["sub".to_owned(), "o".to_owned(), "absent".to_owned()];
+        let at = UNIX_EPOCH + Duration::from_secs(2);
+        let object = Claims::object(&claims).only(&names);
+        assert_eq!(
+            per_channel("c", Event::ConnectionOpen, "c", &object),
+            r#"{"channel":"c","event":"ConnectionOpen","payload":"c","userClaims":{"o":{"k":1},"sub":"42"}}"#
+        );
+        let entries = Claims::entries(&claims).only(&names);
+        assert!(
+            multiplexed("c", Event::ConnectionOpen, "c", &entries, at)
+                .ends_with(r#""claims":{"o":{"k":1},"sub":"42","message_delivered_at":2.0}}"#)
+        );
+        let none = Claims::object(&claims).only(&[]);
+        assert!(
+            per_channel("c", Event::ConnectionClose, "c", &none).ends_with(r#""userClaims":{}}"#)
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@
 //! | refusal before the upgrade | status |
 //! |---|---|
 //! | bad signature, malformed token, `exp` passed, `nbf`/`iat` in the future | 401 |
-//! | `mode` missing or invalid, no allowed channel, too many channels | 403 |
+//! | `mode` missing or invalid, a malformed channel claim, no allowed channel, too many channels | 403 |
 //! | invalid channel name, malformed `Sec-WebSocket-Key`, invalid `since`/`history` | 400 |
 //! | channels not listened to within the subscribe timeout | 503 |
 //!

@@ -66,6 +66,10 @@ refusals! {
     MissingMode => FORBIDDEN, "missing_mode", "Missing mode claim";
     /// A `mode` other than `r`, `w`, `rw`.
     InvalidMode => FORBIDDEN, "invalid_mode", "Invalid mode claim: use r, w or rw";
+    /// A `channel` claim that is not a string, or a `channels` claim that is not
+    /// an array of strings.
+    InvalidChannelClaim => FORBIDDEN, "invalid_channel_claim",
+        "Invalid channel claim: channel must be a string, channels an array of strings";
     /// A channel that is no PostgreSQL identifier.
     InvalidChannelName => BAD_REQUEST, "invalid_channel",
         "Invalid channel name: 1 to 63 bytes of UTF-8 without NUL";

@@ -43,7 +43,8 @@ fn the_chat_page_works_in_a_real_browser() {
     let sep = if db_uri().contains('?') { '&' } else { '?' };
     let config = config()
         .database_url(format!("{}{sep}application_name={app}", db_uri()))
-        .meta_channel(&meta);
+        .meta_channel(&meta)
+        .meta_claims("name");
     let mut settings = server::Settings::new(config.build().unwrap());
     settings.root_path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat"));
     let listener = rt

@@ -75,14 +75,20 @@
 
   const looksLikeJwt = (t) => /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(t);
 
-  /** The channels a token claims (`channel` first, then `channels`), or null for "any". */
+  /**
+   * The channels a token claims (`channel` first, then `channels`): null for "any"
+   * (neither claim), "invalid" for a claim of another type, which the server refuses.
+   */
   function claimedChannels(claims) {
-    const list = [];
-    if (typeof claims.channel === "string") list.push(claims.channel);
-    if (Array.isArray(claims.channels) && claims.channels.every((c) => typeof c === "string")) {
-      for (const c of claims.channels) if (!list.includes(c)) list.push(c);
-    }
-    return list.length ? list : null;
+    const hasChannel = "channel" in claims;
+    const hasChannels = "channels" in claims;
+    if (!hasChannel && !hasChannels) return null;
+    if (hasChannel && typeof claims.channel !== "string") return "invalid";
+    const items = hasChannels ? claims.channels : [];
+    if (!Array.isArray(items) || !items.every((c) => typeof c === "string")) return "invalid";
+    const list = hasChannel ? [claims.channel] : [];
+    for (const c of items) if (!list.includes(c)) list.push(c);
+    return list;
   }
 
   /** A display name from claims: the usual identity claims, else "someone". */
@@ -128,13 +134,17 @@
       notes.push({ r: "mode r: read only", w: "mode w: write only", rw: "mode rw: read and write" }[mode]);
     }
     const channels = claimedChannels(claims);
-    if (channels) {
+    if (channels === "invalid") {
+      problems.push("The token's channel claim must be a string and its channels claim an array of strings (403 Invalid channel claim).");
+    } else if (channels === null) {
+      notes.push("any channel");
+    } else if (!channels.length) {
+      problems.push("The token's channels list is empty: it grants no channel (403 No allowed channels).");
+    } else {
       notes.push(`channels: ${channels.join(", ")}`);
       if (channel && !channels.includes(channel)) {
         problems.push(`The token does not grant the channel "${channel}" (403 No allowed channels); it grants ${channels.join(", ")}.`);
       }
-    } else {
-      notes.push("any channel");
     }
     if (typeof claims.exp === "number") {
       const at = new Date(claims.exp * 1000);

@@ -7,16 +7,17 @@ use pgws::__bench::Auth;
 
 const JWKS: &str = r#"{"keys":[
   {"kty":"oct","k":"cmVhbGx5cmVhbGx5cmVhbGx5cmVhbGx5dmVyeXNhZmU","kid":"hs"},
-  {"kty":"oct","k":"c2Vjb25k"},
+  {"kty":"oct","k":"YSBzZWNvbmQga2V5LCBvZiB0aGlydHktdHdvIGJ5dGVz"},
   {"kty":"EC","crv":"P-256","kid":"ec","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
 ]}"#;
 
-const REFUSALS: [&str; 8] = [
+const REFUSALS: [&str; 9] = [
     "Invalid token",
     "Token expired",
     "Token not yet valid",
     "Missing mode",
     "Invalid mode",
+    "Invalid channel claim",
     "Invalid channel name",
     "No allowed channels",
     "Too many channels",

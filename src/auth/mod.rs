@@ -203,40 +203,55 @@ fn mode(claims: &Map<String, Value>) -> Result<Mode, Refusal> {
     }
 }
 
-/// `channel` first, then `channels`, duplicates removed; any other shape counts as absent.
-fn claimed_channels(claims: &Map<String, Value>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    if let Some(Value::String(c)) = claims.get("channel") {
-        out.push(c.clone());
+/// `channel` first, then `channels`, duplicates removed; `None` when neither is
+/// claimed. A claim of another shape is refused: taking it as absent would grant
+/// any path channel.
+fn claimed_channels(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, Refusal> {
+    let channel = match claims.get("channel") {
+        None => None,
+        Some(Value::String(c)) => Some(c.as_str()),
+        Some(_) => return Err(Refusal::InvalidChannelClaim),
+    };
+    let channels = match claims.get("channels") {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| i.as_str().ok_or(Refusal::InvalidChannelClaim))
+                .collect::<Result<Vec<&str>, Refusal>>()?,
+        ),
+        Some(_) => return Err(Refusal::InvalidChannelClaim),
+    };
+    if channel.is_none() && channels.is_none() {
+        return Ok(None);
     }
-    if let Some(Value::Array(items)) = claims.get("channels")
-        && items.iter().all(Value::is_string)
-    {
-        for c in items.iter().filter_map(Value::as_str) {
-            if !out.iter().any(|o| o == c) {
-                out.push(c.to_owned());
-            }
+    let mut out: Vec<String> = Vec::new();
+    for c in channel.into_iter().chain(channels.into_iter().flatten()) {
+        if !out.iter().any(|o| o == c) {
+            out.push(c.to_owned());
         }
     }
-    out
+    Ok(Some(out))
 }
 
+/// PROTOCOL.md §4: an absent claim lets the path name any channel; a present one,
+/// an empty list included, must name it.
 fn grant_channels(
     path_channel: Option<&str>,
     claims: &Map<String, Value>,
     max_channels: usize,
 ) -> Result<Vec<String>, Refusal> {
-    let claimed = claimed_channels(claims);
-    let granted = match path_channel {
-        Some(raw) => {
+    let claimed = claimed_channels(claims)?;
+    let granted = match (path_channel, claimed) {
+        (Some(raw), claimed) => {
             let channel = decode_path_channel(raw)?;
-            if !claimed.is_empty() && !claimed.contains(&channel) {
+            if claimed.is_some_and(|claimed| !claimed.contains(&channel)) {
                 return Err(Refusal::NoAllowedChannels);
             }
             vec![channel]
         }
-        None if claimed.is_empty() => return Err(Refusal::NoAllowedChannels),
-        None => claimed,
+        (None, Some(claimed)) if !claimed.is_empty() => claimed,
+        (None, _) => return Err(Refusal::NoAllowedChannels),
     };
     for channel in &granted {
         check_channel_name(channel).map_err(|_| Refusal::InvalidChannelName)?;

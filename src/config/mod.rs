@@ -110,7 +110,11 @@ impl ConfigBuilder {
             .jwt_secret
             .as_deref()
             .ok_or(ConfigError::MissingSecret)?;
-        let keys = Keys::from_secret(secret, values.jwt_secret_is_base64)?;
+        let keys = Keys::from_secret(
+            secret,
+            values.jwt_secret_is_base64,
+            values.jwt_secret_allow_short,
+        )?;
         let db = Database::parse(&values.database_url)?;
         let mut values = values.checked()?;
         values.path_prefix = normalize_prefix(&values.path_prefix);
@@ -234,6 +238,8 @@ pub(crate) fn parse_bool(var: &'static str, v: &str) -> Result<bool, ConfigError
 mod tests {
     use super::{settings::MAX_DURATION, *};
 
+    const SECRET: &str = "reallyreallyreallyreallyverysafe";
+
     #[test]
     fn prefix_is_normalized() {
         assert_eq!(normalize_prefix(""), "");
@@ -245,7 +251,7 @@ mod tests {
     #[test]
     fn errors_from_the_environment_name_their_variable() {
         let e = Config::builder()
-            .jwt_secret("s")
+            .jwt_secret(SECRET)
             .pool_size(0)
             .build_from_env()
             .unwrap_err();
@@ -265,7 +271,7 @@ mod tests {
 
     #[test]
     fn build_refuses_bad_channels_and_zero_limits() {
-        let b = || Config::builder().jwt_secret("s");
+        let b = || Config::builder().jwt_secret(SECRET);
         assert!(matches!(
             b().meta_channel("").build(),
             Err(ConfigError::InvalidChannel { .. })
@@ -305,7 +311,7 @@ mod tests {
 
     #[test]
     fn build_refuses_a_zero_subscribe_timeout_and_durations_past_the_bound() {
-        let b = || Config::builder().jwt_secret("s");
+        let b = || Config::builder().jwt_secret(SECRET);
         let huge = Duration::from_secs(u64::MAX);
         let cases: [(ConfigBuilder, &str, &str); 5] = [
             (

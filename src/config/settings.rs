@@ -255,6 +255,9 @@ settings! {
     jwt_secret: secret = None, "PGWS_JWT_SECRET", "required";
     /// Whether a raw-text secret is base64 (standard or URL-safe, padding optional).
     jwt_secret_is_base64: flag = false, "PGWS_JWT_SECRET_BASE64", "false";
+    /// Takes HMAC keys (raw, base64 or `oct` JWK) shorter than 32 bytes, which are
+    /// refused otherwise: a short secret can be guessed offline from one token.
+    jwt_secret_allow_short: flag = false, "PGWS_JWT_SECRET_ALLOW_SHORT", "false";
     /// Requires tokens that carry `aud` to name this audience.
     audience: opt_text = None, "PGWS_JWT_AUD", "unset";
     /// Clock leeway for `exp`, `nbf` and `iat` (whole seconds count); at most 365 days.
@@ -264,6 +267,10 @@ settings! {
     listen_channel: opt_text = None, "PGWS_LISTEN_CHANNEL", "unset", channel_name;
     /// Publishes `ConnectionOpen`/`ConnectionClose` events on this channel.
     meta_channel: opt_text = None, "PGWS_META_CHANNEL", "unset", channel_name;
+    /// The token claims copied into meta events, comma-separated (such as `sub`);
+    /// `*` copies every claim. Unset: none, since every reader of the meta channel
+    /// sees them.
+    meta_claims: opt_text = None, "PGWS_META_CLAIMS", "unset";
     /// A path prefix before `/<jwt>`, such as `/ws`.
     path_prefix: text = String::new(), "PGWS_PATH_PREFIX", "unset";
     /// Only handshakes whose `Origin` is one of these are taken (compared
@@ -517,6 +524,10 @@ mod tests {
         assert_eq!(
             shown("jwt_secret_is_base64"),
             d.jwt_secret_is_base64.to_string()
+        );
+        assert_eq!(
+            shown("jwt_secret_allow_short"),
+            d.jwt_secret_allow_short.to_string()
         );
     }
 }

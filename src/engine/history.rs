@@ -1,5 +1,6 @@
-//! History channels in the engine: the store's migration at start-up and the
-//! fetch of announced messages for the listener.
+//! History channels in the engine: the store's keeper (migration at start-up, and
+//! again whenever the store is found gone), the fetch of announced messages for the
+//! listener, and writes from sockets.
 
 use std::{
     sync::{Arc, Weak},
@@ -8,15 +9,16 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    sync::watch,
-    time::{Instant, MissedTickBehavior, interval, timeout},
+    sync::{Notify, watch},
+    time::{Instant, MissedTickBehavior, interval, interval_at, timeout},
 };
 
-use super::publisher::Publisher;
+use super::publisher::{PublishError, Publisher};
 use crate::{
     config::Values,
     error::error_chain,
     history::{HistoryChannels, HistoryError, Position, Read, Reference, Retention, Store},
+    mapping::Notify as PgNotify,
     stats::Counters,
 };
 
@@ -28,8 +30,11 @@ pub(crate) struct History {
     pub(crate) retention: Retention,
     publisher: Publisher,
     counters: Arc<Counters>,
-    /// Whether the store has been migrated (or found current).
+    /// Whether the store has been migrated (or found current), and not found
+    /// gone since.
     ready: watch::Receiver<bool>,
+    /// Asks the keeper to look at the store now: a call to it failed.
+    check: Arc<Notify>,
 }
 
 /// How long one fetch of announced messages may take before the listener
@@ -39,12 +44,15 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const PAGE: i64 = 500;
 /// How often expired history messages are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often the keeper looks whether a ready store is still there.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl History {
-    /// `None` when `PGWS_HISTORY` is unset. Starts the migration task, which
-    /// retries until the store is current.
+    /// `None` when `PGWS_HISTORY` is unset. Starts the keeper, which migrates the
+    /// store (retrying until it is current), then watches it and migrates it again
+    /// when it is gone.
     pub(crate) fn start(
         values: &Values,
         publisher: &Publisher,
@@ -58,7 +66,13 @@ impl History {
             max_count: i64::try_from(values.history_size).unwrap_or(i64::MAX),
         };
         let (ready_tx, ready) = watch::channel(false);
-        tokio::spawn(migrate(store.clone(), publisher.clone(), ready_tx));
+        let check = Arc::new(Notify::new());
+        tokio::spawn(keep(
+            store.clone(),
+            publisher.clone(),
+            ready_tx,
+            check.clone(),
+        ));
         let history = Arc::new(Self {
             channels,
             store,
@@ -66,6 +80,7 @@ impl History {
             publisher: publisher.clone(),
             counters: counters.clone(),
             ready,
+            check,
         });
         tokio::spawn(prune(Arc::downgrade(&history)));
         Some(history)
@@ -114,10 +129,31 @@ impl History {
                 .history_store_call(started.elapsed().as_secs_f64());
             result
         };
-        match timeout(FETCH_TIMEOUT, run).await {
+        let result = match timeout(FETCH_TIMEOUT, run).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+        };
+        if result.is_err() {
+            self.check.notify_one();
         }
+        result
+    }
+
+    /// Keeps `stored` `(channel, payload)` messages and runs the other NOTIFYs,
+    /// all or nothing ([`Publisher::publish_stored`]).
+    pub(crate) async fn publish(
+        &self,
+        stored: &[(&str, &str)],
+        notifies: &[PgNotify],
+    ) -> Result<(), PublishError> {
+        let result = self
+            .publisher
+            .publish_stored(&self.store, stored, notifies)
+            .await;
+        if result.is_err() {
+            self.check.notify_one();
+        }
+        result
     }
 
     /// The payloads of announced messages, in order, in one query; `None` for
@@ -131,10 +167,53 @@ impl History {
     }
 }
 
+/// The store's keeper: the store is ready once migrated, until it is found gone
+/// (its schema dropped, say), and then migrated again. Ends with the engine.
+async fn keep(store: Store, publisher: Publisher, ready: watch::Sender<bool>, check: Arc<Notify>) {
+    while migrate(&store, &publisher, &ready).await {
+        ready.send_replace(true);
+        if !watch_store(&store, &publisher, &ready, &check).await {
+            return;
+        }
+        ready.send_replace(false);
+    }
+}
+
+/// Waits until the store is gone or behind, looking every [`CHECK_EVERY`] and
+/// whenever a call to it failed; `false` when the engine is gone first. A
+/// database that does not answer is the listener's business, not the store's.
+async fn watch_store(
+    store: &Store,
+    publisher: &Publisher,
+    ready: &watch::Sender<bool>,
+    check: &Notify,
+) -> bool {
+    let mut every = interval_at(Instant::now() + CHECK_EVERY, CHECK_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = check.notified() => {}
+            () = ready.closed() => return false,
+        }
+        let look = async {
+            let client = publisher.client().await.ok()?;
+            store.is_current(&**client).await.ok()
+        };
+        if let Ok(Some(false)) = timeout(FETCH_TIMEOUT, look).await {
+            tracing::warn!(
+                schema = store.schema(),
+                "history store gone or behind; not ready until it is migrated again"
+            );
+            return true;
+        }
+    }
+}
+
 /// Migrates the store, retrying while the database is down or the store is
 /// missing and this role may not create it (a DBA may apply the SQL file
-/// meanwhile). Ends once done, or when the engine is gone.
-async fn migrate(store: Store, publisher: Publisher, ready: watch::Sender<bool>) {
+/// meanwhile). `true` once done, `false` when the engine is gone.
+async fn migrate(store: &Store, publisher: &Publisher, ready: &watch::Sender<bool>) -> bool {
     let mut backoff = BACKOFF_START;
     let mut missing_reported = false;
     loop {
@@ -144,13 +223,12 @@ async fn migrate(store: Store, publisher: Publisher, ready: watch::Sender<bool>)
         };
         let result = tokio::select! {
             r = attempt => r,
-            () = ready.closed() => return,
+            () = ready.closed() => return false,
         };
         match result {
             Ok(version) => {
                 tracing::info!(schema = store.schema(), version, "history store ready");
-                ready.send_replace(true);
-                return;
+                return true;
             }
             Err(Failure::Store(HistoryError::Missing(what))) => {
                 // Once as an error: the operator must act. Then quietly retried.
@@ -169,7 +247,7 @@ async fn migrate(store: Store, publisher: Publisher, ready: watch::Sender<bool>)
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = ready.closed() => return,
+            () = ready.closed() => return false,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -192,6 +270,10 @@ async fn prune(history: Weak<History>) {
         let Some(history) = history.upgrade() else {
             return;
         };
+        // A store found gone waits for the keeper.
+        if !history.is_ready() {
+            continue;
+        }
         // Not bounded like a read: a backlog is deleted batch after batch.
         let result = async {
             let client = history.publisher.client().await?;
@@ -205,7 +287,10 @@ async fn prune(history: Weak<History>) {
         match result.await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "history pruned"),
-            Err(e) => tracing::warn!(error = %e, "history pruning failed; retried later"),
+            Err(e) => {
+                history.check.notify_one();
+                tracing::warn!(error = %e, "history pruning failed; retried later")
+            }
         }
     }
 }

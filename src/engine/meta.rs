@@ -40,24 +40,59 @@ struct Queued {
 pub(crate) struct Meta {
     /// The meta channel.
     pub(crate) channel: String,
+    claims: MetaClaims,
     queue: mpsc::Sender<Queued>,
     counters: Arc<Counters>,
 }
 
+/// Which claims of a reader's token its events carry (`meta_claims`): every
+/// reader of the meta channel sees them, so none unless named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MetaClaims {
+    All,
+    /// These only; none when empty.
+    Named(Vec<String>),
+}
+
+impl MetaClaims {
+    /// `*` for every claim, else comma-separated names; unset or empty, none.
+    pub(crate) fn parse(setting: Option<&str>) -> Self {
+        let names: Vec<String> = setting
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.iter().any(|n| n == "*") {
+            MetaClaims::All
+        } else {
+            MetaClaims::Named(names)
+        }
+    }
+}
+
 impl Meta {
     /// Starts the layer's meta task; it ends with the last socket.
-    pub(crate) fn spawn(channel: String, publisher: Publisher, counters: Arc<Counters>) -> Self {
+    pub(crate) fn spawn(
+        channel: String,
+        claims: MetaClaims,
+        publisher: Publisher,
+        counters: Arc<Counters>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(rx, publisher, counters.clone()));
         Self {
             channel,
+            claims,
             queue,
             counters,
         }
     }
 
     /// Queues `event` of a reader (socket or event stream) with `grant`: its
-    /// payload is the granted channels, joined with commas. As [`send`](Self::send).
+    /// payload is the granted channels, joined with commas, and its claims those
+    /// of [`MetaClaims`]. As [`send`](Self::send).
     pub(crate) fn announce(
         &self,
         mapping: &Mapping,
@@ -65,12 +100,20 @@ impl Meta {
         event: Event,
     ) -> Option<oneshot::Receiver<()>> {
         let channels = grant.channels.join(",");
+        let only;
+        let claims = match &self.claims {
+            MetaClaims::All => &grant.claims,
+            MetaClaims::Named(names) => {
+                only = grant.claims.only(names);
+                &only
+            }
+        };
         let notify = mapping
             .notifies(
                 std::slice::from_ref(&self.channel),
                 event,
                 &channels,
-                &grant.claims,
+                claims,
                 SystemTime::now(),
             )
             .pop()?;
@@ -126,5 +169,25 @@ async fn run(mut rx: mpsc::Receiver<Queued>, publisher: Publisher, counters: Arc
         for done in done {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MetaClaims;
+
+    #[test]
+    fn meta_claims_are_none_unless_named() {
+        assert_eq!(MetaClaims::parse(None), MetaClaims::Named(Vec::new()));
+        assert_eq!(
+            MetaClaims::parse(Some(" , ")),
+            MetaClaims::Named(Vec::new())
+        );
+        assert_eq!(MetaClaims::parse(Some("*")), MetaClaims::All);
+        assert_eq!(MetaClaims::parse(Some("sub, *")), MetaClaims::All);
+        assert_eq!(
+            MetaClaims::parse(Some(" sub,name ,")),
+            MetaClaims::Named(vec!["sub".into(), "name".into()])
+        );
     }
 }

@@ -38,7 +38,7 @@ use crate::{
 use self::{
     history::History,
     listener::{ListenerHandle, Subscription},
-    meta::Meta,
+    meta::{Meta, MetaClaims},
     publisher::Publisher,
     socket::CLOSE_TIMEOUT,
 };
@@ -78,10 +78,10 @@ impl Engine {
             counters.clone(),
             history.clone(),
         );
-        let meta = values
-            .meta_channel
-            .clone()
-            .map(|channel| Meta::spawn(channel, publisher.clone(), counters.clone()));
+        let meta = values.meta_channel.clone().map(|channel| {
+            let claims = MetaClaims::parse(values.meta_claims.as_deref());
+            Meta::spawn(channel, claims, publisher.clone(), counters.clone())
+        });
         Engine {
             authorizer: Authorizer::new(
                 keys,

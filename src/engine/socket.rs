@@ -264,9 +264,7 @@ impl Socket {
                     .iter()
                     .map(|(c, n)| (c.as_str(), n.payload.as_str()))
                     .collect();
-                publisher
-                    .publish_stored(&history.store, &stored, &notifies)
-                    .await
+                history.publish(&stored, &notifies).await
             }
             _ => publisher.publish(&notifies).await,
         };

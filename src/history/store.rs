@@ -157,6 +157,7 @@ pub struct Store {
 struct Statements {
     migrate_prefix: String,
     version: String,
+    current_version: String,
     publish_many: String,
     head: String,
     ensure: String,
@@ -181,6 +182,7 @@ impl Store {
                 escape_literal(schema)
             ),
             version: format!(";\nselect coalesce(max(version), 0) from {s}.migrations"),
+            current_version: format!("select coalesce(max(version), 0)::int4 from {s}.migrations"),
             publish_many: format!(
                 "select ordinality, epoch, \"offset\" from {s}.publish_many($1, $2)"
             ),
@@ -266,6 +268,23 @@ impl Store {
             );
         }
         Ok(version)
+    }
+
+    /// Whether the store is there and current, in one cheap read: `false` when its
+    /// schema or its `migrations` table is gone (dropped, or a database restored
+    /// without it) or behind, so that [`migrate`](Self::migrate) has work to do.
+    pub async fn is_current<C: GenericClient>(&self, client: &C) -> Result<bool, HistoryError> {
+        match client.query_typed_one(&self.sql.current_version, &[]).await {
+            Ok(row) => Ok(row.try_get::<_, i32>(0)? >= SCHEMA_VERSION),
+            Err(e)
+                if e.code().is_some_and(|c| {
+                    c == &SqlState::UNDEFINED_TABLE || c == &SqlState::INVALID_SCHEMA_NAME
+                }) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Keeps `payload` on `channel` and announces it, in the client's

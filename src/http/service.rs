@@ -180,11 +180,12 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         engine,
         _permit: permit,
     };
-    // One span per socket: an id, its channels and mode, never the token.
+    // One span per socket: an id, its channels and mode, never the token. The
+    // channels go as a string, which subscribers write escaped: clients name them.
     let span = tracing::info_span!(
         "socket",
         id = socket.engine.next_socket_id(),
-        channels = %socket.grant.channels.join(","),
+        channels = socket.grant.channels.join(",").as_str(),
         mode = socket.grant.mode.as_str(),
     );
     tokio::spawn(socket.serve(upgrade).instrument(span));

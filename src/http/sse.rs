@@ -122,7 +122,7 @@ pub(crate) async fn open(engine: Arc<Engine>, req: Opening) -> Opened {
         multi: grant.channels.len() > 1,
     };
     tracing::info!(
-        channels = %grant.channels.join(","),
+        channels = grant.channels.join(",").as_str(),
         mode = grant.mode.as_str(),
         "event stream open"
     );

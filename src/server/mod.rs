@@ -23,7 +23,8 @@
 //!   `/health` and `/ready` on a separate address, never on the public port;
 //! - `PGWS_LOG_FORMAT` is `text` (default) or `json`; `RUST_LOG` filters as usual.
 //!   Logged request paths have every JWT-shaped segment replaced by `<redacted>` and
-//!   no query string; header values are never logged;
+//!   no query string; header values are never logged; text lines escape every
+//!   control character of their fields (`\n`, `\u{1b}`), so a line is one event;
 //! - `PGWS_DEV_DB` (`auto`, `on`, `off`) and `PGWS_DEV_DB_DIR`: a private
 //!   development database when `PGWS_DB_URI` is not set, on a Unix socket only its
 //!   owner reaches; unasked, only on an interactive start (see [`DevDbSettings`]).

@@ -188,14 +188,46 @@ fn refusals() -> Vec<Refusal> {
                 .collect(),
         },
         Refusal {
+            name: "a_channel_claim_of_another_type_is_403",
+            status: 403,
+            prefix: "Invalid channel claim",
+            // Each shape for a path channel (which it must not grant) and alone.
+            paths: [
+                json!({"channel": ["a"]}),
+                json!({"channel": 1}),
+                json!({"channel": null}),
+                json!({"channel": {}}),
+                json!({"channels": "a"}),
+                json!({"channels": ["a", 1]}),
+                json!({"channels": null}),
+                json!({"channel": "a", "channels": [["a"]]}),
+            ]
+            .into_iter()
+            .flat_map(|mut claims| {
+                claims["mode"] = json!("r");
+                let t = token(claims);
+                [
+                    format!("/{}/{t}", unique("hs_cc")),
+                    format!("/a/{t}"),
+                    format!("/{t}"),
+                ]
+            })
+            .collect(),
+        },
+        Refusal {
             name: "no_channel_granted_is_403",
             status: 403,
             prefix: "No allowed channels",
             paths: vec![
                 // Nothing in the path, nothing claimed.
                 format!("/{r}"),
-                // A `channels` array holding a non-string counts as absent.
-                path(json!({"mode": "r", "channels": [unique("hs_na"), 5]})),
+                // An empty `channels` list grants nothing, with or without a path.
+                path(json!({"mode": "r", "channels": []})),
+                format!(
+                    "/{}/{}",
+                    unique("hs_na"),
+                    token(json!({"mode": "r", "channels": []}))
+                ),
                 // A path channel that is not among the claimed ones.
                 format!("/{}/{good}", unique("hs_na")),
             ],

@@ -184,6 +184,67 @@ async fn an_announcement_of_a_message_not_in_the_store_delivers_nothing() {
     assert_eq!(recv_text(&mut ws).await, "after");
 }
 
+/// `drop schema … cascade` under a running server: it is not ready while the store
+/// is gone, creates it again (here once a held migration lock lets it), and is
+/// ready with history working again, for a socket opened before and one after.
+#[tokio::test]
+async fn a_dropped_store_is_not_ready_and_is_created_again() {
+    let schema = Schema::new();
+    let server = history_server(&schema, "chat*").await;
+    let chan = unique("chat");
+    let mut before = reader(&server, &chan).await;
+    let mut lock = db().await;
+    let db = db().await;
+    assert_eq!(schema.publish(&db, &chan, "one").await, 1);
+    assert_eq!(recv_text(&mut before).await, "one");
+
+    // The migration's own lock, held: the store cannot come back before we look.
+    let held = lock.transaction().await.unwrap();
+    held.execute(
+        "select pg_advisory_xact_lock(hashtext('pgws.history'), hashtext($1))",
+        &[&schema.name],
+    )
+    .await
+    .unwrap();
+    let mut writer = server
+        .connect(&format!("/{}", token(claims("w", Some(&chan)))))
+        .await;
+    db.batch_execute(&format!("drop schema {} cascade", schema.q()))
+        .await
+        .unwrap();
+    // A write finds it gone (and tells the keeper at once).
+    send_text(&mut writer, "lost").await;
+    assert_eq!(recv_close(&mut writer).await.0, 1013);
+    tokio::time::timeout(WAIT, async {
+        while server.layer.is_listening() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("still ready with the store gone");
+    assert!(!server.layer.stats().listening);
+    let t = token(claims("r", Some(&chan)));
+    let (status, body) = server.handshake(&format!("/{t}?history=1")).await;
+    assert_eq!(status, 503, "{body}");
+
+    held.commit().await.unwrap();
+    wait_ready(&server).await;
+    let exists: bool = db
+        .query_one(
+            "select exists (select from pg_namespace where nspname = $1)",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(exists, "the schema was not created again");
+    let mut after = resumed(&server, &chan, "history=5").await;
+    // A new history: offset 1 of a new epoch, for both sockets.
+    assert_eq!(schema.publish(&db, &chan, "two").await, 1);
+    assert_eq!(recv_text(&mut before).await, "two");
+    assert_eq!(recv_json(&mut after).await["payload"], "two");
+}
+
 #[tokio::test]
 async fn a_role_that_may_not_create_the_store_is_not_ready_until_it_exists() {
     let mut schema = Schema::new();

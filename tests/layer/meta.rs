@@ -16,7 +16,8 @@ async fn open_is_published_before_close_for_sockets_that_close_at_once() {
     const SOCKETS: usize = 200;
     let meta = unique("meta_order");
     let mut l = Listen::start(&meta).await;
-    let server = Arc::new(TestServer::start(config().meta_channel(&meta).pool_size(4)).await);
+    let cfg = config().meta_channel(&meta).meta_claims("sub").pool_size(4);
+    let server = Arc::new(TestServer::start(cfg).await);
     let chan = unique("mo");
     let opened = join_all((0..SOCKETS).map(|i| {
         let server = server.clone();
@@ -110,4 +111,82 @@ async fn like_sockets_each_get_their_own_event() {
         assert_eq!(parse(&l.next().await.1)["event"], "ConnectionOpen");
     }
     assert_eq!(server.layer.stats().meta_failures, 0);
+}
+
+/// What a socket reading the meta channel learns of another socket's token: no
+/// claim by default, the named ones when `meta_claims` names some, every claim
+/// with `*`. In both mappings.
+#[tokio::test]
+async fn meta_events_carry_the_claims_named_and_no_other() {
+    let claims = json!({
+        "mode": "w",
+        "channel": unique("mcl"),
+        "sub": "42",
+        "email": "alice@example.com",
+        "role": "admin",
+    });
+    let only = |names: &[&str]| {
+        let kept: serde_json::Map<String, Value> = claims
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Value::Object(kept)
+    };
+    let cases = [
+        (None, json!({})),
+        (Some(" sub, name"), only(&["sub"])),
+        (Some("sub,email"), only(&["sub", "email"])),
+        (Some("*"), claims.clone()),
+    ];
+    for (setting, expected) in cases {
+        for multiplexed in [false, true] {
+            let meta = unique("meta_claims");
+            let mut cfg = config().meta_channel(&meta);
+            if multiplexed {
+                cfg = cfg.listen_channel(unique("mcl_listen"));
+            }
+            if let Some(names) = setting {
+                cfg = cfg.meta_claims(names);
+            }
+            let server = TestServer::start(cfg).await;
+            let mut reader = server
+                .connect(&format!("/{}", token(claims_for_reader(&meta))))
+                .await;
+            // The reader's own ConnectionOpen comes first.
+            let own = parse(&recv_text(&mut reader).await);
+            assert_eq!(own["event"], "ConnectionOpen");
+            let mut other = server.connect(&format!("/{}", token(claims.clone()))).await;
+            let open = parse(&recv_text(&mut reader).await);
+            assert_eq!(open["event"], "ConnectionOpen", "{open}");
+            assert_eq!(open["payload"], claims["channel"], "{open}");
+            let mut got = if multiplexed {
+                open["claims"].clone()
+            } else {
+                open["userClaims"].clone()
+            };
+            if multiplexed {
+                let at = got.as_object_mut().unwrap().remove("message_delivered_at");
+                assert!(at.is_some_and(|t| t.is_number()), "{open}");
+            }
+            assert_eq!(got, expected, "{setting:?}, multiplexed {multiplexed}");
+            other.close().await.unwrap();
+            let close = parse(&recv_text(&mut reader).await);
+            assert_eq!(close["event"], "ConnectionClose", "{close}");
+            let text = close.to_string();
+            assert_eq!(
+                text.contains("alice@example.com"),
+                expected.get("email").is_some(),
+                "{text}"
+            );
+        }
+    }
+}
+
+/// A socket that reads the meta channel (in the multiplexed mapping too: the
+/// envelope names the meta channel).
+fn claims_for_reader(meta: &str) -> Value {
+    json!({"mode": "r", "channel": meta})
 }

@@ -827,6 +827,7 @@ async fn a_missing_or_invalid_mode_is_403() {
 async fn bad_and_missing_channels_are_refused() {
     let bad_name = Refuse(400, "Invalid channel name", "invalid_channel");
     let none = Refuse(403, "No allowed channels", "no_allowed_channels");
+    let bad_claim = Refuse(403, "Invalid channel claim", "invalid_channel_claim");
     let unclaimed = token(json!({"mode": "r"}));
     let claims_chat = token(json!({"mode": "r", "channel": "chat"}));
     let long = "a".repeat(64);
@@ -880,16 +881,27 @@ async fn bad_and_missing_channels_are_refused() {
             none,
         ),
         (
-            "channels holding a non-string counts as absent",
+            "channels holding a non-string",
             ws(&format!(
                 "/{}",
                 token(json!({"mode": "r", "channels": ["chat", 5]}))
             )),
-            none,
+            bad_claim,
         ),
         (
-            "channel not a string counts as absent",
-            ws(&format!("/{}", token(json!({"mode": "r", "channel": 5})))),
+            "channel not a string, with a path channel",
+            ws(&format!(
+                "/chat/{}",
+                token(json!({"mode": "r", "channel": 5}))
+            )),
+            bad_claim,
+        ),
+        (
+            "an empty channels list, with a path channel",
+            ws(&format!(
+                "/chat/{}",
+                token(json!({"mode": "r", "channels": []}))
+            )),
             none,
         ),
         ("a 64-byte claimed channel", claimed(json!(long)), bad_name),

@@ -319,7 +319,8 @@ async fn meta_channel_announces_open_and_close() {
     assert_eq!(open["channel"], meta.as_str());
     assert_eq!(open["event"], "ConnectionOpen");
     assert_eq!(open["payload"], format!("{a},{b}"));
-    assert_eq!(open["userClaims"]["sub"], "u");
+    // No claim by default: see `meta_events_carry_the_claims_named_and_no_other`.
+    assert_eq!(open["userClaims"], json!({}));
     ws.close().await.unwrap();
     let close = parse(&l.next().await.1);
     assert_eq!(close["event"], "ConnectionClose");

@@ -45,62 +45,69 @@ fn without_a_path_channel_every_claimed_channel_in_order() {
     );
 }
 
+/// Every claim of the wrong type, each with and without a path channel, alone and
+/// next to a good claim of the other name.
 #[test]
-fn channels_holding_a_non_string_count_as_absent() {
-    let bad = json!(["a", 1]);
-    assert_eq!(
-        channels(None, claimed(json!({"channel": "x", "channels": bad}))),
-        Ok(vec!["x".into()])
-    );
-    assert_eq!(
-        channels(None, claimed(json!({"channels": bad}))),
-        Err(Refusal::NoAllowedChannels)
-    );
-    // Absent, so the path channel is granted even though "a" is not it.
-    assert_eq!(
-        channels(Some("q"), claimed(json!({"channels": bad}))),
-        Ok(vec!["q".into()])
-    );
-    for other in [
+fn a_channel_claim_of_another_type_is_refused() {
+    let bad_channel = [
+        json!(["a"]),
+        json!(1),
+        Value::Null,
+        json!({}),
+        json!({"a": 1}),
+        json!(true),
+    ];
+    let bad_channels = [
         json!("a"),
+        json!(["a", 1]),
+        json!([null]),
+        json!(["a", ["b"]]),
         json!({"a": 1}),
         json!(7),
         Value::Null,
-        json!([null]),
-    ] {
-        assert_eq!(
-            channels(None, claimed(json!({"channels": other}))),
-            Err(Refusal::NoAllowedChannels),
-            "{other}"
-        );
+    ];
+    let cases = bad_channel
+        .iter()
+        .flat_map(|bad| {
+            [
+                json!({"channel": bad}),
+                json!({"channel": bad, "channels": ["a"]}),
+            ]
+        })
+        .chain(bad_channels.iter().flat_map(|bad| {
+            [
+                json!({"channels": bad}),
+                json!({"channel": "a", "channels": bad}),
+            ]
+        }));
+    for extra in cases {
+        for path in [None, Some("a"), Some("q")] {
+            assert_eq!(
+                channels(path, claimed(extra.clone())),
+                Err(Refusal::InvalidChannelClaim),
+                "{extra} on {path:?}"
+            );
+        }
     }
 }
 
 #[test]
-fn a_non_string_channel_counts_as_absent() {
-    for bad in [
-        json!(5),
-        json!(["a"]),
-        Value::Null,
-        json!({"a": 1}),
-        json!(true),
-    ] {
+fn an_empty_channels_list_grants_no_channel() {
+    for path in [None, Some("a")] {
         assert_eq!(
-            channels(None, claimed(json!({"channel": bad, "channels": ["b"]}))),
-            Ok(vec!["b".into()]),
-            "{bad}"
-        );
-        assert_eq!(
-            channels(None, claimed(json!({"channel": bad}))),
+            channels(path, claimed(json!({"channels": []}))),
             Err(Refusal::NoAllowedChannels),
-            "{bad}"
-        );
-        assert_eq!(
-            channels(Some("p"), claimed(json!({"channel": bad}))),
-            Ok(vec!["p".into()]),
-            "{bad}"
+            "{path:?}"
         );
     }
+    // Next to a `channel`, that one only.
+    let claims = claimed(json!({"channel": "a", "channels": []}));
+    assert_eq!(channels(Some("a"), claims.clone()), Ok(vec!["a".into()]));
+    assert_eq!(
+        channels(Some("b"), claims.clone()),
+        Err(Refusal::NoAllowedChannels)
+    );
+    assert_eq!(channels(None, claims), Ok(vec!["a".into()]));
 }
 
 #[test]

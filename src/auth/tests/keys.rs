@@ -83,13 +83,13 @@ fn an_oct_jwk_with_alg_verifies_that_algorithm_only() {
 #[test]
 fn a_jwks_chooses_the_key_by_kid() {
     let jwks = json!({"keys": [
-        {"kty": "oct", "kid": "a", "k": b64url(b"secret number a")},
-        {"kty": "oct", "kid": "b", "k": b64url(b"secret number b")},
+        {"kty": "oct", "kid": "a", "k": b64url(b"secret number a, thirty-two bytes")},
+        {"kty": "oct", "kid": "b", "k": b64url(b"secret number b, thirty-two bytes")},
     ]})
     .to_string();
     let auth = authorizer_with(&jwks, false);
-    let key_a = EncodingKey::from_secret(b"secret number a");
-    let key_b = EncodingKey::from_secret(b"secret number b");
+    let key_a = EncodingKey::from_secret(b"secret number a, thirty-two bytes");
+    let key_b = EncodingKey::from_secret(b"secret number b, thirty-two bytes");
     accepted(auth.authorize(None, &sign(Algorithm::HS256, Some("a"), &key_a, &good())));
     accepted(auth.authorize(None, &sign(Algorithm::HS512, Some("b"), &key_b, &good())));
     // The right kid, the wrong key: b's kid does not let a's key verify.
@@ -104,8 +104,8 @@ fn a_jwks_chooses_the_key_by_kid() {
 #[test]
 fn a_jwks_tries_each_key_for_a_token_without_kid() {
     let jwks = json!({"keys": [
-        {"kty": "oct", "kid": "a", "k": b64url(b"secret number a")},
-        {"kty": "oct", "k": b64url(b"secret number b")},
+        {"kty": "oct", "kid": "a", "k": b64url(b"secret number a, thirty-two bytes")},
+        {"kty": "oct", "k": b64url(b"secret number b, thirty-two bytes")},
         serde_json::from_str::<Value>(RSA_JWK).unwrap(),
         serde_json::from_str::<Value>(EC_JWK).unwrap(),
         serde_json::from_str::<Value>(ED_JWK).unwrap(),
@@ -115,11 +115,11 @@ fn a_jwks_tries_each_key_for_a_token_without_kid() {
     for (alg, key) in [
         (
             Algorithm::HS256,
-            EncodingKey::from_secret(b"secret number a"),
+            EncodingKey::from_secret(b"secret number a, thirty-two bytes"),
         ),
         (
             Algorithm::HS384,
-            EncodingKey::from_secret(b"secret number b"),
+            EncodingKey::from_secret(b"secret number b, thirty-two bytes"),
         ),
         (Algorithm::RS256, rsa()),
         (Algorithm::PS512, rsa()),
@@ -128,7 +128,7 @@ fn a_jwks_tries_each_key_for_a_token_without_kid() {
     ] {
         accepted(auth.authorize(None, &sign(alg, None, &key, &good())));
     }
-    let stranger = EncodingKey::from_secret(b"secret number c");
+    let stranger = EncodingKey::from_secret(b"secret number c, thirty-two bytes");
     assert_invalid(auth.authorize(None, &sign(Algorithm::HS256, None, &stranger, &good())));
 }
 
@@ -206,8 +206,8 @@ fn keys_for_encryption_are_skipped() {
     assert_invalid(auth.authorize(None, &sign(Algorithm::RS256, None, &rsa(), &good())));
     assert_invalid(auth.authorize(None, &hs(&good())));
     // A lone encryption key leaves no usable key.
-    assert!(Keys::from_secret(&rsa_enc.to_string(), false).is_err());
-    assert!(Keys::from_secret(&oct_enc.to_string(), false).is_err());
+    assert!(Keys::from_secret(&rsa_enc.to_string(), false, false).is_err());
+    assert!(Keys::from_secret(&oct_enc.to_string(), false, false).is_err());
 }
 
 #[test]
@@ -254,4 +254,72 @@ fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
             assert_invalid(auth.authorize(None, token));
         }
     }
+}
+
+#[test]
+fn a_pem_key_is_refused_with_a_pointer_to_jwk() {
+    for pem in [
+        RSA_PUBLIC_PEM,
+        RSA_PRIVATE,
+        EC_PRIVATE,
+        &format!("\n  {RSA_PUBLIC_PEM}"),
+    ] {
+        for (base64, allow_short) in [(false, false), (true, false), (false, true)] {
+            let Err(e) = Keys::from_secret(pem, base64, allow_short) else {
+                panic!("a PEM key was taken");
+            };
+            let text = e.to_string();
+            assert!(text.contains("PEM") && text.contains("JWK"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn hmac_keys_under_32_bytes_are_refused_unless_allowed() {
+    let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+    let oct = |n: usize| json!({"kty": "oct", "k": b64url(&vec![7u8; n])}).to_string();
+    let in_set = |n: usize| {
+        json!({"keys": [
+            serde_json::from_str::<Value>(RSA_JWK).unwrap(),
+            {"kty": "oct", "kid": "short", "k": b64url(&vec![7u8; n])},
+        ]})
+        .to_string()
+    };
+    // (secret, base64): its key is `n` bytes.
+    let secrets = |n: usize| {
+        [
+            ("x".repeat(n), false),
+            (b64(n), true),
+            (oct(n), false),
+            (in_set(n), false),
+        ]
+    };
+    for n in [1, 31] {
+        for (secret, base64) in secrets(n) {
+            let Err(e) = Keys::from_secret(&secret, base64, false) else {
+                panic!("a {n}-byte key was taken: {secret}");
+            };
+            let text = e.to_string();
+            assert!(text.contains(&format!("{n} bytes")), "{text}");
+            assert!(text.contains("PGWS_JWT_SECRET_ALLOW_SHORT"), "{text}");
+            assert!(Keys::from_secret(&secret, base64, true).is_ok(), "{secret}");
+        }
+    }
+    for (secret, base64) in secrets(32) {
+        assert!(
+            Keys::from_secret(&secret, base64, false).is_ok(),
+            "{secret}"
+        );
+    }
+    // Allowed, a one-byte secret verifies its tokens.
+    let keys = Arc::new(Keys::from_secret("k", false, true).unwrap());
+    let mut auth = authorizer();
+    auth.keys = keys;
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(b"k"),
+        &good(),
+    );
+    accepted(auth.authorize(None, &token));
 }

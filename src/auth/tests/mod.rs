@@ -26,7 +26,7 @@ const ED_JWK: &str = include_str!("../../../tests/fixtures/keys/ed25519_public.j
 // ---- helpers ---------------------------------------------------------------------------
 
 fn keys(secret: &str, base64: bool) -> Arc<Keys> {
-    match Keys::from_secret(secret, base64) {
+    match Keys::from_secret(secret, base64, false) {
         Ok(keys) => Arc::new(keys),
         Err(e) => panic!("secret refused: {e}"),
     }

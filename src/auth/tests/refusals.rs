@@ -15,6 +15,7 @@ fn each_refusal_has_the_status_and_body_of_its_row() {
         (Refusal::NotYetValid, 401, "Token not yet valid"),
         (Refusal::MissingMode, 403, "Missing mode"),
         (Refusal::InvalidMode, 403, "Invalid mode"),
+        (Refusal::InvalidChannelClaim, 403, "Invalid channel claim"),
         (Refusal::InvalidChannelName, 400, "Invalid channel name"),
         (Refusal::NoAllowedChannels, 403, "No allowed channels"),
         (Refusal::TooManyChannels, 403, "Too many channels"),
@@ -113,9 +114,9 @@ fn alg_none_is_an_invalid_token() {
 
 #[test]
 fn an_unknown_kid_is_an_invalid_token() {
-    let jwks = r#"{"keys":[{"kty":"oct","kid":"a","k":"c2VjcmV0LWE"}]}"#;
-    let auth = authorizer_with(jwks, false);
-    let key = EncodingKey::from_secret(b"secret-a");
+    let jwks = json!({"keys": [{"kty": "oct", "kid": "a", "k": b64url(SECRET.as_bytes())}]});
+    let auth = authorizer_with(&jwks.to_string(), false);
+    let key = hmac();
     let token = sign(Algorithm::HS256, Some("zzz"), &key, &good());
     assert_eq!(
         refusal(auth.authorize(None, &token)),
@@ -308,6 +309,26 @@ fn mode_rows_win_over_channel_rows() {
     assert_eq!(
         refusal(authorizer().authorize(None, &hs(&claims))),
         Refusal::InvalidMode
+    );
+}
+
+#[test]
+fn the_mode_rows_win_over_a_bad_channel_claim_which_wins_over_the_channel_rows() {
+    let claims = json!({"channel": 1});
+    assert_eq!(
+        refusal(authorizer().authorize(Some("a"), &hs(&claims))),
+        Refusal::MissingMode
+    );
+    let claims = json!({"mode": "x", "channels": "a"});
+    assert_eq!(
+        refusal(authorizer().authorize(Some("a"), &hs(&claims))),
+        Refusal::InvalidMode
+    );
+    // A bad path channel, a bad claim, a claim that does not name the path channel.
+    let claims = claimed(json!({"channel": null, "channels": ["b"]}));
+    assert_eq!(
+        channels(Some("%FF"), claims),
+        Err(Refusal::InvalidChannelClaim)
     );
 }
 
