@@ -146,15 +146,15 @@ impl Socket {
         {
             codec.get_mut().discard_ready(DISCARD_LIMIT);
         }
-        // The hub may hold the outbox a little longer: the connection ends now,
-        // and a replay page cut short gives its budget back with it.
+        // The hub may hold the outbox a little longer: the connection ends now.
         drop(outbox.detach());
-        drop(self.resume.take());
         // A Close only follows an Open, queued (and so published) after it.
         if announced && let Some(close) = self.meta(Event::ConnectionClose) {
             let _ = timeout(meta::WAIT, close).await;
         }
         self.engine.counters.socket_closed(mode);
+        // A replay page cut short gives its budget back once the socket is gone.
+        drop(self.resume.take());
     }
 
     async fn exchange<S>(

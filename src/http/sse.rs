@@ -399,6 +399,8 @@ async fn take_back(
         counters.slow_consumer_closed();
         queue.end(Ending::SlowConsumer);
     }
+    // Its budget goes last: whatever waited for it sees the stream let go.
+    drop(lost);
 }
 
 /// Held while a stream lives: its place under the socket limit and in the figures.

@@ -9,6 +9,7 @@ mod admin;
 mod devdb;
 mod http2;
 mod program;
+mod replay_memory;
 mod rolling;
 mod server;
 mod tls;
