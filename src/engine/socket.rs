@@ -404,9 +404,9 @@ where
 
     /// Sends the replay of a socket that asked for positions, page by page, each
     /// page's write bounded like any other. A page goes straight to the wire
-    /// (behind the codec's frames) and holds its budget until written. Let go by
-    /// the hub meanwhile, the socket closes at once: live frames would not follow
-    /// the replay.
+    /// (behind the codec's frames) and holds its budget until written. A slow
+    /// consumer meanwhile is closed at once, rather than waiting for its turn
+    /// under the budget to send what it will not get.
     async fn replay(&mut self, ping_every: Option<Duration>) -> Result<(), Outcome> {
         let (Some(resume), Some(history)) = (self.resume.as_deref_mut(), self.history) else {
             return Ok(());
@@ -416,11 +416,9 @@ where
         loop {
             let next = tokio::select! {
                 biased;
-                ending = poll_fn(|cx| outbox.poll_ended(cx)) => {
-                    if ending == Ending::SlowConsumer {
-                        self.counters.slow_consumer_closed();
-                    }
-                    return Err(Outcome::Close(closing(ending)));
+                () = slow_consumer(outbox) => {
+                    self.counters.slow_consumer_closed();
+                    return Err(Outcome::Close(Close::SlowConsumer));
                 }
                 next = resume.next_page(history) => next,
             };
@@ -490,14 +488,6 @@ fn written<E>(result: Option<Result<(), E>>) -> Result<(), Outcome> {
         Some(Ok(())) => Ok(()),
         Some(Err(_)) => Err(Outcome::Ended),
         None => Err(PING_TIMEOUT),
-    }
-}
-
-/// The close for the hub's reason to let go.
-fn closing(ending: Ending) -> Close {
-    match ending {
-        Ending::SlowConsumer => Close::SlowConsumer,
-        Ending::ListenerRestarted => Close::ListenerRestarted,
     }
 }
 

@@ -51,6 +51,8 @@ const BATCH: usize = 64;
 /// chunks of this size): the connection holds what it was given, so a client
 /// that stops reading pins at most its buffer and one chunk, or one larger event.
 const CHUNK: usize = 64 * 1024;
+/// No limit to [`write_queued`]: at shutdown, everything queued goes first.
+const ALL: (usize, usize) = (usize::MAX, usize::MAX);
 /// The keep-alive comment.
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
@@ -547,9 +549,8 @@ impl EventStream {
                         // What is queued already is delivered first.
                         let mut out = BytesMut::new();
                         let sub = &mut *this.sub;
-                        let sent = write_queued(&mut out, &mut resume, None, usize::MAX, || {
-                            sub.queue.try_recv()
-                        });
+                        let sent =
+                            write_queued(&mut out, &mut resume, None, ALL, || sub.queue.try_recv());
                         counters.frames_delivered(sent);
                         end(Close::GoingAway, out)
                     } else if this.timer.as_mut().poll(cx).is_ready() {
@@ -580,10 +581,13 @@ impl EventStream {
                             Poll::Ready(Some(first)) => {
                                 let mut out = BytesMut::new();
                                 let sub = &mut *this.sub;
-                                let sent =
-                                    write_queued(&mut out, &mut resume, Some(first), BATCH, || {
-                                        sub.queue.try_recv()
-                                    });
+                                let sent = write_queued(
+                                    &mut out,
+                                    &mut resume,
+                                    Some(first),
+                                    (BATCH, CHUNK),
+                                    || sub.queue.try_recv(),
+                                );
                                 counters.frames_delivered(sent);
                                 *this.state = State::Live(resume);
                                 if out.is_empty() {
@@ -600,13 +604,13 @@ impl EventStream {
     }
 }
 
-/// Writes `first` and what else is queued, up to `most` frames and [`CHUNK`]
-/// bytes (and one event more); how many events.
+/// Writes `first` and what else is queued, up to `most` frames and `bytes` (and
+/// one event more); how many events.
 fn write_queued(
     out: &mut BytesMut,
     resume: &mut Resume<Sse>,
     first: Option<Frame>,
-    most: usize,
+    (most, bytes): (usize, usize),
     mut next: impl FnMut() -> Option<Frame>,
 ) -> u64 {
     let mut sent = 0;
@@ -618,7 +622,7 @@ fn write_queued(
             sent += 1;
         }
         taken += 1;
-        if taken >= most || out.len() >= CHUNK {
+        if taken >= most || out.len() >= bytes {
             break;
         }
         frame = next();
