@@ -21,7 +21,7 @@ use crate::{
     auth::check_channel_name,
     database::Database,
     error::ConfigError,
-    history::{DEFAULT_SCHEMA, HistoryChannels, Store},
+    history::{DEFAULT_SCHEMA, HistoryChannels, PAGE_BYTES, Store},
 };
 
 /// One setting of the layer, as [`Config::SETTINGS`] lists it.
@@ -286,6 +286,10 @@ settings! {
     /// Notifications queued per socket before it is closed as a slow consumer
     /// (default 1024, then `1008 Slow consumer`).
     queue_length: count = 1024, "PGWS_QUEUE_LENGTH", "1024", at_least_one;
+    /// Bytes of notifications queued per socket before it is closed as a slow
+    /// consumer (default 8388608, 8 MiB, then `1008 Slow consumer`); a socket with
+    /// nothing queued always takes one, whatever its size.
+    queue_bytes: count = 8 << 20, "PGWS_QUEUE_BYTES", "8388608", at_least_one;
     /// The most sockets open at once (default 100,000); beyond it a handshake gets
     /// `503 Too many connections`.
     max_sockets: count = 100_000, "PGWS_MAX_SOCKETS", "100000", at_least_one;
@@ -320,6 +324,11 @@ settings! {
     /// role may (1 to 55 bytes, no `$`).
     history_schema: text = DEFAULT_SCHEMA.to_owned(), "PGWS_HISTORY_SCHEMA", "pgws",
         history_schema_name;
+    /// Bytes of history replay pages in flight at once, over all sockets and event
+    /// streams (default 67108864, 64 MiB): a page takes 1 MiB of it before it is
+    /// read and gives it back once written, and a replay beyond it waits its turn.
+    /// At least 1048576 (one page).
+    replay_budget: count = 64 << 20, "PGWS_REPLAY_BUDGET", "67108864", at_least_a_page;
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -363,6 +372,16 @@ fn at_least_one(setting: &'static str, n: &usize) -> Result<(), ConfigError> {
         return Err(ConfigError::InvalidValue {
             setting,
             reason: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+fn at_least_a_page(setting: &'static str, n: &usize) -> Result<(), ConfigError> {
+    if *n < PAGE_BYTES {
+        return Err(ConfigError::InvalidValue {
+            setting,
+            reason: format!("must be at least {PAGE_BYTES} (one replay page)"),
         });
     }
     Ok(())
@@ -503,6 +522,8 @@ mod tests {
         assert_eq!(shown("max_channels"), d.max_channels.to_string());
         assert_eq!(shown("max_message_bytes"), d.max_message_bytes.to_string());
         assert_eq!(shown("queue_length"), d.queue_length.to_string());
+        assert_eq!(shown("queue_bytes"), d.queue_bytes.to_string());
+        assert_eq!(shown("replay_budget"), d.replay_budget.to_string());
         assert_eq!(shown("max_sockets"), d.max_sockets.to_string());
         assert_eq!(shown("pool_size"), d.pool_size.to_string());
         assert_eq!(shown("leeway"), d.leeway.as_secs().to_string());

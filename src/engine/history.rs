@@ -9,7 +9,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    sync::{Notify, watch},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, watch},
     time::{Instant, MissedTickBehavior, interval, interval_at, timeout},
 };
 
@@ -35,6 +35,9 @@ pub(crate) struct History {
     ready: watch::Receiver<bool>,
     /// Asks the keeper to look at the store now: a call to it failed.
     check: Arc<Notify>,
+    /// Bytes of replay pages in flight (`PGWS_REPLAY_BUDGET`): a page takes
+    /// [`PAGE_BYTES`] before it is read and gives them back once written.
+    budget: Arc<Semaphore>,
 }
 
 /// How long one fetch of announced messages may take before the listener
@@ -42,6 +45,7 @@ pub(crate) struct History {
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages read from the store at once for a replay.
 pub(crate) const PAGE: i64 = 500;
+pub(crate) use crate::history::PAGE_BYTES;
 /// How often expired history messages are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the keeper looks whether a ready store is still there.
@@ -81,6 +85,9 @@ impl History {
             counters: counters.clone(),
             ready,
             check,
+            budget: Arc::new(Semaphore::new(
+                values.replay_budget.min(Semaphore::MAX_PERMITS),
+            )),
         });
         tokio::spawn(prune(Arc::downgrade(&history)));
         Some(history)
@@ -102,12 +109,27 @@ impl History {
         .await
     }
 
-    /// Up to the last `n` kept messages of `channel`; `None` without a history.
-    pub(crate) async fn last_n(&self, channel: &str, n: i64) -> Result<Option<Read>, String> {
+    /// A replay page's read: up to [`PAGE`] kept messages of `channel` after
+    /// `after`, within [`PAGE_BYTES`] of payloads unless it is one message.
+    pub(crate) async fn read_page(&self, channel: &str, after: &Position) -> Result<Read, String> {
+        let max_bytes = PAGE_BYTES as i64;
         self.with_client(async |client| {
-            self.store.last_n(client, channel, n, &self.retention).await
+            self.store
+                .read_page(client, channel, after, PAGE, max_bytes, &self.retention)
+                .await
         })
         .await
+    }
+
+    /// Waits for room for one page under the replay budget: replays beyond it
+    /// wait their turn (first come, first served), none is refused.
+    pub(crate) async fn page_permit(&self) -> OwnedSemaphorePermit {
+        // The budget holds at least a page (checked by the configuration).
+        self.budget
+            .clone()
+            .acquire_many_owned(PAGE_BYTES as u32)
+            .await
+            .expect("the replay budget is never closed")
     }
 
     /// The channel's epoch and last offset; `None` without a history.

@@ -73,14 +73,16 @@ impl Drop for Subscription {
 }
 
 impl ListenerHandle {
-    /// Subscribes to `channels` and waits until they are listened to. Cancelling
-    /// the wait (for a timeout) leaves the hub again.
+    /// Subscribes to `channels` with a queue of at most `frames` and `bytes`, and
+    /// waits until they are listened to. Cancelling the wait (for a timeout)
+    /// leaves the hub again.
     pub(crate) async fn subscribe(
         &self,
         channels: Vec<String>,
-        queue: usize,
+        frames: usize,
+        bytes: usize,
     ) -> Option<Subscription> {
-        let queue = Outbox::new(queue);
+        let queue = Outbox::bounded(frames, bytes);
         let (ack, acked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = Subscription {

@@ -139,9 +139,12 @@ impl Engine {
 
     /// The grant's channels, listened to within the subscribe timeout.
     pub(crate) async fn subscribe(&self, grant: &Grant) -> Result<Subscription, Refusal> {
-        let subscribe = self
-            .listener
-            .subscribe(grant.channels.clone(), self.settings.queue_length);
+        let settings = &self.settings;
+        let subscribe = self.listener.subscribe(
+            grant.channels.clone(),
+            settings.queue_length,
+            settings.queue_bytes,
+        );
         match timeout(self.settings.subscribe_timeout, subscribe).await {
             Ok(Some(sub)) => Ok(sub),
             _ => Err(Refusal::DatabaseUnavailable),

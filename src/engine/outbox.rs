@@ -25,6 +25,9 @@ use super::frame::Frame;
 
 /// Frames coalesced into one write, at most.
 pub(crate) const BATCH: usize = 16;
+/// Bytes a write batch takes frames up to: it holds at most this much and one
+/// frame more.
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
 /// A socket's write half, as the outbox holds it.
 pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
@@ -50,17 +53,21 @@ pub(crate) enum Ending {
     ListenerRestarted,
 }
 
-/// One reader's outbound frames. Bounded: at most `capacity` frames wait, plus the
-/// one batch being written (see the queue policy in PROTOCOL.md).
+/// One reader's outbound frames. Bounded: at most `capacity` frames and
+/// `max_bytes` of them wait (one frame always fits an empty queue), plus the one
+/// batch being written (see the queue policy in PROTOCOL.md).
 pub(crate) struct Outbox {
     state: Mutex<State>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
     /// Frames for the owner to take or render, oldest first.
     frames: VecDeque<Frame>,
+    /// The bytes of `frames` (their shared wire encodings).
+    queued: usize,
     /// Bytes for the wire, in order: the rest of a frame written in part, the
     /// codec's own frames (pongs, pings, closes, a replay), rendered frames.
     wire: VecDeque<Bytes>,
@@ -78,11 +85,17 @@ struct State {
 }
 
 impl Outbox {
-    /// An outbox holding at most `capacity` frames.
+    /// An outbox holding at most `capacity` frames, whatever their size.
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Self::bounded(capacity, usize::MAX)
+    }
+
+    /// An outbox holding at most `capacity` frames and `max_bytes` of them.
+    pub(crate) fn bounded(capacity: usize, max_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             capacity,
+            max_bytes,
         })
     }
 
@@ -105,10 +118,10 @@ impl Outbox {
                     s.wire.push_back(frame.wire.slice(n..));
                     Offer::Written
                 }
-                None => s.push(frame, self.capacity),
+                None => s.push(frame, self),
             }
         } else {
-            s.push(frame, self.capacity)
+            s.push(frame, self)
         };
         // A busy owner looks for more work after each write: only an idle one waits.
         if was_idle && !s.is_idle() {
@@ -125,10 +138,15 @@ impl Outbox {
     }
 
     /// The hub lets go of this reader for `ending` (the first reason given wins),
-    /// and wakes it; [`close`](Self::close) follows.
+    /// and wakes it; [`close`](Self::close) follows. A slow consumer's queue goes
+    /// at once: it is never sent (1008 comes first), and its owner may not run
+    /// again soon (an event stream waits for its connection to take data).
     pub(crate) fn end(&self, ending: Ending) {
         let mut s = self.lock();
-        s.ending.get_or_insert(ending);
+        if *s.ending.get_or_insert(ending) == Ending::SlowConsumer {
+            s.frames = VecDeque::new();
+            s.queued = 0;
+        }
         wake(s);
     }
 
@@ -156,10 +174,14 @@ impl Outbox {
     }
 
     /// Takes the write half back (to drop it: the connection closes once both
-    /// halves are gone, whenever the hub drops its handle).
+    /// halves are gone, whenever the hub drops its handle). What was still to be
+    /// written goes with it, rather than when the hub lets go.
     pub(crate) fn detach(&self) -> Option<Writer> {
         let mut s = self.lock();
         s.direct = false;
+        s.frames = VecDeque::new();
+        s.queued = 0;
+        s.wire = VecDeque::new();
         s.writer.take()
     }
 
@@ -170,13 +192,13 @@ impl Outbox {
 
     /// The next queued frame, without waiting.
     pub(crate) fn try_recv(&self) -> Option<Frame> {
-        self.lock().frames.pop_front()
+        self.lock().pop()
     }
 
     /// The next queued frame; `None` once the hub let go and the queue is empty.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         let mut s = self.lock();
-        if let Some(frame) = s.frames.pop_front() {
+        if let Some(frame) = s.pop() {
             return Poll::Ready(Some(frame));
         }
         if s.closed {
@@ -201,19 +223,22 @@ impl Outbox {
     }
 
     /// Writes up to a batch: what is on the wire already, then queued frames as
-    /// `render` makes them (`None` skips a frame). Ready once that batch is out and
-    /// flushed; call again while [`poll_work`](Self::poll_work) is ready.
+    /// `render` makes them (`None` skips a frame), up to [`BATCH`] frames and
+    /// [`BATCH_BYTES`]. Ready once that batch is out and flushed; call again while
+    /// [`poll_work`](Self::poll_work) is ready.
     pub(crate) fn poll_send(
         &self,
         cx: &mut Context<'_>,
         render: &mut dyn FnMut(Frame) -> Option<Bytes>,
     ) -> Poll<io::Result<()>> {
         let mut s = self.lock();
-        while s.wire.len() < BATCH {
-            let Some(frame) = s.frames.pop_front() else {
+        let mut rendered = 0;
+        while s.wire.len() < BATCH && rendered < BATCH_BYTES {
+            let Some(frame) = s.pop() else {
                 break;
             };
             if let Some(bytes) = render(frame) {
+                rendered += bytes.len();
                 s.wire.push_back(bytes);
             }
         }
@@ -252,13 +277,27 @@ fn wake(mut s: MutexGuard<'_, State>) {
 }
 
 impl State {
-    /// Queues `frame`, or reports the queue full.
-    fn push(&mut self, frame: &Frame, capacity: usize) -> Offer {
-        if self.frames.len() >= capacity {
+    /// Queues `frame`, or reports the queue full: by count, by bytes (but for
+    /// its first frame), or once let go as a slow consumer.
+    fn push(&mut self, frame: &Frame, limits: &Outbox) -> Offer {
+        let len = frame.wire.len();
+        let over_bytes = !self.frames.is_empty() && self.queued + len > limits.max_bytes;
+        if self.frames.len() >= limits.capacity
+            || over_bytes
+            || self.ending == Some(Ending::SlowConsumer)
+        {
             return Offer::Full;
         }
+        self.queued += len;
         self.frames.push_back(frame.clone());
         Offer::Queued
+    }
+
+    /// The oldest queued frame.
+    fn pop(&mut self) -> Option<Frame> {
+        let frame = self.frames.pop_front()?;
+        self.queued -= frame.wire.len();
+        Some(frame)
     }
 
     /// Nothing to write: neither frames nor bytes waiting, nothing to flush.

@@ -5,10 +5,11 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     frame::Frame,
-    history::{History, PAGE},
+    history::{History, PAGE_BYTES},
 };
 use crate::history::{Message, Position, Read};
 
@@ -107,6 +108,17 @@ pub(crate) struct Resume<F = Json> {
     /// Gap frames sent.
     gaps: u64,
     format: F,
+    /// The budget of a page whose write was cut short: its bytes are still
+    /// queued for the connection, until the connection ends.
+    held: Option<OwnedSemaphorePermit>,
+}
+
+/// One page of a replay: its frames, in order, and their place under the
+/// replay budget, given back when the page is dropped (once written).
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub(crate) frames: Vec<Bytes>,
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 impl Resume<Json> {
@@ -133,6 +145,7 @@ impl<F: Format> Resume<F> {
             sent,
             gaps: 0,
             format,
+            held: None,
         }
     }
 
@@ -151,51 +164,64 @@ impl<F: Format> Resume<F> {
         std::mem::take(&mut self.gaps)
     }
 
+    /// Keeps a page's budget until this replay is dropped: its write was cut
+    /// short, and its bytes go only with the connection.
+    pub(crate) fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.held = Some(permit);
+    }
+
     /// The next frames of the replay, in order; `None` once it is done. A Gap
-    /// frame comes first when a position cannot be honoured.
-    pub(crate) async fn next_page(
-        &mut self,
-        history: &History,
-    ) -> Result<Option<Vec<Bytes>>, String> {
+    /// frame comes first when a position cannot be honoured. Waits for room
+    /// under the replay budget before it reads.
+    pub(crate) async fn next_page(&mut self, history: &History) -> Result<Option<Page>, String> {
+        if self.todo.is_empty() {
+            return Ok(None);
+        }
+        let permit = history.page_permit().await;
         while let Some((channel, start)) = self.todo.pop_front() {
-            let (read, after, gaps) = match start {
-                Start::Last(n) => match history.last_n(&channel, n).await? {
-                    Some(read) => (read, None, false),
-                    None => continue,
-                },
-                Start::After(position) => (
-                    history.read_after(&channel, &position).await?,
-                    Some(position),
-                    true,
-                ),
-                Start::Window(position) => (
-                    history.read_after(&channel, &position).await?,
-                    Some(position),
-                    false,
-                ),
+            let (position, gaps) = match start {
+                // Handshakes make windows before they subscribe; this one is late.
+                Start::Last(n) => {
+                    let head = history.head(&channel).await?;
+                    self.todo.push_front((channel, Start::window(head, n)));
+                    continue;
+                }
+                Start::After(position) => (position, true),
+                Start::Window(position) => (position, false),
             };
-            let frames = self.page(&channel, &read, after.as_ref(), gaps);
+            let read = history.read_page(&channel, &position).await?;
+            let frames = self.page(&channel, read, Some(&position), gaps);
             if frames.is_empty() {
                 continue;
             }
-            return Ok(Some(frames));
+            return Ok(Some(Page { frames, permit }));
         }
         Ok(None)
     }
 
-    /// The frames of one read; queues the next page when the read was cut.
+    /// The frames of one read, up to [`PAGE_BYTES`] of them (at least one
+    /// message); queues the next page when the read or the page was cut. Each
+    /// payload is dropped once rendered.
     fn page(
         &mut self,
         channel: &str,
-        read: &Read,
+        read: Read,
         after: Option<&Position>,
         gaps: bool,
     ) -> Vec<Bytes> {
-        let mut frames = Vec::with_capacity(read.messages.len() + 1);
+        let Read {
+            epoch,
+            last_offset,
+            gap,
+            messages,
+            cut,
+        } = read;
+        let read_count = messages.len();
+        let mut frames = Vec::with_capacity(read_count + 1);
         // Each frame is written with the positions sent up to and including it.
         let at = |sent: &mut Sent, offset: i64| {
             let position = Position {
-                epoch: read.epoch.clone(),
+                epoch: epoch.clone(),
                 offset,
             };
             sent.insert(channel.to_owned(), position.clone());
@@ -203,31 +229,39 @@ impl<F: Format> Resume<F> {
         };
         // After "before any history", reading from offset 1 misses nothing.
         let from_scratch = |from: &i64| *from == 1 && after.is_some_and(|a| a.epoch == NONE_YET);
-        if let Some(from) = read.gap.filter(|from| gaps && !from_scratch(from)) {
+        if let Some(from) = gap.filter(|from| gaps && !from_scratch(from)) {
             at(&mut self.sent, from - 1);
-            frames.push(self.format.gap(channel, &read.epoch, from, &self.sent));
+            frames.push(self.format.gap(channel, &epoch, from, &self.sent));
             self.gaps += 1;
         }
-        for Message { offset, payload } in &read.messages {
-            let position = at(&mut self.sent, *offset);
-            frames.push(
-                self.format
-                    .message(channel, Some(&position), payload, &self.sent),
-            );
+        // A page holds what fits in PAGE_BYTES, and at least one message.
+        let (mut bytes, mut taken, mut last_taken) = (0, 0, None);
+        for Message { offset, payload } in messages {
+            let position = at(&mut self.sent, offset);
+            let frame = self
+                .format
+                .message(channel, Some(&position), &payload, &self.sent);
+            if taken > 0 && bytes + frame.len() > PAGE_BYTES {
+                break;
+            }
+            bytes += frame.len();
+            taken += 1;
+            last_taken = Some(offset);
+            frames.push(frame);
         }
         // What the client has now: live offsets up to here are not sent again.
-        let last = match (read.messages.last(), read.gap, after) {
-            (Some(m), _, _) => m.offset,
+        let last = match (last_taken, gap, after) {
+            (Some(offset), _, _) => offset,
             (None, Some(from), _) => from - 1,
             (None, None, Some(after)) => after.offset,
             // `history=`: nothing kept, so nothing before the head is wanted.
-            (None, None, None) => read.last_offset,
+            (None, None, None) => last_offset,
         };
         let position = Position {
-            epoch: read.epoch.clone(),
+            epoch: epoch.clone(),
             offset: last,
         };
-        let cut = after.is_some() && read.messages.len() as i64 >= PAGE && last < read.last_offset;
+        let cut = after.is_some() && last < last_offset && (cut || taken < read_count);
         if cut {
             self.todo
                 .push_front((channel.to_owned(), Start::After(position.clone())));
@@ -289,7 +323,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::frame::Origin;
+    use crate::engine::{frame::Origin, history::PAGE};
 
     fn frame(channel: &str, position: Option<(&str, i64)>, payload: &str) -> Frame {
         Frame::new(
@@ -316,6 +350,7 @@ mod tests {
                     payload: format!("m{offset}"),
                 })
                 .collect(),
+            cut: false,
         }
     }
 
@@ -330,7 +365,7 @@ mod tests {
             epoch: "E".into(),
             offset: 1,
         };
-        let frames = r.page("c\"x", &read("E", 3, None, &[2, 3]), Some(&after), true);
+        let frames = r.page("c\"x", read("E", 3, None, &[2, 3]), Some(&after), true);
         assert_eq!(frames.len(), 2);
         assert_eq!(
             std::str::from_utf8(&frames[0]).unwrap(),
@@ -356,7 +391,7 @@ mod tests {
             epoch: "OLD".into(),
             offset: 9,
         };
-        let frames = r.page("c", &read("E", 5, Some(6), &[]), Some(&after), true);
+        let frames = r.page("c", read("E", 5, Some(6), &[]), Some(&after), true);
         assert_eq!(
             std::str::from_utf8(&frames[0]).unwrap(),
             r#"{"channel":"c","event":"Gap","epoch":"E","from":6}"#
@@ -373,12 +408,9 @@ mod tests {
             epoch: "E".into(),
             offset: 0,
         };
-        r.page(
-            "c",
-            &read("E", PAGE + 3, None, &offsets),
-            Some(&after),
-            true,
-        );
+        let mut cut = read("E", PAGE + 3, None, &offsets);
+        cut.cut = true;
+        r.page("c", cut, Some(&after), true);
         assert_eq!(
             r.todo.front(),
             Some(&(
@@ -389,5 +421,36 @@ mod tests {
                 })
             ))
         );
+    }
+
+    #[test]
+    fn a_page_holds_a_mebibyte_of_frames_or_one_message() {
+        let mut r = Resume::<Json>::default();
+        let after = Position {
+            epoch: "E".into(),
+            offset: 0,
+        };
+        let big = |offsets: &[i64], size: usize| {
+            let mut read = read("E", 9, None, offsets);
+            for m in &mut read.messages {
+                m.payload = "x".repeat(size);
+            }
+            read
+        };
+        // Two 400 KiB frames fit, the third starts the next page.
+        let frames = r.page("c", big(&[1, 2, 3], 400 << 10), Some(&after), true);
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().map(Bytes::len).sum::<usize>() <= PAGE_BYTES);
+        let next = Start::After(Position {
+            epoch: "E".into(),
+            offset: 2,
+        });
+        assert_eq!(r.todo.pop_front(), Some(("c".to_owned(), next)));
+        assert_eq!(r.sent()["c"].offset, 2);
+        // A message larger than a page goes alone.
+        let frames = r.page("c", big(&[3, 4], 2 << 20), Some(&after), true);
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].len() > PAGE_BYTES);
+        assert_eq!(r.sent()["c"].offset, 3);
     }
 }

@@ -24,13 +24,7 @@ use tokio_tungstenite::{
     tungstenite::{
         Error as WsError, Message,
         error::ProtocolError,
-        protocol::{
-            Role, WebSocketConfig,
-            frame::{
-                Frame as WsFrame,
-                coding::{Data, OpCode},
-            },
-        },
+        protocol::{Role, WebSocketConfig},
     },
 };
 
@@ -159,6 +153,8 @@ impl Socket {
             let _ = timeout(meta::WAIT, close).await;
         }
         self.engine.counters.socket_closed(mode);
+        // A replay page cut short gives its budget back once the socket is gone.
+        drop(self.resume.take());
     }
 
     async fn exchange<S>(
@@ -177,28 +173,33 @@ impl Socket {
         let expiry = self.grant.expires_at.and_then(instant_at);
         let ping = self.engine.settings.ping_interval();
         let mut resume = self.resume.take();
-        let writer = Writer {
-            sink,
-            outbox,
-            resume: resume.as_deref_mut(),
-            history: self.engine.history.as_deref(),
-            pong: &pong,
-            counters: &self.engine.counters,
-        }
-        .run(expiry, ping, self.shutdown.clone());
-        let reader = self.read(stream, &pong, open);
-        tokio::pin!(reader, writer);
-        // On shutdown the other half finishes its in-flight work, within the drain timeout.
-        tokio::select! {
-            o = &mut reader => {
-                if o == GOING_AWAY { let _ = timeout(CLOSE_TIMEOUT, writer).await; }
-                o
+        let outcome = {
+            let writer = Writer {
+                sink,
+                outbox,
+                resume: resume.as_deref_mut(),
+                history: self.engine.history.as_deref(),
+                pong: &pong,
+                counters: &self.engine.counters,
             }
-            o = &mut writer => {
-                if o == GOING_AWAY { let _ = timeout(CLOSE_TIMEOUT, reader).await; }
-                o
+            .run(expiry, ping, self.shutdown.clone());
+            let reader = self.read(stream, &pong, open);
+            tokio::pin!(reader, writer);
+            // On shutdown the other half finishes its in-flight work, within the drain timeout.
+            tokio::select! {
+                o = &mut reader => {
+                    if o == GOING_AWAY { let _ = timeout(CLOSE_TIMEOUT, writer).await; }
+                    o
+                }
+                o = &mut writer => {
+                    if o == GOING_AWAY { let _ = timeout(CLOSE_TIMEOUT, reader).await; }
+                    o
+                }
             }
-        }
+        };
+        // Kept to the connection's end: it may hold a page's budget.
+        self.resume = resume;
+        outcome
     }
 
     /// Reads messages and NOTIFYs them in order; stops between messages on shutdown.
@@ -400,14 +401,26 @@ where
     }
 
     /// Sends the replay of a socket that asked for positions, page by page, each
-    /// page's write bounded like any other.
+    /// page's write bounded like any other. A page goes straight to the wire
+    /// (behind the codec's frames) and holds its budget until written. A slow
+    /// consumer meanwhile is closed at once, rather than waiting for its turn
+    /// under the budget to send what it will not get.
     async fn replay(&mut self, ping_every: Option<Duration>) -> Result<(), Outcome> {
         let (Some(resume), Some(history)) = (self.resume.as_deref_mut(), self.history) else {
             return Ok(());
         };
+        let outbox = self.outbox;
         self.counters.history_replay();
         loop {
-            let page = match resume.next_page(history).await {
+            let next = tokio::select! {
+                biased;
+                () = slow_consumer(outbox) => {
+                    self.counters.slow_consumer_closed();
+                    return Err(Outcome::Close(Close::SlowConsumer));
+                }
+                next = resume.next_page(history) => next,
+            };
+            let page = match next {
                 Ok(Some(page)) => page,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -416,15 +429,15 @@ where
                 }
             };
             self.counters.history_gaps(resume.take_gaps());
-            let sent = page.len() as u64;
-            let sink = &mut *self.sink;
-            let write = async {
-                for frame in page {
-                    sink.feed(text(frame)).await?;
-                }
-                sink.flush().await
-            };
-            written(within(ping_every, write).await)?;
+            let sent = page.frames.len() as u64;
+            for frame in page.frames {
+                outbox.push_wire(text_frame(&frame));
+            }
+            let flushed = within(ping_every, poll_fn(|cx| outbox.poll_flush_wire(cx))).await;
+            if let Err(outcome) = written(flushed) {
+                resume.hold(page.permit);
+                return Err(outcome);
+            }
             self.counters.frames_delivered(sent);
         }
     }
@@ -474,11 +487,6 @@ fn written<E>(result: Option<Result<(), E>>) -> Result<(), Outcome> {
         Some(Err(_)) => Err(Outcome::Ended),
         None => Err(PING_TIMEOUT),
     }
-}
-
-/// A rendered frame's payload, as a text message; it is UTF-8 already.
-fn text(frame: Bytes) -> Message {
-    Message::Frame(WsFrame::message(frame, OpCode::Data(Data::Text), true))
 }
 
 /// The codec for a socket: a small read buffer, no write buffer (what it writes

@@ -92,6 +92,6 @@ mod store;
 pub use patterns::{HistoryChannels, PatternError};
 pub use position::{MAX_EPOCH_LEN, ParseError, Position, Reference, Since};
 pub use store::{
-    DEFAULT_SCHEMA, HistoryError, MAX_SCHEMA_LEN, Message, PRUNE_BATCH, Read, Retention,
-    SCHEMA_VERSION, Store,
+    DEFAULT_SCHEMA, HistoryError, MAX_SCHEMA_LEN, Message, PAGE_BYTES, PRUNE_BATCH, Read,
+    Retention, SCHEMA_VERSION, Store,
 };

@@ -22,6 +22,10 @@ pub const DEFAULT_SCHEMA: &str = "pgws";
 /// The longest schema name: `<schema>.history` must be a channel name.
 pub const MAX_SCHEMA_LEN: usize = 55;
 
+/// Bytes of a replay page at most, both its payloads as read and its frames as
+/// rendered, unless it is one message (which always goes).
+pub const PAGE_BYTES: usize = 1 << 20;
+
 /// Messages deleted per `prune()` call, each in its own statement.
 pub const PRUNE_BATCH: i32 = 10_000;
 
@@ -78,9 +82,12 @@ pub struct Read {
     /// the reader gets, the first of `messages` if any.
     pub gap: Option<i64>,
     /// Kept messages in offset order, consecutive from the asked position (or
-    /// from `gap`). When the last one is below `last_offset`, the limit cut the
-    /// read: read on after it.
+    /// from `gap`). When the last one is below `last_offset`, the limit may
+    /// have cut the read (see `cut`): read on after it.
     pub messages: Vec<Message>,
+    /// A limit of the read (its count, or its bytes) left kept messages out
+    /// after the last one.
+    pub cut: bool,
 }
 
 /// A store operation that failed.
@@ -195,13 +202,19 @@ impl Store {
             read_after: format!(
                 "select c.epoch, c.last_offset, m.\"offset\", m.payload \
                  from {s}.channels c left join lateral ( \
-                   select m.\"offset\", m.payload from {s}.messages m \
-                   where m.channel_id = c.id \
-                     and m.\"offset\" > greatest( \
-                       case when c.epoch = $2 and $3 <= c.last_offset then $3 else 0 end, \
-                       c.last_offset - $5) \
-                     and m.created_at > {ttl} \
-                   order by m.\"offset\" limit $6 \
+                   select q.\"offset\", case when q.upto <= $7 or q.n = 1 then q.payload end \
+                     as payload from ( \
+                     select m.\"offset\", m.payload, \
+                       sum(octet_length(m.payload)) over w as upto, row_number() over w as n \
+                     from {s}.messages m \
+                     where m.channel_id = c.id \
+                       and m.\"offset\" > greatest( \
+                         case when c.epoch = $2 and $3 <= c.last_offset then $3 else 0 end, \
+                         c.last_offset - $5) \
+                       and m.created_at > {ttl} \
+                     window w as (order by m.\"offset\" rows unbounded preceding) \
+                     order by m.\"offset\" limit $6 \
+                   ) q order by q.\"offset\" \
                  ) m on true \
                  where c.channel = $1",
                 ttl = ttl("$4")
@@ -373,21 +386,41 @@ impl Store {
         limit: i64,
         retention: &Retention,
     ) -> Result<Read, HistoryError> {
+        self.read_page(client, channel, after, limit, i64::MAX, retention)
+            .await
+    }
+
+    /// [`Store::read_after`], stopping before the payloads read would pass
+    /// `max_bytes`: the messages hold at most that many bytes, or are one
+    /// message. The bytes are counted in the database, so what is left out is
+    /// never sent.
+    pub async fn read_page<C: GenericClient>(
+        &self,
+        client: &C,
+        channel: &str,
+        after: &Position,
+        limit: i64,
+        max_bytes: i64,
+        retention: &Retention,
+    ) -> Result<Read, HistoryError> {
         check(channel)?;
         let (ttl, count, limit) = (retention.ttl_secs(), retention.count(), limit.max(1));
-        let params: [(&(dyn ToSql + Sync), Type); 6] = [
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
             (&channel, Type::TEXT),
             (&after.epoch, Type::TEXT),
             (&after.offset, Type::INT8),
             (&ttl, Type::FLOAT8),
             (&count, Type::INT8),
             (&limit, Type::INT8),
+            (&max_bytes, Type::INT8),
         ];
         for attempt in 0..2 {
             let rows = client.query_typed(&self.sql.read_after, &params).await?;
             if let Some(mut read) = to_read(&rows)? {
                 let first = read.messages.first().map(|m| m.offset);
                 read.gap = gap(after, &read.epoch, read.last_offset, first);
+                let last = read.messages.last().map_or(0, |m| m.offset);
+                read.cut |= read.messages.len() as i64 >= limit && last < read.last_offset;
                 return Ok(read);
             }
             if attempt == 0 {
@@ -521,25 +554,30 @@ fn missing(e: tokio_postgres::Error) -> HistoryError {
 }
 
 /// Rows of `(epoch, last_offset, offset?, payload?)`; `None` without any (no
-/// counter row).
+/// counter row). A message without its payload was left out by a byte limit,
+/// and so is every one after it.
 fn to_read(rows: &[Row]) -> Result<Option<Read>, HistoryError> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };
     let mut messages = Vec::with_capacity(rows.len());
+    let mut cut = false;
     for row in rows {
-        if let Some(offset) = row.try_get::<_, Option<i64>>(2)? {
-            messages.push(Message {
-                offset,
-                payload: row.try_get(3)?,
-            });
-        }
+        let Some(offset) = row.try_get::<_, Option<i64>>(2)? else {
+            continue;
+        };
+        let Some(payload) = row.try_get::<_, Option<String>>(3)? else {
+            cut = true;
+            break;
+        };
+        messages.push(Message { offset, payload });
     }
     Ok(Some(Read {
         epoch: first.try_get(0)?,
         last_offset: first.try_get(1)?,
         gap: None,
         messages,
+        cut,
     }))
 }
 

@@ -4,9 +4,10 @@
 //! subscription itself, with no task or channel of its own.
 
 use std::{
+    collections::VecDeque,
     fmt,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
 };
 
@@ -15,7 +16,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use pin_project_lite::pin_project;
 use tokio::{
     sync::OwnedSemaphorePermit,
-    time::{Duration, Instant, Sleep, sleep_until},
+    task::JoinHandle,
+    time::{Duration, Instant, Sleep, sleep, sleep_until},
 };
 
 use crate::{
@@ -26,13 +28,13 @@ use crate::{
         frame::Frame,
         history::History,
         listener::Subscription,
-        outbox::Ending,
-        resume::{self, Format, Json, Resume, Sent},
+        outbox::{Ending, Outbox},
+        resume::{self, Format, Json, Page, Resume, Sent},
     },
     envelope::Event,
     history::{Position, Since},
     refusal::Refusal,
-    stats::Transport,
+    stats::{Counters, Transport},
     time::instant_at,
 };
 
@@ -43,8 +45,14 @@ use super::{
 
 /// What a browser is told to wait before reconnecting, in milliseconds.
 pub(crate) const RETRY_MS: u64 = 2000;
-/// Queued notifications written in one chunk.
+/// Queued notifications written in one chunk, at most.
 const BATCH: usize = 64;
+/// The bytes a chunk of the body takes events up to (a replay page goes in
+/// chunks of this size): the connection holds what it was given, so a client
+/// that stops reading pins at most its buffer and one chunk, or one larger event.
+const CHUNK: usize = 64 * 1024;
+/// No limit to [`write_queued`]: at shutdown, everything queued goes first.
+const ALL: (usize, usize) = (usize::MAX, usize::MAX);
 /// The keep-alive comment.
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
@@ -273,8 +281,7 @@ fn ending(close: Close) -> Bytes {
     event(Some("close"), None, &data)
 }
 
-type Replay =
-    Pin<Box<dyn Future<Output = (Resume<Sse>, Result<Option<Vec<Bytes>>, String>)> + Send>>;
+type Replay = Pin<Box<dyn Future<Output = (Resume<Sse>, Result<Option<Page>, String>)> + Send>>;
 
 /// The next page of a replay, the resume handed back with it.
 fn replay(mut resume: Resume<Sse>, history: Arc<History>) -> Replay {
@@ -290,10 +297,112 @@ enum State {
     Start(Resume<Sse>),
     /// Reading the next page of the replay.
     Replay(Replay),
+    /// Handing a page of the replay to the connection, a chunk at a time.
+    Page(Resume<Sse>, Handout),
     /// Writing notifications as they come.
     Live(Resume<Sse>),
     /// The ending event is out.
     Done,
+}
+
+/// A replay page on its way to the connection. The connection asks for a chunk
+/// only when it has room, so a client that stops reading stops asking: the
+/// page's deadline then takes it back, with its place under the replay budget,
+/// and lets the stream go as a slow consumer, as a WebSocket whose write blocks
+/// for a ping interval is let go. It needs a task: nothing polls the stream
+/// meanwhile.
+struct Handout {
+    /// `None` once the deadline took it.
+    page: Arc<Mutex<Option<Pending>>>,
+    deadline: Option<JoinHandle<()>>,
+}
+
+struct Pending {
+    frames: VecDeque<Bytes>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the stream gets from its page next.
+enum Handed {
+    Chunk(Bytes),
+    /// The page's last chunk: the page is given up, and its budget back.
+    Last(Bytes),
+    /// The deadline took it.
+    Lost,
+}
+
+impl Handout {
+    fn new(
+        page: Page,
+        within: Option<Duration>,
+        queue: &Arc<Outbox>,
+        counters: &Arc<Counters>,
+    ) -> Self {
+        let pending = Pending {
+            frames: page.frames.into(),
+            _permit: page.permit,
+        };
+        let page = Arc::new(Mutex::new(Some(pending)));
+        let deadline = within.map(|within| {
+            let (weak, queue, counters) = (Arc::downgrade(&page), queue.clone(), counters.clone());
+            tokio::spawn(take_back(weak, within, queue, counters))
+        });
+        Self { page, deadline }
+    }
+
+    /// The next chunk: up to [`CHUNK`] bytes, copied so that the connection never
+    /// holds on to a whole frame through a slice of it.
+    fn next(&mut self) -> Handed {
+        let mut slot = self.page.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pending) = slot.as_mut() else {
+            return Handed::Lost;
+        };
+        let mut chunk = BytesMut::new();
+        while chunk.len() < CHUNK {
+            let Some(front) = pending.frames.front_mut() else {
+                break;
+            };
+            let n = front.len().min(CHUNK - chunk.len());
+            chunk.extend_from_slice(&front.split_to(n));
+            if front.is_empty() {
+                pending.frames.pop_front();
+            }
+        }
+        if pending.frames.is_empty() {
+            *slot = None;
+            return Handed::Last(chunk.freeze());
+        }
+        Handed::Chunk(chunk.freeze())
+    }
+}
+
+impl Drop for Handout {
+    fn drop(&mut self) {
+        if let Some(deadline) = &self.deadline {
+            deadline.abort();
+        }
+    }
+}
+
+/// The page's deadline: what is left of it goes, the stream is let go.
+async fn take_back(
+    page: Weak<Mutex<Option<Pending>>>,
+    within: Duration,
+    queue: Arc<Outbox>,
+    counters: Arc<Counters>,
+) {
+    sleep(within).await;
+    let Some(page) = page.upgrade() else {
+        return;
+    };
+    let lost = page.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if lost.is_some() {
+        tracing::info!("event stream did not take its replay within the ping interval");
+        counters.slow_consumer_closed();
+        queue.end(Ending::SlowConsumer);
+    }
+    // Its budget goes last: whatever waited for it sees the stream let go.
+    drop(lost);
 }
 
 /// Held while a stream lives: its place under the socket limit and in the figures.
@@ -376,16 +485,21 @@ impl EventStream {
                     Bytes::from(format!("retry: {RETRY_MS}\n\n"))
                 }
                 State::Replay(mut page) => {
-                    if this.shutdown.as_mut().poll(cx).is_ready() {
+                    if this.sub.queue.ending() == Some(Ending::SlowConsumer) {
+                        counters.slow_consumer_closed();
+                        end(Close::SlowConsumer, BytesMut::new())
+                    } else if this.shutdown.as_mut().poll(cx).is_ready() {
                         end(Close::GoingAway, BytesMut::new())
                     } else if let Poll::Ready((mut resume, read)) = page.as_mut().poll(cx) {
                         match read {
                             Ok(Some(page)) => {
                                 counters.history_gaps(resume.take_gaps());
-                                counters.frames_delivered(page.len() as u64);
-                                let history = engine.history.clone().expect("replays need history");
-                                *this.state = State::Replay(replay(resume, history));
-                                page.concat().into()
+                                counters.frames_delivered(page.frames.len() as u64);
+                                let within = engine.settings.ping_interval();
+                                let handout =
+                                    Handout::new(page, within, &this.sub.queue, &engine.counters);
+                                *this.state = State::Page(resume, handout);
+                                continue;
                             }
                             // The positions after the replay, in an event without data:
                             // it sets the client's last event id and fires nothing.
@@ -407,6 +521,25 @@ impl EventStream {
                         return Poll::Pending;
                     }
                 }
+                State::Page(resume, mut handout) => {
+                    if this.shutdown.as_mut().poll(cx).is_ready() {
+                        end(Close::GoingAway, BytesMut::new())
+                    } else {
+                        match handout.next() {
+                            Handed::Chunk(chunk) => {
+                                *this.state = State::Page(resume, handout);
+                                chunk
+                            }
+                            Handed::Last(chunk) => {
+                                let history = engine.history.clone().expect("replays need history");
+                                *this.state = State::Replay(replay(resume, history));
+                                chunk
+                            }
+                            // Counted when the deadline took it.
+                            Handed::Lost => end(Close::SlowConsumer, BytesMut::new()),
+                        }
+                    }
+                }
                 State::Live(mut resume) => {
                     // In the WebSocket's order: hub signal, shutdown, expiry, frames.
                     if this.sub.queue.ending() == Some(Ending::SlowConsumer) {
@@ -416,9 +549,8 @@ impl EventStream {
                         // What is queued already is delivered first.
                         let mut out = BytesMut::new();
                         let sub = &mut *this.sub;
-                        let sent = write_queued(&mut out, &mut resume, None, usize::MAX, || {
-                            sub.queue.try_recv()
-                        });
+                        let sent =
+                            write_queued(&mut out, &mut resume, None, ALL, || sub.queue.try_recv());
                         counters.frames_delivered(sent);
                         end(Close::GoingAway, out)
                     } else if this.timer.as_mut().poll(cx).is_ready() {
@@ -449,10 +581,13 @@ impl EventStream {
                             Poll::Ready(Some(first)) => {
                                 let mut out = BytesMut::new();
                                 let sub = &mut *this.sub;
-                                let sent =
-                                    write_queued(&mut out, &mut resume, Some(first), BATCH, || {
-                                        sub.queue.try_recv()
-                                    });
+                                let sent = write_queued(
+                                    &mut out,
+                                    &mut resume,
+                                    Some(first),
+                                    (BATCH, CHUNK),
+                                    || sub.queue.try_recv(),
+                                );
                                 counters.frames_delivered(sent);
                                 *this.state = State::Live(resume);
                                 if out.is_empty() {
@@ -469,12 +604,13 @@ impl EventStream {
     }
 }
 
-/// Writes `first` and what else is queued, up to `most` frames; how many events.
+/// Writes `first` and what else is queued, up to `most` frames and `bytes` (and
+/// one event more); how many events.
 fn write_queued(
     out: &mut BytesMut,
     resume: &mut Resume<Sse>,
     first: Option<Frame>,
-    most: usize,
+    (most, bytes): (usize, usize),
     mut next: impl FnMut() -> Option<Frame>,
 ) -> u64 {
     let mut sent = 0;
@@ -486,7 +622,7 @@ fn write_queued(
             sent += 1;
         }
         taken += 1;
-        if taken >= most {
+        if taken >= most || out.len() >= bytes {
             break;
         }
         frame = next();

@@ -920,3 +920,39 @@ async fn a_plain_notify_on_a_history_channel_is_not_kept() {
     let last = f.store.last_n(&f.db, "plain", 10, &keep(10)).await.unwrap();
     assert_eq!(last, None);
 }
+
+#[tokio::test]
+async fn a_page_read_stops_before_its_bytes_and_says_it_was_cut() {
+    let f = Fixture::new().await;
+    let chan = "bytes";
+    let sizes = [300_000, 300_000, 300_000, 2_000_000, 10, 10];
+    let mut epoch = String::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let payload = format!("{i}").repeat(*size);
+        epoch = f.publish(chan, &payload).await.epoch;
+    }
+    let page = async |from: i64, limit: i64| {
+        f.store
+            .read_page(&f.db, chan, &at(&epoch, from), limit, 1 << 20, &keep(100))
+            .await
+            .unwrap()
+    };
+    // Three fit in 1 MiB; the fourth is left out, and nothing of it is read.
+    let read = page(0, 500).await;
+    assert_eq!((offsets(&read), read.cut), (vec![1, 2, 3], true));
+    assert!(read.messages.iter().all(|m| m.payload.len() == 300_000));
+    // A message larger than the page comes alone.
+    let read = page(3, 500).await;
+    assert_eq!((offsets(&read), read.cut), (vec![4], true));
+    assert_eq!(read.messages[0].payload.len(), 2_000_000);
+    // What is left fits: not cut. The count cuts too, unless nothing is left.
+    let read = page(4, 500).await;
+    assert_eq!((offsets(&read), read.cut), (vec![5, 6], false));
+    let read = page(4, 1).await;
+    assert_eq!((offsets(&read), read.cut), (vec![5], true));
+    let read = page(5, 1).await;
+    assert_eq!((offsets(&read), read.cut), (vec![6], false));
+    // Without a byte limit, everything.
+    let read = f.read_after(chan, &at(&epoch, 0), &keep(100)).await;
+    assert_eq!((offsets(&read), read.cut), (vec![1, 2, 3, 4, 5, 6], false));
+}

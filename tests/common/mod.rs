@@ -10,6 +10,7 @@ pub mod latency;
 pub mod program;
 pub mod rows;
 pub mod running;
+pub mod stalled;
 
 use std::{
     convert::Infallible,

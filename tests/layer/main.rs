@@ -15,6 +15,7 @@ mod limits;
 mod listener;
 mod meta;
 mod protocol;
+mod replay;
 mod service;
 mod sse;
 mod writes;

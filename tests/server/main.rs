@@ -11,6 +11,7 @@ mod devdb;
 mod http2;
 mod program;
 mod proxy;
+mod replay_memory;
 mod rolling;
 mod server;
 mod static_files;
