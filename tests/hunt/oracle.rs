@@ -287,7 +287,10 @@ impl Oracle<'_> {
             if !life.channels.contains(&channel) {
                 breaches.push(format!("{who}: got {} of channel {channel}", got.id));
             }
-            let key = (commit.source, reads_store(self.plan, life).then_some(channel));
+            let key = (
+                commit.source,
+                reads_store(self.plan, life).then_some(channel),
+            );
             if let Some(&(before, at)) = last_of_source.get(&key)
                 && place < before
             {
@@ -327,13 +330,20 @@ impl Oracle<'_> {
     /// only a suffix may be missing.
     fn check_complete(&self, index: &Index<'_>, life: &Life, who: &str) -> Vec<String> {
         let got: HashSet<&str> = life.got.iter().map(|g| g.id.as_str()).collect();
-        // The latest a received message's commit was sent.
-        let newest = life
+        // The latest a received message's commit was sent: per channel where a
+        // replay runs ahead of the live frames, else over all of them.
+        let per_channel = reads_store(self.plan, life);
+        let mut newest: HashMap<Option<usize>, Instant> = HashMap::new();
+        for (commit, _, channel) in life
             .got
             .iter()
             .filter_map(|g| index.by_id.get(g.id.as_str()))
-            .map(|(c, _, _)| c.sent)
-            .max();
+        {
+            let at = newest
+                .entry(per_channel.then_some(*channel))
+                .or_insert(commit.sent);
+            *at = (*at).max(commit.sent);
+        }
         let whole = matches!(life.end, End::Open);
         let mut missing = Vec::new();
         for commit in self.commits {
@@ -349,7 +359,8 @@ impl Oracle<'_> {
                 }
                 // Missing: a breach if the end allows no loss, or if something
                 // committed after it did arrive (a hole, not a suffix).
-                if whole || newest.is_some_and(|n| n > done) {
+                let newest = newest.get(&per_channel.then_some(m.channel));
+                if whole || newest.is_some_and(|&n| n > done) {
                     missing.push(m.id.as_str());
                 }
             }
