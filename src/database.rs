@@ -18,11 +18,13 @@ use rustls::{
     ClientConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-use tokio_postgres::{Socket, config::SslMode, tls::MakeTlsConnect};
+use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{ConfigError, error_chain};
 
+pub(crate) mod listen;
+mod screen;
 mod verifier;
 
 use verifier::{Roots, Verifier};
@@ -88,8 +90,6 @@ impl fmt::Display for DatabaseTls {
     }
 }
 
-/// The TLS stream of a connection made with [`Connector`].
-pub(crate) type TlsStream = <Connector as MakeTlsConnect<Socket>>::Stream;
 /// The `MakeTlsConnect` both the listener and the write pool use.
 pub(crate) type Connector = MakeRustlsConnect;
 

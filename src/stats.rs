@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     channels_listened: AtomicI64,
     pending_joins: AtomicI64,
     notifications_received: AtomicU64,
+    notifications_undecodable: AtomicU64,
     frames_delivered: AtomicU64,
     slow_consumer_closes: AtomicU64,
     messages_notified: AtomicU64,
@@ -111,6 +112,12 @@ impl Counters {
         self.notifications_received.fetch_add(1, Relaxed);
     }
 
+    /// Notifications dropped for a channel or payload that is not UTF-8.
+    pub(crate) fn notifications_undecodable(&self, n: u64) {
+        counter!("pgws_notifications_undecodable_total").increment(n);
+        self.notifications_undecodable.fetch_add(n, Relaxed);
+    }
+
     pub(crate) fn frames_delivered(&self, n: u64) {
         counter!("pgws_frames_delivered_total").increment(n);
         self.frames_delivered.fetch_add(n, Relaxed);
@@ -194,6 +201,7 @@ impl Counters {
             channels_listened: self.channels_listened.load(Relaxed).max(0) as u64,
             pending_joins: self.pending_joins.load(Relaxed).max(0) as u64,
             notifications_received: self.notifications_received.load(Relaxed),
+            notifications_undecodable: self.notifications_undecodable.load(Relaxed),
             frames_delivered: self.frames_delivered.load(Relaxed),
             slow_consumer_closes: self.slow_consumer_closes.load(Relaxed),
             messages_notified: self.messages_notified.load(Relaxed),
@@ -244,6 +252,9 @@ pub struct Stats {
     pub pending_joins: u64,
     /// Notifications the listener received.
     pub notifications_received: u64,
+    /// Notifications dropped because their channel or payload is not UTF-8 (only
+    /// a `SQL_ASCII` database lets such a `NOTIFY` through).
+    pub notifications_undecodable: u64,
     /// Text frames written to sockets, and events written to event streams.
     pub frames_delivered: u64,
     /// Sockets (and event streams) closed with `1008 Slow consumer`.

@@ -15,11 +15,13 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
     time::{Instant, timeout},
 };
-use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::{
-    database::{Database, TlsStream},
-    error::error_chain,
+    database::{
+        Database,
+        listen::{self, ListenerConnection as Conn},
+    },
     mapping::Mapping,
     stats::Counters,
     time::sleep_until_opt,
@@ -34,7 +36,6 @@ use super::{
 };
 use crate::history::Reference;
 
-type Conn = Connection<Socket, TlsStream>;
 type Query = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
 /// Deliveries waiting for their fetch, at most; beyond it the listener stops
@@ -139,6 +140,9 @@ pub(crate) fn spawn(
         acked: 0,
         history,
         seen: Seen::default(),
+        undecodable: Arc::default(),
+        undecodable_reported: 0,
+        preamble: None,
     };
     tokio::spawn(listener.run());
     ListenerHandle {
@@ -183,6 +187,12 @@ struct Listener {
     history: Option<Arc<History>>,
     /// The last position delivered on each history channel with readers.
     seen: Seen,
+    /// Notifications the connection's screen dropped for not being UTF-8, and
+    /// how many of them were reported.
+    undecodable: Arc<AtomicU64>,
+    undecodable_reported: u64,
+    /// SQL run before the next batch's statements, in the same round trip.
+    preamble: Option<&'static str>,
 }
 
 /// Work on history channels waiting to be applied, in notification order.
@@ -259,13 +269,17 @@ impl Listener {
     /// taking commands. `None` once every handle is gone.
     async fn connect(&mut self, backoff: &mut Duration) -> Option<(Client, Conn)> {
         loop {
-            let (db, tls) = (self.db.config.clone(), self.db.connector.clone());
-            // tokio-postgres bounds only the TCP connect; a server that accepts and
-            // then says nothing must not hold the listener, so bound the whole start-up.
-            let limit = db.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+            let (db, dropped) = (self.db.clone(), self.undecodable.clone());
+            // A server that accepts and then says nothing must not hold the
+            // listener, so the timeout bounds the whole start-up.
+            let limit = db
+                .config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(CONNECT_TIMEOUT);
             let attempt = async move {
-                match timeout(limit, db.connect(tls)).await {
-                    Ok(result) => result.map_err(|e| error_chain(&e)),
+                match timeout(limit, listen::connect(&db, &dropped)).await {
+                    Ok(result) => result,
                     Err(_) => Err(format!("no answer within {limit:?}")),
                 }
             };
@@ -306,6 +320,21 @@ impl Listener {
         self.report_pending();
     }
 
+    /// Counts (and logs) the notifications dropped since the last report.
+    fn report_undecodable(&mut self) {
+        let total = self.undecodable.load(Ordering::Relaxed);
+        let new = total - self.undecodable_reported;
+        if new > 0 {
+            self.undecodable_reported = total;
+            self.counters.notifications_undecodable(new);
+            tracing::warn!(
+                dropped = new,
+                total,
+                "notifications that are not UTF-8 were dropped"
+            );
+        }
+    }
+
     /// Reports how many joins wait for their ack, when that changed.
     fn report_pending(&mut self) {
         let n = self.hub.pending_count();
@@ -329,6 +358,7 @@ impl Listener {
         };
         let pipe = &mut pipe;
         let first = self.initial_listens();
+        self.preamble = raw_encoding(&conn);
         // Joins that waited while offline are acked by this first batch, or,
         // on a history channel whose baseline is not known, once it is.
         let known = ready(self.history.as_deref(), &self.seen);
@@ -369,6 +399,7 @@ impl Listener {
                         }
                     }
                     pipe.batches.release();
+                    self.report_undecodable();
                 }
                 Some(done) = pipe.deliveries.next(), if !pipe.deliveries.is_empty() => match done {
                     Ok(done) => {
@@ -532,7 +563,8 @@ impl Listener {
             None => self.hub.channel_count(),
         };
         self.counters.channels_listened(listened);
-        if channels.is_empty() {
+        let preamble = self.preamble.take();
+        if channels.is_empty() && preamble.is_none() {
             queries.push_back(Box::pin(std::future::ready(Ok(seq))));
             return;
         }
@@ -540,14 +572,15 @@ impl Listener {
             Verb::Listen => "LISTEN",
             Verb::Unlisten => "UNLISTEN",
         };
-        let sql: String = channels
-            .iter()
-            .map(|c| {
+        let sql: String = preamble
+            .into_iter()
+            .map(str::to_owned)
+            .chain(channels.iter().map(|c| {
                 format!(
                     "{verb} {};",
                     postgres_protocol::escape::escape_identifier(c)
                 )
-            })
+            }))
             .collect();
         let client = client.clone();
         queries.push_back(Box::pin(async move {
@@ -702,6 +735,15 @@ impl Listener {
 /// socket's ack is caught up from a position no later than the ack.
 fn ready<'a>(history: Option<&'a History>, seen: &'a Seen) -> impl Fn(&str) -> bool + 'a {
     move |channel| history.is_none_or(|h| !h.channels.matches(channel)) || seen.knows(channel)
+}
+
+/// In a `SQL_ASCII` database, the listener asks for the bytes as they are: with
+/// `UTF8` the server checks each notification as it sends it, and one that is not
+/// UTF-8 ends the session (`FATAL`, SQLSTATE 22021). Raw, such a notification
+/// reaches the connection's screen, which drops it.
+fn raw_encoding(conn: &Conn) -> Option<&'static str> {
+    (conn.parameter("server_encoding") == Some("SQL_ASCII"))
+        .then_some("SET client_encoding TO 'SQL_ASCII';")
 }
 
 async fn poll_opt<F: Future + Unpin>(fut: &mut Option<F>) -> F::Output {

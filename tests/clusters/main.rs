@@ -4,5 +4,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod encoding;
 mod faults;
 mod history_store;
