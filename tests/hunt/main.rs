@@ -94,9 +94,17 @@ pub struct Env {
     frames: AtomicU64,
     /// Publishers' errors, with what they were doing.
     errors: Mutex<Vec<String>>,
+    /// What the programs logged and when faults struck, for a failure's report.
+    logs: Mutex<String>,
+    /// When the run began: the times in a failure's report count from here.
+    pub born: Instant,
 }
 
 impl Env {
+    pub fn log(&self, text: String) {
+        self.logs.lock().unwrap().push_str(&text);
+    }
+
     pub fn error(&self, what: String) {
         self.errors.lock().unwrap().push(what);
     }
@@ -138,6 +146,8 @@ async fn hunt(seed: u64, cluster: Arc<Cluster>) -> Result<String, Vec<String>> {
         published: watch::channel(false).0,
         frames: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
+        logs: Mutex::new(String::new()),
+        born: Instant::now(),
     });
     let program = Arc::new(Mutex::new(Some(start(&env).await)));
     if env.plan.history().next().is_some() {
@@ -167,6 +177,9 @@ async fn hunt(seed: u64, cluster: Arc<Cluster>) -> Result<String, Vec<String>> {
     let reference = reference.await.unwrap();
     let store = store(&env).await;
     let program = program.lock().unwrap().take();
+    if let Some(p) = &program {
+        env.log(p.stderr());
+    }
     tokio::task::spawn_blocking(move || drop(program))
         .await
         .unwrap();
@@ -177,6 +190,7 @@ async fn hunt(seed: u64, cluster: Arc<Cluster>) -> Result<String, Vec<String>> {
         reference: &reference,
         store: &store,
         faults: &faults,
+        born: env.born,
     };
     let mut breaches = oracle.check(&lives);
     // Only a database restart explains a failed statement.
@@ -190,6 +204,13 @@ async fn hunt(seed: u64, cluster: Arc<Cluster>) -> Result<String, Vec<String>> {
         );
     }
     if !breaches.is_empty() {
+        let logs = env.logs.lock().unwrap();
+        let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        breaches.push(format!(
+            "faults and pgws's log (last 40 lines):\n    {}",
+            tail.join("\n    ")
+        ));
         return Err(breaches);
     }
     Ok(summary(&env.plan, &commits, &lives, &faults))
@@ -308,6 +329,7 @@ async fn faults(
             Fault::RestartPgws => {
                 let old = program.lock().unwrap().take();
                 if let Some(old) = old {
+                    env.log(old.stderr());
                     let status = tokio::task::spawn_blocking(move || old.terminate()).await;
                     assert!(status.unwrap().success(), "pgws did not stop cleanly");
                 }
@@ -315,6 +337,7 @@ async fn faults(
                 *program.lock().unwrap() = Some(new);
             }
         }
+        env.log(format!("{:?}: {fault:?}\n", env.born.elapsed()));
         done.push(fault);
     }
     done

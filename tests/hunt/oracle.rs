@@ -130,6 +130,8 @@ pub struct Oracle<'a> {
     pub store: &'a Store,
     /// Faults that happened.
     pub faults: &'a [Fault],
+    /// When the run began.
+    pub born: Instant,
 }
 
 impl Oracle<'_> {
@@ -217,11 +219,12 @@ impl Oracle<'_> {
 
     fn check_life(&self, index: &Index<'_>, life: &Life) -> Vec<String> {
         let who = format!(
-            "reader {} ({:?}, channels {:?}{})",
+            "reader {} ({:?}, channels {:?}{}, opened at {:?})",
             life.reader,
             self.plan.readers[life.reader].behaviour,
             life.channels,
-            if life.sse { ", event stream" } else { "" }
+            if life.sse { ", event stream" } else { "" },
+            life.opened - self.born
         );
         let mut breaches = Vec::new();
         if life.gaps > 0 {
@@ -295,14 +298,25 @@ impl Oracle<'_> {
                 && place < before
             {
                 let later = &life.got[at].id;
+                let when = |id: &str| {
+                    index.by_id.get(id).map(|(c, _, _)| {
+                        let done = match c.outcome {
+                            Outcome::Committed(at) => Some(at - self.born),
+                            Outcome::Unknown => None,
+                        };
+                        (c.sent - self.born, done)
+                    })
+                };
                 breaches.push(format!(
-                    "{who}: {} (frame #{i}, channel {channel}, offset {:?}) came after {later} \
-                     (frame #{at}, channel {:?}, offset {:?}), a later message of its source; \
-                     end {:?}",
+                    "{who}: {} (frame #{i}, channel {channel}, offset {:?}, sent and done at \
+                     {:?}) came after {later} (frame #{at}, channel {:?}, offset {:?}, at {:?}), \
+                     a later message of its source; end {:?}",
                     got.id,
                     index.offsets.get(&got.id),
+                    when(&got.id),
                     index.by_id.get(later.as_str()).map(|e| e.2),
                     index.offsets.get(later),
+                    when(later),
                     life.end
                 ));
             }
