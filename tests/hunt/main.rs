@@ -58,9 +58,18 @@ fn every_seed_holds_the_delivery_guarantee() {
         return;
     };
     let until = Instant::now() + Duration::from_secs(seconds.parse().expect("seconds"));
+    let (mut runs, mut failed) = (0, Vec::new());
     while Instant::now() < until {
-        run_seed(rand::random::<u32>() as u64, &cluster);
+        let seed = rand::random::<u32>() as u64;
+        runs += 1;
+        // A long hunt goes on after a failure, and reports them all at the end.
+        if let Err(why) = std::panic::catch_unwind(|| run_seed(seed, &cluster)) {
+            eprintln!("{}", why.downcast_ref::<String>().map_or("(panic)", |s| s));
+            failed.push(seed);
+        }
     }
+    println!("hunted {runs} fresh seeds; failed: {failed:?}");
+    assert!(failed.is_empty(), "seeds that failed: {failed:?}");
 }
 
 fn run_seed(seed: u64, cluster: &Arc<Cluster>) {
