@@ -5,11 +5,6 @@ use pgws::server;
 
 use std::{net::SocketAddr, os::unix::fs::symlink, path::PathBuf};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-
 use crate::{
     common::{running::Running, *},
     server::start_upstream,
@@ -72,22 +67,6 @@ async fn start(root: PathBuf, upstream: Option<SocketAddr>) -> Running {
     .await
 }
 
-/// `GET <target>` as sent: the status and the body.
-async fn get(addr: SocketAddr, target: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let head = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
-        .await
-        .expect("no answer in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer[9..12].parse().unwrap();
-    let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
-}
-
 /// Requests for what must not be served.
 const HIDDEN: &[&str] = &[
     "/.env",
@@ -109,7 +88,7 @@ async fn dotfiles_and_links_out_of_the_root_are_not_served() {
     let tree = Tree::new();
     let srv = start(tree.root(), None).await;
     for target in HIDDEN {
-        let (status, body) = get(srv.addr, target).await;
+        let (status, body) = get_as_is(srv.addr, target).await;
         assert_eq!((status, body.as_str()), (404, "Not Found"), "{target}");
     }
     for (target, text) in [
@@ -119,7 +98,7 @@ async fn dotfiles_and_links_out_of_the_root_are_not_served() {
         ("/.well-known/security.txt", "Contact: mailto:a@example.com"),
     ] {
         assert_eq!(
-            get(srv.addr, target).await,
+            get_as_is(srv.addr, target).await,
             (200, text.to_owned()),
             "{target}"
         );
@@ -132,7 +111,7 @@ async fn what_static_files_do_not_serve_goes_on_to_the_upstream() {
     let up = start_upstream().await;
     let srv = start(tree.root(), Some(up)).await;
     for target in HIDDEN {
-        let (status, body) = get(srv.addr, target).await;
+        let (status, body) = get_as_is(srv.addr, target).await;
         assert_eq!(status, 200, "{target}");
         assert!(!body.contains("SECRET"), "{target}: {body}");
         assert!(
