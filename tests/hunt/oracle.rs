@@ -244,16 +244,27 @@ impl Oracle<'_> {
         breaches
     }
 
+    /// What a message's order is kept within: its channel where a replay or a
+    /// catch-up brings stored messages channel after channel, else the connection.
+    fn order_key(&self, life: &Life, channel: usize) -> Option<usize> {
+        let stored = self.plan.channels[channel].history;
+        let per_channel = reads_store(self.plan, life) || (self.listener_lost() && stored);
+        per_channel.then_some(channel)
+    }
+
+    fn listener_lost(&self) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f, Fault::TerminateListener | Fault::RestartPostgres))
+    }
+
     /// An ending no fault and no documented cause explains.
     fn unexplained(&self, life: &Life) -> Option<String> {
         let plain = life
             .channels
             .iter()
             .any(|&c| !self.plan.channels[c].history);
-        let listener_lost = self
-            .faults
-            .iter()
-            .any(|f| matches!(f, Fault::TerminateListener | Fault::RestartPostgres));
+        let listener_lost = self.listener_lost();
         let db_restarted = self.faults.contains(&Fault::RestartPostgres);
 
         match &life.end {
@@ -275,7 +286,8 @@ impl Oracle<'_> {
         let mut breaches = Vec::new();
         let mut seen = HashSet::new();
         // A replay (an event stream's too, from the heads) goes channel after
-        // channel, before the live frames: there, order holds within a channel.
+        // channel, before the live frames: there, stored messages keep their order
+        // within a channel.
         let mut last_of_source: HashMap<(usize, Option<usize>), (usize, usize)> = HashMap::new();
         let mut last_rank = None;
         let mut last_offset: HashMap<usize, i64> = HashMap::new();
@@ -290,10 +302,7 @@ impl Oracle<'_> {
             if !life.channels.contains(&channel) {
                 breaches.push(format!("{who}: got {} of channel {channel}", got.id));
             }
-            let key = (
-                commit.source,
-                reads_store(self.plan, life).then_some(channel),
-            );
+            let key = (commit.source, self.order_key(life, channel));
             if let Some(&(before, at)) = last_of_source.get(&key)
                 && place < before
             {
@@ -346,7 +355,6 @@ impl Oracle<'_> {
         let got: HashSet<&str> = life.got.iter().map(|g| g.id.as_str()).collect();
         // The latest a received message's commit was sent: per channel where a
         // replay runs ahead of the live frames, else over all of them.
-        let per_channel = reads_store(self.plan, life);
         let mut newest: HashMap<Option<usize>, Instant> = HashMap::new();
         for (commit, _, channel) in life
             .got
@@ -354,7 +362,7 @@ impl Oracle<'_> {
             .filter_map(|g| index.by_id.get(g.id.as_str()))
         {
             let at = newest
-                .entry(per_channel.then_some(*channel))
+                .entry(self.order_key(life, *channel))
                 .or_insert(commit.sent);
             *at = (*at).max(commit.sent);
         }
@@ -373,7 +381,7 @@ impl Oracle<'_> {
                 }
                 // Missing: a breach if the end allows no loss, or if something
                 // committed after it did arrive (a hole, not a suffix).
-                let newest = newest.get(&per_channel.then_some(m.channel));
+                let newest = newest.get(&self.order_key(life, m.channel));
                 if whole || newest.is_some_and(|&n| n > done) {
                     missing.push(m.id.as_str());
                 }
