@@ -37,6 +37,11 @@ impl Frame {
             origin,
         }))
     }
+
+    /// Where a stored message stands; `None` for a plain notification.
+    pub(crate) fn position(&self) -> Option<&Position> {
+        self.origin.as_ref()?.position.as_ref()
+    }
 }
 
 impl std::ops::Deref for Frame {

@@ -710,6 +710,13 @@ impl Listener {
             if skipping.contains(&channel) || !self.hub.has_readers(channel) {
                 continue;
             }
+            // A stored message for readers that all wait for the channel's
+            // baseline is older than their `101` (a fetch that outlived the
+            // channel's last readers); delivered, it would become the last
+            // position, and the next message would look like one after a hole.
+            if frame.position().is_some() && !self.seen.knows(channel) {
+                continue;
+            }
             if let (Some(after), Some(history)) = (self.seen.skipped(channel, frame), &self.history)
             {
                 // A lost announcement: read what it skipped (and this one, and

@@ -10,6 +10,7 @@ mod access;
 mod delivery;
 mod handshake;
 mod history;
+mod history_pipe;
 mod hostile;
 mod limits;
 mod listener;
