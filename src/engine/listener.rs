@@ -367,7 +367,11 @@ impl Listener {
         self.catch_up(pipe);
         let mut probe: Option<Pin<Box<dyn Future<Output = Option<f64>> + Send>>> = None;
         let mut next_probe = self.probe.map(|p| Instant::now() + p);
+        // Whether the connection went unread while the probe was out: its answer
+        // waited behind notifications left unread, and says nothing of the link.
+        let mut unread = false;
         loop {
+            unread |= pipe.load() >= MAX_DELIVERIES && *pipe.listening.borrow();
             tokio::select! {
                 // Until the first batch is done, catch-ups wait for it: read on.
                 msg = std::future::poll_fn(|cx| conn.poll_message(cx)),
@@ -436,6 +440,7 @@ impl Listener {
                     }
                 },
                 _ = sleep_until_opt(next_probe), if probe.is_none() => {
+                    unread = false;
                     let client = client.clone();
                     let limit = self.probe.unwrap_or(BACKOFF_MAX);
                     probe = Some(Box::pin(async move {
@@ -449,11 +454,13 @@ impl Listener {
                 usage = poll_opt(&mut probe) => {
                     probe = None;
                     next_probe = self.probe.map(|p| Instant::now() + p);
-                    if let Some(usage) = usage {
-                        self.counters.queue_usage(usage);
-                    } else {
-                        tracing::warn!("listener probe failed");
-                        return End::Lost;
+                    match usage {
+                        Some(usage) => self.counters.queue_usage(usage),
+                        None if unread => {}
+                        None => {
+                            tracing::warn!("listener probe failed");
+                            return End::Lost;
+                        }
                     }
                 }
             }

@@ -20,7 +20,7 @@ async fn a_fetch_that_outlived_its_readers_does_not_reorder_the_next_ones() {
     let schema = Schema::new();
     let (h, blocker, plain) = (unique("pipe_h"), unique("pipe_hb"), unique("pipe_p"));
     // One pool connection: a write stuck on a row lock holds every store read back.
-    let cfg = config().history(&format!("{h},{blocker}")).pool_size(1);
+    let cfg = config().history(format!("{h},{blocker}")).pool_size(1);
     let server = history_server_with(&schema, cfg).await;
     let q = schema.q();
     let db = db().await;
@@ -102,4 +102,46 @@ async fn wait_for(mut ok: impl FnMut() -> bool) {
     })
     .await
     .expect("never happened");
+}
+
+/// While more announced messages wait for the store than the listener takes at
+/// once, it stops reading its connection, and so its own queries wait too: its
+/// liveness probe must not take that for a dead connection (it closed every
+/// plain reader with `1012`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_waits_for_the_store_is_not_taken_for_dead() {
+    const BACKLOG: i32 = 1500;
+    let schema = Schema::new();
+    let (h, blocker, plain) = (unique("pipe_h"), unique("pipe_hb"), unique("pipe_p"));
+    let cfg = config()
+        .history(format!("{h},{blocker}"))
+        .pool_size(1)
+        .check_listener_interval(Duration::from_millis(200));
+    let server = history_server_with(&schema, cfg).await;
+    let q = schema.q();
+    let db = db().await;
+    let publish = format!("select {q}.publish($1, $2)");
+    db.execute(&publish, &[&blocker, &"first"]).await.unwrap();
+    let reader = token(json!({"mode": "r", "channels": [&h, &plain]}));
+    let mut ws = server.connect(&format!("/{reader}")).await;
+
+    // Store reads wait behind a write stuck on a row lock, for longer than a probe.
+    let mut locker = crate::common::db().await;
+    let tx = locker.transaction().await.unwrap();
+    let lock = format!("select 1 from {q}.channels where channel = $1 for update");
+    tx.execute(&lock, &[&blocker]).await.unwrap();
+    let w = token(json!({"mode": "w", "channel": blocker}));
+    let mut writer = server.connect(&format!("/{w}")).await;
+    send_text(&mut writer, "stuck").await;
+    let many = format!("select count({q}.publish($1, 'm' || g)) from generate_series(1, $2) g");
+    db.execute(&many, &[&h, &BACKLOG]).await.unwrap();
+    notify(&plain, "after the backlog").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tx.commit().await.unwrap();
+
+    for g in 1..=BACKLOG {
+        assert_eq!(recv_text(&mut ws).await, format!("m{g}"));
+    }
+    assert_eq!(recv_text(&mut ws).await, "after the backlog");
+    assert_eq!(server.layer.stats().listener_reconnects, 0);
 }
