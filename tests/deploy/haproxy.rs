@@ -176,6 +176,15 @@ async fn a_rolling_restart_behind_haproxy_loses_nothing_and_fails_no_handshake()
         }
         reconnects += seen.sockets.len() - 1;
     }
+    // The drain took each instance out of HAProxy before it stopped: no client
+    // was sent to a closed port and had to be retried elsewhere.
+    for server in proxy.server_stats() {
+        let count = |name: &str| server[name].parse::<u64>().unwrap_or(0);
+        let name = &server["svname"];
+        assert_eq!(count("econ"), 0, "{name}: connections that failed");
+        assert_eq!(count("wretr") + count("wredis"), 0, "{name}: retried");
+        assert_eq!(count("eresp"), 0, "{name}: answers that failed");
+    }
     eprintln!(
         "rolling restart of 3 instances behind HAProxy: {rolled:.1?} \
          (SIGTERM to exit: {stops:.1?}), {reconnects} reconnects of {} clients",

@@ -1,7 +1,10 @@
 //! HAProxy and nginx as child processes, with `examples/deploy/`'s files.
 
 use std::{
+    collections::HashMap,
+    io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -77,9 +80,17 @@ impl Proxy {
         let dir = folder("haproxy");
         let file = dir.join("haproxy.cfg");
         std::fs::write(&file, cfg).unwrap();
+        // The test's own window on HAProxy's counters, in a file of its own.
+        let stats = dir.join("stats.cfg");
+        let socket = dir.join("stats.sock");
+        std::fs::write(
+            &stats,
+            format!("global\n    stats socket {}\n", socket.display()),
+        )
+        .unwrap();
         let mut cmd = Command::new(program);
         // -db: in the foreground, no daemon.
-        cmd.arg("-db").arg("-f").arg(&file);
+        cmd.arg("-db").arg("-f").arg(&file).arg("-f").arg(&stats);
         Proxy::spawn(cmd, addr, dir)
     }
 
@@ -128,6 +139,30 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(50));
         }
         proxy
+    }
+
+    /// HAProxy's `show stat` for the servers of backend `pgws`: one map of
+    /// counter names to values per server.
+    pub fn server_stats(&self) -> Vec<HashMap<String, String>> {
+        let mut socket = UnixStream::connect(self.dir.join("stats.sock")).unwrap();
+        socket.write_all(b"show stat\n").unwrap();
+        let mut csv = String::new();
+        socket.read_to_string(&mut csv).unwrap();
+        let mut lines = csv.lines();
+        let names: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        lines
+            .map(|line| {
+                let row = names.iter().zip(line.split(','));
+                row.map(|(n, v)| ((*n).to_owned(), v.to_owned()))
+                    .collect::<HashMap<_, _>>()
+            })
+            .filter(|row| row["pxname"] == "pgws" && row["svname"].starts_with("pgws"))
+            .collect()
     }
 
     /// What the proxy wrote to stderr so far.
