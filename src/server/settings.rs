@@ -465,11 +465,16 @@ server_settings! {
     DRAIN_PERIOD = "PGWS_DRAIN_PERIOD", "5",
         "seconds a stopping instance keeps serving with /ready at 503 before it closes its sockets (1001), 0 to 31536000",
         |s, v, _| {
-            if v.is_some_and(|v| v.trim() == "0") {
-                s.drain_period = Duration::ZERO;
-                return Ok(());
+            if let Some(v) = v {
+                s.drain_period = match v.trim().parse::<u64>() {
+                    Ok(secs) if secs <= MAX_SECONDS => Duration::from_secs(secs),
+                    _ => return Err(format!(
+                        "{}: {v:?} is not a whole number of seconds from 0 to {MAX_SECONDS} (365 days)",
+                        var::DRAIN_PERIOD
+                    )),
+                };
             }
-            seconds(var::DRAIN_PERIOD, v, &mut s.drain_period)
+            Ok(())
         };
     ROOT_PATH = "PGWS_ROOT_PATH", "unset", "a directory of static files",
         |s, v, _| {
