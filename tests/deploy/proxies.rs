@@ -12,15 +12,17 @@ use std::{
 
 use crate::common::{WAIT, unique};
 
-/// A proxy's program, or `None` (with a notice) on a machine without it. Under
-/// CI its absence fails the test.
+/// A proxy's program (`variable` names another), or `None` (with a notice) on a
+/// machine without it. Under CI its absence fails the test.
 pub fn find(program: &str, variable: &str) -> Option<PathBuf> {
-    let found = std::env::var_os(variable).map(PathBuf::from).or_else(|| {
-        ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+    // The variable, when set, is the only place looked at.
+    let found = match std::env::var_os(variable) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+        None => ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
             .iter()
             .map(|dir| Path::new(dir).join(program))
-            .find(|p| p.is_file())
-    });
+            .find(|p| p.is_file()),
+    };
     if found.is_none() {
         let help = format!("{program} is needed for this test: apt-get install {program}");
         if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
