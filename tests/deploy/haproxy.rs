@@ -1,13 +1,19 @@
-//! Three `pgws` instances behind HAProxy, restarted in turn (SIGTERM, wait,
-//! start again) while a publisher runs: resuming clients end with every message
-//! exactly once, in order; plain ones see only `1001` endings and no gap within
-//! a socket; nobody sees a failed handshake.
+//! pgws behind HAProxy with `examples/deploy/haproxy.cfg`. Three instances
+//! restarted in turn (SIGTERM, wait, start again) while a publisher runs:
+//! resuming clients end with every message exactly once, in order; plain ones see
+//! only `1001` endings and no gap within a socket; nobody sees a failed handshake,
+//! and HAProxy never has to retry one elsewhere (the drain takes each instance
+//! out before it stops). And a WebSocket over HTTP/2 (RFC 8441) through it.
 
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+use futures_util::SinkExt;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use crate::{
@@ -265,4 +271,57 @@ impl Drop for SchemaGuard {
         let schema = postgres_quote(&self.0);
         cleanup_sql(vec![format!("drop schema if exists {schema} cascade")]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_passes_through_haproxy() {
+    let Some(haproxy) = find("haproxy", "PGWS_HAPROXY") else {
+        return;
+    };
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::free()).collect();
+    let schema = unique("deploy_h2");
+    let _drop = SchemaGuard(schema.clone());
+    let mut programs = Vec::new();
+    for b in &backends {
+        programs.push(start(*b, &schema).await);
+    }
+    let proxy = Proxy::haproxy(&haproxy, &backends);
+    let chan = unique("h2ws");
+    let uri = format!("http://{}/{chan}/{}", proxy.addr, token(claims("rw", None)));
+
+    // Cleartext HTTP/2 with prior knowledge, the socket an RFC 8441 stream.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .version(http::Version::HTTP_2)
+        .uri(&uri)
+        .header(http::header::SEC_WEBSOCKET_VERSION, "13")
+        .body(Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut res = tokio::time::timeout(WAIT, h2.send_request(req))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(res.status(), http::StatusCode::OK, "{}", proxy.log());
+    let upgraded = tokio::time::timeout(WAIT, hyper::upgrade::on(&mut res))
+        .await
+        .expect("no stream in time")
+        .unwrap();
+    let mut ws = tokio_websockets::ClientBuilder::new().take_over(TokioIo::new(upgraded));
+
+    notify(&chan, "over h2").await;
+    assert_eq!(recv_text(&mut ws).await, "over h2");
+    ws.send(tokio_websockets::Message::text("back"))
+        .await
+        .unwrap();
+    let envelope: serde_json::Value = serde_json::from_str(&recv_text(&mut ws).await).unwrap();
+    assert_eq!(envelope["payload"], "back");
+    drop(programs);
 }
