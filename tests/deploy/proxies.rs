@@ -129,7 +129,10 @@ impl Proxy {
     fn spawn(mut cmd: Command, addr: SocketAddr, dir: PathBuf) -> Proxy {
         let log = std::fs::File::create(dir.join("stderr")).unwrap();
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        let child = cmd.spawn().expect("the proxy starts");
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("the proxy does not start: {e}")
+        });
         let proxy = Proxy { child, addr, dir };
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(addr).is_err() {
