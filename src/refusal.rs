@@ -92,6 +92,12 @@ refusals! {
     OriginNotAllowed => FORBIDDEN, "origin_not_allowed", "Origin not allowed";
     /// `max_sockets` sockets already open.
     TooManySockets => SERVICE_UNAVAILABLE, "too_many_sockets", "Too many connections";
+    /// `max_sockets_per_sub` sockets already open for the token's `sub`.
+    TooManySocketsForSub => TOO_MANY_REQUESTS, "too_many_sockets_per_sub",
+        "Too many connections for this user";
+    /// `max_handshakes_per_second` handshakes already taken this second.
+    TooManyHandshakes => SERVICE_UNAVAILABLE, "too_many_handshakes",
+        "Too many handshakes: try again shortly";
     /// A `since=` or `history=` query value that does not parse or does not fit
     /// the socket (the text starts with `Invalid position`).
     InvalidPosition(why: String) => BAD_REQUEST, "invalid_position", "{why}";

@@ -58,6 +58,9 @@ pub(crate) struct Grant {
     pub(crate) claims: Claims,
     /// When the socket must close with 3001 (`exp` plus the leeway).
     pub(crate) expires_at: Option<SystemTime>,
+    /// The `sub` claim, when a string: whose socket it is, for
+    /// `max_sockets_per_sub`.
+    pub(crate) sub: Option<Arc<str>>,
 }
 
 /// Checks tokens against the configured keys and rules.
@@ -97,12 +100,14 @@ impl Authorizer {
         let expires_at = self.check_times(&claims, SystemTime::now())?;
         let mode = mode(&claims)?;
         let channels = grant_channels(path_channel, &claims, self.max_channels)?;
+        let sub = claims.get("sub").and_then(Value::as_str).map(Arc::from);
         let claims = self.mapping.claims(&claims);
         Ok(Grant {
             mode,
             channels,
             claims,
             expires_at,
+            sub,
         })
     }
 

@@ -293,6 +293,16 @@ settings! {
     /// The most sockets open at once (default 100,000); beyond it a handshake gets
     /// `503 Too many connections`.
     max_sockets: count = 100_000, "PGWS_MAX_SOCKETS", "100000", at_least_one;
+    /// The most sockets and event streams open at once on one instance for one
+    /// token `sub` claim; beyond it a handshake gets `429 Too many connections for
+    /// this user`, and costs the other limits nothing. Tokens without a string
+    /// `sub` are not counted. Zero (the default): no limit.
+    max_sockets_per_sub: count = 0, "PGWS_MAX_SOCKETS_PER_SUB", "0";
+    /// The most handshakes (sockets and event streams) one instance takes per
+    /// second, in a burst too; beyond it a handshake gets `503 Too many
+    /// handshakes`. Only handshakes with a good token within their `sub`'s limit
+    /// count. Zero (the default): no limit.
+    max_handshakes_per_second: count = 0, "PGWS_MAX_HANDSHAKES_PER_SECOND", "0";
     /// How long a handshake waits for its channels to be listened to (default 5 s,
     /// then `503 Database unavailable`); above zero and at most 365 days.
     subscribe_timeout: millis = Duration::from_millis(5000), "PGWS_SUBSCRIBE_TIMEOUT", "5000",
@@ -525,6 +535,14 @@ mod tests {
         assert_eq!(shown("queue_bytes"), d.queue_bytes.to_string());
         assert_eq!(shown("replay_budget"), d.replay_budget.to_string());
         assert_eq!(shown("max_sockets"), d.max_sockets.to_string());
+        assert_eq!(
+            shown("max_sockets_per_sub"),
+            d.max_sockets_per_sub.to_string()
+        );
+        assert_eq!(
+            shown("max_handshakes_per_second"),
+            d.max_handshakes_per_second.to_string()
+        );
         assert_eq!(shown("pool_size"), d.pool_size.to_string());
         assert_eq!(shown("leeway"), d.leeway.as_secs().to_string());
         assert_eq!(

@@ -8,6 +8,7 @@ pub(crate) mod codec_io;
 pub(crate) mod frame;
 pub(crate) mod history;
 pub(crate) mod hub;
+pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod meta;
 pub(crate) mod outbox;
@@ -37,11 +38,19 @@ use crate::{
 
 use self::{
     history::History,
+    limits::{Handshakes, PerSub, SubPlace},
     listener::{ListenerHandle, Subscription},
     meta::{Meta, MetaClaims},
     publisher::Publisher,
     socket::CLOSE_TIMEOUT,
 };
+
+/// What an admitted socket or event stream holds while it lives: its place
+/// under `max_sockets` and under its `sub`'s limit.
+pub(crate) struct Place {
+    _socket: OwnedSemaphorePermit,
+    _sub: Option<SubPlace>,
+}
 
 /// What every service and socket of one layer shares.
 pub(crate) struct Engine {
@@ -59,6 +68,10 @@ pub(crate) struct Engine {
     pub(crate) counters: Arc<Counters>,
     /// One permit per open socket (or handshake in progress).
     pub(crate) sockets: Arc<Semaphore>,
+    /// `max_sockets_per_sub`, when set.
+    pub(crate) per_sub: Option<PerSub>,
+    /// `max_handshakes_per_second`, when set.
+    pub(crate) handshakes: Option<Handshakes>,
     pub(crate) socket_ids: AtomicU64,
 }
 
@@ -98,6 +111,8 @@ impl Engine {
             shutdown: watch::channel(false).0,
             counters,
             sockets: Arc::new(Semaphore::new(values.max_sockets)),
+            per_sub: PerSub::new(values.max_sockets_per_sub),
+            handshakes: Handshakes::new(values.max_handshakes_per_second),
             settings: values,
             socket_ids: AtomicU64::new(1),
         }
@@ -119,22 +134,37 @@ impl Engine {
     }
 
     /// What every socket and event stream passes first, in this order: not
-    /// shutting down, a place under the socket limit (held while it lives), a token.
+    /// shutting down, a place under the socket limit, a token, a place under
+    /// its `sub`'s limit, then a share of the handshakes of this second. The
+    /// places are held while it lives. A client refused for its own sockets
+    /// spends nothing of the handshake rate, so one user's flood leaves the
+    /// others their share.
     pub(crate) fn admit(
         &self,
         channel: Option<&str>,
         token: &str,
-    ) -> Result<(OwnedSemaphorePermit, Grant), Refusal> {
+    ) -> Result<(Place, Grant), Refusal> {
         if *self.shutdown.borrow() {
             return Err(Refusal::ShuttingDown);
         }
-        let permit = self
+        let socket = self
             .sockets
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::TooManySockets)?;
         let grant = self.authorizer.authorize(channel, token)?;
-        Ok((permit, grant))
+        let sub = match (&self.per_sub, &grant.sub) {
+            (Some(per_sub), Some(sub)) => Some(per_sub.take(sub)?),
+            _ => None,
+        };
+        if let Some(handshakes) = &self.handshakes {
+            handshakes.take()?;
+        }
+        let place = Place {
+            _socket: socket,
+            _sub: sub,
+        };
+        Ok((place, grant))
     }
 
     /// The grant's channels, listened to within the subscribe timeout.

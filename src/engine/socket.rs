@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadHalf},
-    sync::{OwnedSemaphorePermit, oneshot, watch},
+    sync::{oneshot, watch},
     time::{Instant, sleep_until, timeout},
 };
 use tokio_tungstenite::{
@@ -33,7 +33,7 @@ use crate::{
 };
 
 use super::{
-    Engine,
+    Engine, Place,
     codec_io::{BadHeader, CodecIo},
     frame::{Frame, text_frame},
     history::History,
@@ -76,8 +76,8 @@ pub(crate) struct Socket {
     pub(crate) resume: Option<Box<Resume>>,
     pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// Held while the socket lives: counts against the socket limit.
-    pub(crate) _permit: OwnedSemaphorePermit,
+    /// Held while the socket lives: counts against the socket limits.
+    pub(crate) _permit: Place,
 }
 
 /// The codec over the socket's read half and its [`Outbox`].

@@ -24,7 +24,7 @@ use crate::{
     auth::{Grant, Mode},
     close::Close,
     engine::{
-        Engine,
+        Engine, Place,
         frame::Frame,
         history::History,
         listener::Subscription,
@@ -411,7 +411,7 @@ struct Open {
     mode: Mode,
     /// With a meta channel: the grant, for the `ConnectionClose` event.
     announced: Option<Box<Grant>>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Place,
 }
 
 impl Drop for Open {

@@ -2,7 +2,10 @@
 
 use std::{
     convert::Infallible,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -32,6 +35,8 @@ pub(crate) fn prometheus() -> Result<PrometheusHandle, String> {
 pub(crate) struct Admin {
     pub(crate) layer: PgWsLayer,
     pub(crate) metrics: Result<PrometheusHandle, String>,
+    /// Set once shutdown starts: `/ready` fails for the drain period.
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 /// Serves the admin routes over HTTP/1.1 until `stop` turns true.
@@ -74,7 +79,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// `/health`: the process is up. `/ready`: the listener is connected and listening
-/// (and, with history channels, the history store is ready).
+/// (and, with history channels, the history store is ready), and the server is
+/// not draining for shutdown.
 /// `/metrics`: Prometheus text.
 fn admin_route<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -85,6 +91,10 @@ fn admin_route<B>(admin: &Admin, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/health" => admin_text(StatusCode::OK, "ok\n".into()),
+        "/ready" if admin.draining.load(Ordering::Relaxed) => admin_text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down, draining\n".into(),
+        ),
         "/ready" if admin.layer.is_listening() => admin_text(StatusCode::OK, "ready\n".into()),
         "/ready" => admin_text(
             StatusCode::SERVICE_UNAVAILABLE,

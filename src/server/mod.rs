@@ -63,7 +63,14 @@ mod routes;
 mod settings;
 mod tls;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -111,8 +118,10 @@ struct App {
     tls: Option<TlsAcceptor>,
 }
 
-/// Serves `listener` until `shutdown` resolves, then closes the sockets (1001) and
-/// lets in-flight HTTP requests finish, for a bounded time. No admin listener.
+/// Serves `listener` until `shutdown` resolves, then for
+/// [`Settings::drain_period`] more (`/ready` answering `503`), then closes the
+/// sockets (1001) and lets in-flight HTTP requests finish, for a bounded time.
+/// No admin listener.
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()>) {
     serve(listener, None, settings, shutdown).await;
 }
@@ -133,6 +142,7 @@ pub async fn serve(
 pub(crate) struct Server {
     app: App,
     metrics: Option<Result<PrometheusHandle, String>>,
+    drain_period: Duration,
 }
 
 impl Server {
@@ -165,7 +175,11 @@ impl Server {
                 .tls
                 .map(|tls| tls::acceptor(tls, settings.http2_max_streams > 0)),
         };
-        Server { app, metrics }
+        Server {
+            app,
+            metrics,
+            drain_period: settings.drain_period,
+        }
     }
 
     /// The layer, for [`database_reachable`] and health checks.
@@ -182,33 +196,26 @@ impl Server {
     ) {
         let app = self.app;
         let (stopping, stop_signal) = watch::channel(false);
+        let draining = Arc::new(AtomicBool::new(false));
         let admin_task = admin.map(|admin| {
             let state = Admin {
                 layer: app.layer.clone(),
                 metrics: self.metrics.clone().unwrap_or_else(prometheus),
+                draining: draining.clone(),
             };
             tokio::spawn(serve_admin(admin, Arc::new(state), stop_signal.clone()))
         });
         let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let drain = Drain {
-                            watcher: graceful.watcher(),
-                            stopping: stop_signal.clone(),
-                        };
-                        app.spawn_connection(stream, peer, drain);
-                    }
-                    Err(e) => {
-                        // Usually out of file descriptors: wait rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                () = &mut shutdown => break,
-            }
+        app.accept_until(&listener, &graceful, &stop_signal, shutdown)
+            .await;
+        if !self.drain_period.is_zero() {
+            // Load balancers see `/ready` fail and stop sending clients; those
+            // that still come are served, and get 1001 with everyone else.
+            draining.store(true, Ordering::Relaxed);
+            tracing::info!(period = ?self.drain_period, "draining: /ready answers 503");
+            let drained = tokio::time::sleep(self.drain_period);
+            app.accept_until(&listener, &graceful, &stop_signal, drained)
+                .await;
         }
         drop(listener);
         tracing::info!("shutting down");
@@ -230,6 +237,36 @@ impl Server {
 }
 
 impl App {
+    /// Accepts connections until `until` resolves.
+    async fn accept_until(
+        &self,
+        listener: &TcpListener,
+        graceful: &GracefulShutdown,
+        stopping: &watch::Receiver<bool>,
+        until: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let drain = Drain {
+                            watcher: graceful.watcher(),
+                            stopping: stopping.clone(),
+                        };
+                        self.spawn_connection(stream, peer, drain);
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: wait rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                () = &mut until => return,
+            }
+        }
+    }
+
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, drain: Drain) {
         let opened = tokio::time::Instant::now();
         // Small WebSocket frames should leave at once.

@@ -26,6 +26,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Streams one HTTP/2 connection may have open at once.
 const HTTP2_MAX_STREAMS: u32 = 256;
+/// How long a stopping instance keeps serving with `/ready` at 503: long enough
+/// for a load balancer checking every second to take it out (HAProxy with
+/// `inter 1s fall 2`), short enough that, with the 5 s the sockets then have to
+/// flush their queues, it stays within the 10 s a container runtime waits
+/// before SIGKILL.
+const DRAIN_PERIOD: Duration = Duration::from_secs(5);
 
 /// Everything [`run`](super::run) needs, read from the environment by
 /// [`Settings::from_env`] or built by hand with [`Settings::new`]. Its `Debug`
@@ -64,6 +70,11 @@ pub struct Settings {
     /// How many streams (requests and WebSockets) one HTTP/2 connection may have
     /// open at once (`PGWS_HTTP2_MAX_STREAMS`); `0` turns HTTP/2 off.
     pub http2_max_streams: u32,
+    /// How long the server keeps serving once shutdown starts, `/ready` answering
+    /// `503` so that load balancers stop sending clients, before it closes its
+    /// sockets with `1001` (`PGWS_DRAIN_PERIOD`, s; `0`: no drain). Handshakes
+    /// are still accepted meanwhile.
+    pub drain_period: Duration,
     /// The private development database that [`launch`](super::launch) may start:
     /// `None` when `PGWS_DB_URI` is set or `PGWS_DEV_DB` is `off`. Only settings
     /// read by [`from_env`](Self::from_env) or [`from_vars`](Self::from_vars) can
@@ -215,6 +226,7 @@ impl std::fmt::Debug for Settings {
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("http2_idle_timeout", &self.http2_idle_timeout)
             .field("http2_max_streams", &self.http2_max_streams)
+            .field("drain_period", &self.drain_period)
             .field("dev_db", &self.dev_db)
             .field("builder", &self.builder)
             .finish()
@@ -262,6 +274,7 @@ impl Settings {
             keepalive_timeout: KEEPALIVE_TIMEOUT,
             http2_idle_timeout: HTTP2_IDLE_TIMEOUT,
             http2_max_streams: HTTP2_MAX_STREAMS,
+            drain_period: DRAIN_PERIOD,
             dev_db: None,
             builder: None,
         }
@@ -446,6 +459,20 @@ server_settings! {
                     "{}: {v:?} is not a whole number (0 turns HTTP/2 off)",
                     var::HTTP2_MAX_STREAMS
                 ))?;
+            }
+            Ok(())
+        };
+    DRAIN_PERIOD = "PGWS_DRAIN_PERIOD", "5",
+        "seconds a stopping instance keeps serving with /ready at 503 before it closes its sockets (1001), 0 to 31536000",
+        |s, v, _| {
+            if let Some(v) = v {
+                s.drain_period = match v.trim().parse::<u64>() {
+                    Ok(secs) if secs <= MAX_SECONDS => Duration::from_secs(secs),
+                    _ => return Err(format!(
+                        "{}: {v:?} is not a whole number of seconds from 0 to {MAX_SECONDS} (365 days)",
+                        var::DRAIN_PERIOD
+                    )),
+                };
             }
             Ok(())
         };

@@ -273,6 +273,8 @@ async fn start(env: &Env) -> Program {
             ("PGWS_QUEUE_LENGTH", queue.as_str()),
             ("PGWS_HISTORY_SCHEMA", schema.as_str()),
             ("PGWS_HISTORY_SIZE", "100000000"),
+            // Restarts drain for a second: a reader that connects meanwhile gets 1001.
+            ("PGWS_DRAIN_PERIOD", "1"),
             ("RUST_LOG", "warn"),
         ];
         if let Some(listen) = &listen {

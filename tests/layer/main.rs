@@ -8,6 +8,7 @@ mod common;
 
 mod access;
 mod delivery;
+mod deployment_limits;
 mod handshake;
 mod history;
 mod history_pipe;

@@ -511,3 +511,47 @@ async fn start_upstream() -> SocketAddr {
     });
     addr
 }
+
+// ---------------------------------------------------------------------------
+// The drain period
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn on_shutdown_ready_fails_first_while_sockets_are_served_then_they_get_1001() {
+    let mut settings = settings(config());
+    settings.drain_period = Duration::from_secs(2);
+    let mut srv = start(settings).await;
+    let (status, body) = wait_for_status(admin(&srv), "/ready", StatusCode::OK).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let chan = unique("adm_drain");
+    let path = format!("/{}", token(claims("r", Some(&chan))));
+    let open = |addr: SocketAddr, path: String| async move {
+        let uri: http::Uri = format!("ws://{addr}{path}").parse().unwrap();
+        let (ws, _) = tokio::time::timeout(WAIT, ClientBuilder::from_uri(uri).connect())
+            .await
+            .expect("handshake timed out")
+            .expect("handshake refused");
+        ws
+    };
+    let mut before = open(srv.addr, path.clone()).await;
+
+    srv.stop.take().unwrap().send(()).unwrap();
+    let (status, body) =
+        wait_for_status(admin(&srv), "/ready", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "not ready: shutting down, draining\n");
+    // Still serving: a new handshake is taken, and both sockets get messages.
+    let mut during = open(srv.addr, path).await;
+    notify(&chan, "still here").await;
+    assert_eq!(recv_text(&mut before).await, "still here");
+    assert_eq!(recv_text(&mut during).await, "still here");
+    for ws in [&mut before, &mut during] {
+        let (code, _) = recv_close(ws).await;
+        assert_eq!(code, 1001);
+    }
+    drop((before, during));
+    tokio::time::timeout(WAIT * 3, srv.task)
+        .await
+        .expect("serve did not return")
+        .unwrap();
+}

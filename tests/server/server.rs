@@ -576,6 +576,11 @@ async fn bad_values_name_their_variable() {
             "PGWS_CERTIFICATE_FILE",
         ),
         (&[("PGWS_KEY_FILE", "key.pem")][..], "PGWS_KEY_FILE"),
+        (&[("PGWS_DRAIN_PERIOD", "-1")][..], "PGWS_DRAIN_PERIOD"),
+        (
+            &[("PGWS_DRAIN_PERIOD", "31536001")][..],
+            "PGWS_DRAIN_PERIOD",
+        ),
     ] {
         let err = server::Settings::from_vars(config(), vars(pairs)).unwrap_err();
         assert!(err.starts_with(var), "{err}");
@@ -585,6 +590,16 @@ async fn bad_values_name_their_variable() {
     // Empty counts as unset; PGWS_RETRIES is accepted and ignored.
     let ok = vars(&[("PGWS_CERTIFICATE_FILE", ""), ("PGWS_RETRIES", "5")]);
     assert!(server::Settings::from_vars(config(), ok).is_ok());
+    // The drain may be turned off.
+    for (value, secs) in [("0", 0), ("12", 12)] {
+        let set = vars(if secs == 0 {
+            &[("PGWS_DRAIN_PERIOD", "0")]
+        } else {
+            &[("PGWS_DRAIN_PERIOD", "12")]
+        });
+        let s = server::Settings::from_vars(config(), set).unwrap();
+        assert_eq!(s.drain_period.as_secs(), secs, "{value}");
+    }
 }
 
 #[tokio::test]
