@@ -47,6 +47,8 @@ pub(crate) struct Deadlines {
     pub(crate) keep_alive: Duration,
     /// HTTP/2: from the end of the last request in flight to the next one.
     pub(crate) http2_idle: Duration,
+    /// A write the client does not take (see [`WriteDeadline`](super::write_deadline)).
+    pub(crate) write: Duration,
 }
 
 /// How connections are served.
@@ -75,6 +77,7 @@ impl Http {
             handshake: deadlines.handshake.min(LONGEST),
             keep_alive: deadlines.keep_alive.min(LONGEST),
             http2_idle: deadlines.http2_idle.min(LONGEST),
+            write: deadlines.write.min(LONGEST),
         };
         // The deadlines replace hyper's header timer: it would close an idle
         // keep-alive connection at the handshake deadline, not at its own.
@@ -105,6 +108,11 @@ impl Http {
 
     /// When a connection accepted at `opened` must have sent its first request
     /// head; the TLS handshake counts against it.
+    /// How long a write may stay blocked.
+    pub(crate) fn write_deadline(&self) -> Duration {
+        self.deadlines.write
+    }
+
     pub(crate) fn first_request_deadline(&self, opened: Instant) -> Instant {
         opened + self.deadlines.handshake
     }

@@ -62,6 +62,7 @@ mod report;
 mod routes;
 mod settings;
 mod tls;
+mod write_deadline;
 
 use std::{
     net::SocketAddr,
@@ -98,6 +99,7 @@ use connection::{Deadlines, Drain, Http, serve_connection};
 use logging::request_log;
 use proxy::upstream_client;
 use routes::{Routes, StaticFiles, fallback};
+use write_deadline::WriteDeadline;
 
 /// How long in-flight HTTP requests may take to finish once shutdown starts.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,6 +170,7 @@ impl Server {
                     handshake: settings.handshake_timeout,
                     keep_alive: settings.keepalive_timeout,
                     http2_idle: settings.http2_idle_timeout,
+                    write: settings.write_timeout,
                 },
                 settings.http2_max_streams,
             ),
@@ -275,6 +278,7 @@ impl App {
         let fallback = service_fn(move |req| fallback(routes.clone(), req, peer));
         let svc = request_log(peer).layer(self.layer.layer(fallback));
         let http = self.http.clone();
+        let stream = WriteDeadline::new(stream, http.write_deadline());
         let Some(tls) = self.tls.clone() else {
             tokio::spawn(serve_connection(
                 http,

@@ -22,6 +22,8 @@ const DB_URI: &str = "PGWS_DB_URI";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an HTTP/1.1 connection waits for its next request head.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write to a client may stay blocked.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an HTTP/2 connection is kept with no request in flight.
 const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Streams one HTTP/2 connection may have open at once.
@@ -64,6 +66,9 @@ pub struct Settings {
     /// How long an HTTP/1.1 connection waits for its next request head, from the
     /// end of an answer (`PGWS_KEEPALIVE_TIMEOUT`, s).
     pub keepalive_timeout: Duration,
+    /// How long a write to a client may stay blocked (it stopped reading) before
+    /// the connection is dropped (`PGWS_WRITE_TIMEOUT`, s).
+    pub write_timeout: Duration,
     /// How long an HTTP/2 connection with no request in flight is kept before it
     /// gets GOAWAY; WebSockets open on it go on (`PGWS_HTTP2_IDLE_TIMEOUT`, s).
     pub http2_idle_timeout: Duration,
@@ -272,6 +277,7 @@ impl Settings {
             log_format: LogFormat::Text,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             keepalive_timeout: KEEPALIVE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
             http2_idle_timeout: HTTP2_IDLE_TIMEOUT,
             http2_max_streams: HTTP2_MAX_STREAMS,
             drain_period: DRAIN_PERIOD,
@@ -448,6 +454,9 @@ server_settings! {
     KEEPALIVE_TIMEOUT = "PGWS_KEEPALIVE_TIMEOUT", "10",
         "seconds an HTTP/1.1 connection waits for its next request head, 1 to 31536000",
         |s, v, _| seconds(var::KEEPALIVE_TIMEOUT, v, &mut s.keepalive_timeout);
+    WRITE_TIMEOUT = "PGWS_WRITE_TIMEOUT", "30",
+        "seconds a write to a client may stay blocked (it stopped reading) before the connection is dropped, 1 to 31536000",
+        |s, v, _| seconds(var::WRITE_TIMEOUT, v, &mut s.write_timeout);
     HTTP2_IDLE_TIMEOUT = "PGWS_HTTP2_IDLE_TIMEOUT", "60",
         "seconds an HTTP/2 connection with no request in flight is kept, 1 to 31536000",
         |s, v, _| seconds(var::HTTP2_IDLE_TIMEOUT, v, &mut s.http2_idle_timeout);

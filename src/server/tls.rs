@@ -3,7 +3,10 @@
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 /// The rustls configuration for a PEM certificate chain and private key, with the
@@ -72,12 +75,12 @@ pub(crate) fn acceptor(config: Arc<rustls::ServerConfig>, http2: bool) -> TlsAcc
 
 /// A client's TLS handshake, done by `deadline`; `None`, logged at DEBUG, when
 /// it fails or times out.
-pub(crate) async fn accept(
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &TlsAcceptor,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     deadline: Instant,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<TlsStream<S>> {
     match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {

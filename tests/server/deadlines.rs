@@ -300,3 +300,50 @@ async fn http2_websockets_and_event_streams_outlive_every_deadline() {
         assert_eq!(text.unwrap().as_deref(), Some("still here"));
     }
 }
+
+// ---------------------------------------------------------------------------
+// A client that stops reading
+// ---------------------------------------------------------------------------
+
+/// An event stream whose client takes nothing more is dropped once a write has
+/// been blocked for `PGWS_WRITE_TIMEOUT`: it gives its place under
+/// `PGWS_MAX_SOCKETS` back (it kept it until TCP gave up).
+#[tokio::test]
+async fn an_event_stream_that_stops_reading_is_dropped_at_the_write_timeout() {
+    let mut pairs = only("PGWS_HANDSHAKE_TIMEOUT");
+    pairs.push(("PGWS_WRITE_TIMEOUT", "1".to_owned()));
+    pairs.push(("PGWS_MAX_SOCKETS", "1".to_owned()));
+    let srv = start(pairs).await;
+    let chan = unique("stalled");
+    let path = format!("/{}", token(claims("r", Some(&chan))));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(srv.addr).await.unwrap();
+    let head =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    stalled.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // More than the socket buffers hold (the server's grows to megabytes), and
+    // it reads no more.
+    let payload = "x".repeat(7000);
+    let db = db().await;
+    let burst = "select count(pg_notify($1, $2 || g)) from generate_series(1, 1000) g";
+    for _ in 0..3 {
+        db.execute(burst, &[&chan, &payload]).await.unwrap();
+    }
+    // Past the write timeout with nothing taken: the server lets go of it.
+    tokio::time::sleep(PAST_THE_DEADLINES).await;
+    let (status, body) = handshake_at(srv.addr, &path).await;
+    assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS, "{body}");
+    assert!(
+        closed(&mut stalled).await,
+        "the stalled connection stayed open"
+    );
+}
+
+async fn handshake_at(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let (status, _, body) = send_to(addr, handshake_request(path, &[])).await;
+    (status, body)
+}
