@@ -270,9 +270,7 @@ mod tests {
         assert!(wrong.to_string().contains("not valid for name"), "{wrong}");
         let later = now + time::Duration::days(400);
         let expired = verify(vec![cert.clone()], &cert, "dbhost", later).unwrap_err();
-        let is = |e: &rustls::Error, want: CertificateError| {
-            matches!(e, rustls::Error::InvalidCertificate(got) if *got == want)
-        };
+        let is = |e: &rustls::Error, want: CertificateError| matches!(e, rustls::Error::InvalidCertificate(got) if *got == want);
         assert!(is(&expired, CertificateError::Expired), "{expired}");
         let early = now - time::Duration::days(2);
         let not_yet = verify(vec![cert.clone()], &cert, "dbhost", early).unwrap_err();

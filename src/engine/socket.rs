@@ -3,18 +3,16 @@
 use std::{
     future::poll_fn,
     io,
-    task::{Context, Poll},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use futures_util::{
-    SinkExt, StreamExt, future::Either, stream::SplitSink, stream::SplitStream,
-};
+use futures_util::{SinkExt, StreamExt, future::Either, stream::SplitSink, stream::SplitStream};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -204,9 +202,9 @@ impl Socket {
             // Boxed: the session's reader is large, and plain sockets never run it.
             let reader = match handler {
                 None => Either::Left(self.read(stream, &pong, open)),
-                Some(handler) => Either::Right(Box::pin(self.read_session(
-                    stream, &pong, open, handler,
-                ))),
+                Some(handler) => {
+                    Either::Right(Box::pin(self.read_session(stream, &pong, open, handler)))
+                }
             };
             tokio::pin!(reader, writer);
             // On shutdown the other half finishes its in-flight work, within the drain timeout.

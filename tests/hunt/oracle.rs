@@ -287,7 +287,10 @@ impl Oracle<'_> {
             if !life.channels.contains(&channel) {
                 breaches.push(format!("{who}: got {} of channel {channel}", got.id));
             }
-            let key = (commit.source, reads_store(self.plan, life).then_some(channel));
+            let key = (
+                commit.source,
+                reads_store(self.plan, life).then_some(channel),
+            );
             if let Some(&(before, at)) = last_of_source.get(&key)
                 && place < before
             {

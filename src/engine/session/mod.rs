@@ -31,13 +31,7 @@ use crate::{
 };
 
 use self::codec::{Code, Command};
-use super::{
-    Engine,
-    frame::Frame,
-    listener::Subscription,
-    outbox::Outbox,
-    resume::Start,
-};
+use super::{Engine, frame::Frame, listener::Subscription, outbox::Outbox, resume::Start};
 
 /// NOTIFY payloads must stay under this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
@@ -181,6 +175,7 @@ impl Handler {
                 Wake::Published(answer)
             }
             () = sleep_until(notice.unwrap_or_else(Instant::now)), if notice.is_some() => Wake::Notice,
+            else => std::future::pending().await,
         }
     }
 
