@@ -473,7 +473,9 @@ where
             Control::Direct => outbox.set_direct(self.resume.is_none()),
             Control::Refreshed { answer, expires_at } => {
                 clock.expiry = expires_at;
-                outbox.push_answer(text_frame(&answer));
+                if let Some(answer) = answer {
+                    outbox.push_answer(text_frame(&answer));
+                }
             }
             Control::Subscribed {
                 answer,
@@ -533,7 +535,14 @@ where
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "history replay failed");
-                    return Err(Outcome::Close(Close::DatabaseUnavailable));
+                    // A session socket leaves the channel instead (never 1013).
+                    match (self.session.as_deref_mut(), resume.take_failed()) {
+                        (Some(session), Some(channel)) => {
+                            outbox.push_answer(text_frame(&session.leave_unavailable(channel)));
+                            continue;
+                        }
+                        _ => return Err(Outcome::Close(Close::DatabaseUnavailable)),
+                    }
                 }
             };
             self.counters.history_gaps(resume.take_gaps());

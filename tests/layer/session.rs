@@ -808,3 +808,120 @@ async fn a_session_works_over_rfc_8441() {
     assert_eq!(envelope["payload"], "over h2");
     let _ = res.into_body().collect().await;
 }
+
+// --- Pattern grants, in every URL form ---------------------------------------
+
+#[tokio::test]
+async fn a_pattern_grants_only_channels_with_its_prefix_on_plain_sockets_too() {
+    let server = TestServer::start(config()).await;
+    let prefix = unique("grant");
+    let (lit, room) = (format!("{prefix}-lit"), format!("{prefix}-room-7"));
+    let jwt = token(json!({"mode":"r","channels":[&lit, format!("{prefix}-room-*")]}));
+    // A path channel matching the pattern is granted; one that does not is not.
+    let mut by_path = server.connect(&format!("/{room}/{jwt}")).await;
+    for refused in [
+        format!("{prefix}-room"),
+        format!("{prefix}-roo"),
+        format!("x{prefix}-room-7"),
+    ] {
+        let (status, body) = server.handshake(&format!("/{refused}/{jwt}")).await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (403, "No allowed channels"),
+            "{refused}"
+        );
+    }
+    // A claims-only URL starts with the names only.
+    let mut by_claims = server.connect(&format!("/{jwt}")).await;
+    notify(&room, "to room").await;
+    notify(&lit, "to lit").await;
+    assert_eq!(recv_text(&mut by_path).await, "to room");
+    assert_eq!(recv_text(&mut by_claims).await, "to lit");
+    // The singular claim is always a literal name.
+    let literal = token(json!({"mode":"r","channel":format!("{prefix}-room-*")}));
+    let (status, _) = server.handshake(&format!("/{room}/{literal}")).await;
+    assert_eq!(status, 403);
+    let mut star = session(
+        &server,
+        json!({"mode":"r","channel":format!("{prefix}-room-*")}),
+    )
+    .await;
+    let a = ask(&mut star, json!({"type":"subscribe","channel":room})).await;
+    assert_eq!(a["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn subscribes_that_cannot_be_taken_are_answered() {
+    let schema = Schema::new();
+    let server = history_server_with(&schema, config().history("only-h*")).await;
+    let prefix = unique("cannot");
+    let mut writer = session(
+        &server,
+        json!({"mode":"w","channels":[format!("{prefix}*")]}),
+    )
+    .await;
+    let a = ask(
+        &mut writer,
+        json!({"type":"subscribe","id":1,"channel":format!("{prefix}1")}),
+    )
+    .await;
+    assert_eq!(
+        (a["code"].as_str(), a["id"].as_i64()),
+        (Some("forbidden"), Some(1))
+    );
+    let mut ws = session(&server, json!({"mode":"r","channels":["*"]})).await;
+    let plain = format!("{prefix}-plain");
+    let a = ask(
+        &mut ws,
+        json!({"type":"subscribe","id":2,"channel":plain,"since":"AAAA:1"}),
+    )
+    .await;
+    assert_eq!(a["code"], "bad_request");
+    let a = ask(
+        &mut ws,
+        json!({"type":"subscribe","id":3,"channel":plain,"history":-1}),
+    )
+    .await;
+    assert_eq!(a["code"], "bad_request");
+    let a = ask(
+        &mut ws,
+        json!({"type":"subscribe","id":4,"channel":"x".repeat(64)}),
+    )
+    .await;
+    assert_eq!(a["code"], "bad_request");
+    let a = ask(
+        &mut ws,
+        json!({"type":"unsubscribe","id":5,"channel":plain}),
+    )
+    .await;
+    assert_eq!(a, json!({"type":"unsubscribed","id":5,"channel":plain}));
+    // Nothing of it was subscribed.
+    notify(&plain, "no").await;
+    assert!(quiet(&mut ws, Duration::from_millis(200)).await);
+}
+
+#[tokio::test]
+async fn a_session_handshake_with_history_replays_as_session_frames() {
+    let schema = Schema::new();
+    let server = history_server_with(&schema, config().history("hh*")).await;
+    let chan = unique("hh");
+    let db = db().await;
+    let publish = format!("select {}.publish($1, $2)", schema.q());
+    for i in 1..=3 {
+        db.query_one(&publish, &[&chan, &format!("m{i}")])
+            .await
+            .unwrap();
+    }
+    let jwt = token(json!({"mode":"r","channel":chan}));
+    let (mut ws, _) = open(&server, &format!("/{chan}?history=2"), Some(&jwt)).await;
+    for (offset, payload) in [(2, "m2"), (3, "m3")] {
+        let frame = recv(&mut ws).await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["offset"].as_i64()),
+            (Some("message"), Some(offset))
+        );
+        assert_eq!(frame["payload"], payload);
+    }
+    db.query_one(&publish, &[&chan, &"m4"]).await.unwrap();
+    assert_eq!(recv(&mut ws).await["payload"], "m4");
+}
