@@ -77,6 +77,8 @@ struct State {
     writer: Option<Writer>,
     /// Whether the hub may write `frame.wire` itself.
     direct: bool,
+    /// Subscribes in progress on a session socket: direct writes wait for them.
+    paused: u16,
     /// Bytes handed to the writer that it may still buffer (TLS): flush pending.
     unflushed: bool,
     /// The hub let go: once the queue is empty, readers see the end.
@@ -118,9 +120,22 @@ impl Outbox {
         self.session
     }
 
-    /// Lets the hub write frames as they are, or not (then it queues them).
-    pub(crate) fn set_direct(&self, direct: bool) {
-        self.lock().direct = direct;
+    /// Stops the hub writing frames itself (it queues them) until as many
+    /// [`unpause`](Self::unpause) calls: a session socket's subscribe in progress.
+    pub(crate) fn pause(&self) {
+        let mut s = self.lock();
+        s.paused += 1;
+        s.direct = false;
+    }
+
+    /// Ends one [`pause`](Self::pause); the last lets the hub write again, if
+    /// `direct` (a socket that renders frames itself never lets it).
+    pub(crate) fn unpause(&self, direct: bool) {
+        let mut s = self.lock();
+        s.paused = s.paused.saturating_sub(1);
+        if s.paused == 0 {
+            s.direct = direct;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -470,7 +470,7 @@ where
         let outbox = self.outbox;
         match *control {
             Control::Answer(answer) => outbox.push_answer(text_frame(&answer)),
-            Control::Direct => outbox.set_direct(self.resume.is_none()),
+            Control::Direct => outbox.unpause(self.resume.is_none()),
             Control::Refreshed { answer, expires_at } => {
                 clock.expiry = expires_at;
                 if let Some(answer) = answer {
@@ -490,7 +490,7 @@ where
                     resume.push(channel, start);
                     self.replay(ping_every).await?;
                 }
-                outbox.set_direct(self.resume.is_none());
+                outbox.unpause(self.resume.is_none());
             }
         }
         Ok(())

@@ -372,7 +372,7 @@ impl Handler {
         // Until the writer has sent the answer, the hub queues: it would write
         // the channel's messages ahead of it.
         let queue = self.session.queue.clone();
-        queue.set_direct(false);
+        queue.pause();
         let listener = &self.engine.listener;
         let join = listener.join(vec![channel.clone()], queue);
         let subscription = match timeout(self.engine.settings.subscribe_timeout, join).await {
