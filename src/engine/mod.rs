@@ -15,6 +15,7 @@ pub(crate) mod outbox;
 pub(crate) mod pace;
 pub(crate) mod publisher;
 pub(crate) mod resume;
+pub(crate) mod session;
 pub(crate) mod socket;
 
 use std::sync::{
@@ -29,7 +30,7 @@ use tokio::{
 };
 
 use crate::{
-    auth::{Authorizer, Grant},
+    auth::{Authorizer, Grant, Scope},
     config::{Config, Values, normalize_origin},
     mapping::Mapping,
     refusal::Refusal,
@@ -144,6 +145,23 @@ impl Engine {
         channel: Option<&str>,
         token: &str,
     ) -> Result<(Place, Grant), Refusal> {
+        self.admit_with(|a| a.authorize(channel, token), |grant| grant)
+    }
+
+    /// The same for a session socket (PROTOCOL.md §17), which keeps its scope.
+    pub(crate) fn admit_session(
+        &self,
+        channel: Option<&str>,
+        token: &str,
+    ) -> Result<(Place, (Grant, Scope)), Refusal> {
+        self.admit_with(|a| a.authorize_session(channel, token), |(grant, _)| grant)
+    }
+
+    fn admit_with<T>(
+        &self,
+        authorize: impl FnOnce(&Authorizer) -> Result<T, Refusal>,
+        grant_of: impl Fn(&T) -> &Grant,
+    ) -> Result<(Place, T), Refusal> {
         if *self.shutdown.borrow() {
             return Err(Refusal::ShuttingDown);
         }
@@ -152,8 +170,8 @@ impl Engine {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::TooManySockets)?;
-        let grant = self.authorizer.authorize(channel, token)?;
-        let sub = match (&self.per_sub, &grant.sub) {
+        let granted = authorize(&self.authorizer)?;
+        let sub = match (&self.per_sub, &grant_of(&granted).sub) {
             (Some(per_sub), Some(sub)) => Some(per_sub.take(sub)?),
             _ => None,
         };
@@ -164,7 +182,7 @@ impl Engine {
             _socket: socket,
             _sub: sub,
         };
-        Ok((place, grant))
+        Ok((place, granted))
     }
 
     /// The grant's channels, listened to within the subscribe timeout.

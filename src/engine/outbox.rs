@@ -60,6 +60,9 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     capacity: usize,
     max_bytes: usize,
+    /// A session socket's (PROTOCOL.md §17): it gets notifications as `message`
+    /// frames, and several of the hub's members share it.
+    session: bool,
 }
 
 #[derive(Default)]
@@ -74,6 +77,8 @@ struct State {
     writer: Option<Writer>,
     /// Whether the hub may write `frame.wire` itself.
     direct: bool,
+    /// Subscribes in progress on a session socket: direct writes wait for them.
+    paused: u16,
     /// Bytes handed to the writer that it may still buffer (TLS): flush pending.
     unflushed: bool,
     /// The hub let go: once the queue is empty, readers see the end.
@@ -96,7 +101,41 @@ impl Outbox {
             state: Mutex::default(),
             capacity,
             max_bytes,
+            session: false,
         })
+    }
+
+    /// A session socket's outbox, with the limits of [`bounded`](Self::bounded).
+    pub(crate) fn session(capacity: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            capacity,
+            max_bytes,
+            session: true,
+        })
+    }
+
+    /// Whether this is a session socket's outbox.
+    pub(crate) fn is_session(&self) -> bool {
+        self.session
+    }
+
+    /// Stops the hub writing frames itself (it queues them) until as many
+    /// [`unpause`](Self::unpause) calls: a session socket's subscribe in progress.
+    pub(crate) fn pause(&self) {
+        let mut s = self.lock();
+        s.paused += 1;
+        s.direct = false;
+    }
+
+    /// Ends one [`pause`](Self::pause); the last lets the hub write again, if
+    /// `direct` (a socket that renders frames itself never lets it).
+    pub(crate) fn unpause(&self, direct: bool) {
+        let mut s = self.lock();
+        s.paused = s.paused.saturating_sub(1);
+        if s.paused == 0 {
+            s.direct = direct;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -264,6 +303,13 @@ impl Outbox {
     pub(crate) fn push_wire(&self, bytes: Bytes) {
         let mut s = self.lock();
         s.wire.push_back(bytes);
+    }
+
+    /// Puts `bytes` on the wire ahead of the queued frames, and wakes the owner.
+    pub(crate) fn push_answer(&self, bytes: Bytes) {
+        let mut s = self.lock();
+        s.wire.push_back(bytes);
+        wake(s);
     }
 }
 

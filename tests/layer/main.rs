@@ -19,5 +19,6 @@ mod meta;
 mod protocol;
 mod replay;
 mod service;
+mod session;
 mod sse;
 mod writes;
