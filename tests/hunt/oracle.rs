@@ -26,6 +26,8 @@ pub enum Outcome {
     Committed(Instant),
     /// An error left it open whether it committed.
     Unknown,
+    /// Refused with an `error` answer: nothing of it may reach anyone.
+    Failed,
 }
 
 /// One transaction (or one socket's run of messages), from one source.
@@ -83,6 +85,10 @@ pub struct Life {
     /// An event stream: it reads where its history channels stand before it
     /// goes live, as a positioned socket replays.
     pub sse: bool,
+    /// A session socket (`pgws.json`).
+    pub session: bool,
+    /// Channels the server unsubscribed a session from, saying so.
+    pub left: Vec<usize>,
     pub got: Vec<Got>,
     pub gaps: usize,
     pub end: End,
@@ -190,7 +196,9 @@ impl Oracle<'_> {
                 .iter()
                 .filter(|m| self.plan.channels[m.channel].history)
             {
-                sent.entry(m.channel).or_default().insert(&m.id);
+                if !matches!(c.outcome, Outcome::Failed) {
+                    sent.entry(m.channel).or_default().insert(&m.id);
+                }
                 if matches!(c.outcome, Outcome::Committed(_)) {
                     certain.entry(m.channel).or_default().insert(&m.id);
                 }
@@ -268,6 +276,9 @@ impl Oracle<'_> {
         let db_restarted = self.faults.contains(&Fault::RestartPostgres);
 
         match &life.end {
+            End::Closed(1013, r) if life.session => {
+                Some(format!("a session closed with 1013 {r:?}"))
+            }
             End::Open | End::Left => None,
             // pgws stops only when told to, at a fault or at the end.
             End::Closed(1001, _) => None,
@@ -299,6 +310,9 @@ impl Oracle<'_> {
             if !seen.insert(got.id.as_str()) {
                 breaches.push(format!("{who}: got {} twice", got.id));
             }
+            if matches!(commit.outcome, Outcome::Failed) {
+                breaches.push(format!("{who}: got {}, whose publish was refused", got.id));
+            }
             if !life.channels.contains(&channel) {
                 breaches.push(format!("{who}: got {} of channel {channel}", got.id));
             }
@@ -311,7 +325,7 @@ impl Oracle<'_> {
                     index.by_id.get(id).map(|(c, _, _)| {
                         let done = match c.outcome {
                             Outcome::Committed(at) => Some(at - self.born),
-                            Outcome::Unknown => None,
+                            Outcome::Unknown | Outcome::Failed => None,
                         };
                         (c.sent - self.born, done)
                     })
@@ -376,7 +390,8 @@ impl Oracle<'_> {
                 continue;
             }
             for m in &commit.messages {
-                if !life.channels.contains(&m.channel) || got.contains(m.id.as_str()) {
+                let gone = life.left.contains(&m.channel);
+                if !life.channels.contains(&m.channel) || gone || got.contains(m.id.as_str()) {
                     continue;
                 }
                 // Missing: a breach if the end allows no loss, or if something

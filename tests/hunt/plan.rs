@@ -14,6 +14,8 @@ pub enum Mapping {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Ws,
+    /// A WebSocket speaking the session protocol (`pgws.json`, PROTOCOL.md §17).
+    Session,
     Sse,
 }
 
@@ -61,6 +63,13 @@ pub enum Step {
     },
     /// Messages from a socket with mode `w` on one channel.
     Socket {
+        channel: usize,
+        count: usize,
+        size: usize,
+    },
+    /// Publishes from a session socket, pipelined, each answered by an ack or
+    /// an error.
+    Session {
         channel: usize,
         count: usize,
         size: usize,
@@ -204,17 +213,25 @@ impl Plan {
                     count: burst(rng).min(1000),
                     size: size(rng, MAX_STORED_PAD / 8),
                 },
-                7 => {
+                7 | 8 => {
                     let channel = *pick(rng, &(0..self.channels.len()).collect::<Vec<_>>());
                     let max = if self.channels[channel].history {
                         MAX_STORED_PAD
                     } else {
                         MAX_SOCKET_PAD
                     };
-                    Step::Socket {
-                        channel,
-                        count: rng.random_range(1..50),
-                        size: size(rng, max),
+                    let (count, size) = (rng.random_range(1..50), size(rng, max));
+                    match rng.random_bool(0.5) {
+                        true => Step::Socket {
+                            channel,
+                            count,
+                            size,
+                        },
+                        false => Step::Session {
+                            channel,
+                            count,
+                            size,
+                        },
                     }
                 }
                 _ => Step::Pause(Duration::from_millis(rng.random_range(1..120))),
@@ -236,7 +253,8 @@ impl Step {
             Step::Notify { .. } => 1,
             Step::Transaction { count, .. }
             | Step::Publish { count, .. }
-            | Step::Socket { count, .. } => *count,
+            | Step::Socket { count, .. }
+            | Step::Session { count, .. } => *count,
             Step::Pause(_) => 0,
         }
     }
@@ -258,10 +276,10 @@ fn faults(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
 }
 
 fn transport(rng: &mut StdRng) -> Transport {
-    if rng.random_bool(0.25) {
-        Transport::Sse
-    } else {
-        Transport::Ws
+    match rng.random_range(0..4) {
+        0 => Transport::Sse,
+        1 => Transport::Session,
+        _ => Transport::Ws,
     }
 }
 

@@ -31,6 +31,14 @@ pub async fn run(env: Arc<Env>, source: usize, steps: Vec<Step>) {
                 socket(&env, 1000 + source * 100 + n, channel, count, size).await;
                 true
             }
+            Step::Session {
+                channel,
+                count,
+                size,
+            } => {
+                session(&env, 1000 + source * 100 + n, channel, count, size).await;
+                true
+            }
             step => statement(&env, &db, source, &prefix, step).await,
         };
         if !ok {
@@ -169,4 +177,86 @@ async fn socket(env: &Env, source: usize, channel: usize, count: usize, size: us
         sent,
         outcome,
     });
+}
+
+/// `count` publishes from a session socket, all sent before the first answer;
+/// each certain at its `ack`, refused for good at its `error`.
+async fn session(env: &Env, source: usize, channel: usize, count: usize, size: usize) {
+    let name = &env.plan.channels[channel].name;
+    let claims = serde_json::json!({"mode": "w", "channel": name, "exp": now() + 3600});
+    let Some(mut ws) = session_socket(env, &format!("/{}", token(claims))).await else {
+        return; // pgws restarting: this step is skipped, nothing sent.
+    };
+    let pad = "x".repeat(size);
+    let ids: Vec<String> = (0..count).map(|i| format!("s{source}.{i}")).collect();
+    let mut sent = vec![Instant::now(); count];
+    let mut outcomes = vec![Outcome::Unknown; count];
+    let answers = async {
+        for (i, id) in ids.iter().enumerate() {
+            let frame = serde_json::json!({
+                "type": "publish", "id": i, "channel": name, "payload": format!("{id} {pad}"),
+            });
+            sent[i] = Instant::now();
+            if ws.send(WsMessage::text(frame.to_string())).await.is_err() {
+                return;
+            }
+        }
+        let mut open = count;
+        while open > 0 {
+            let Some(Ok(msg)) = ws.next().await else {
+                return;
+            };
+            let Some(text) = msg.as_text() else { continue };
+            let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            let Some(i) = v["id"].as_u64().map(|i| i as usize).filter(|&i| i < count) else {
+                continue;
+            };
+            outcomes[i] = match v["type"].as_str() {
+                Some("ack") => Outcome::Committed(Instant::now()),
+                Some("error") => {
+                    env.error(format!("session publish {}: {text}", ids[i]));
+                    Outcome::Failed
+                }
+                _ => continue,
+            };
+            open -= 1;
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, answers).await;
+    let _ = ws.close().await;
+    for ((id, sent), outcome) in ids.into_iter().zip(sent).zip(outcomes) {
+        env.ledger.record(Commit {
+            source,
+            messages: vec![Message { id, channel }],
+            sent,
+            outcome,
+        });
+    }
+}
+
+/// A WebSocket that speaks the session protocol, or `None` when none opens.
+pub async fn session_socket(
+    env: &Env,
+    path: &str,
+) -> Option<
+    tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let url = format!("ws://{}{path}", env.addr());
+    let builder = ClientBuilder::from_uri(url.parse().ok()?)
+        .add_header(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("pgws.json"),
+        )
+        .ok()?;
+    let (ws, response) = tokio::time::timeout(WAIT, builder.connect())
+        .await
+        .ok()?
+        .ok()?;
+    let chosen = response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL);
+    assert_eq!(
+        chosen.and_then(|v| v.to_str().ok()),
+        Some("pgws.json"),
+        "the server must answer pgws.json"
+    );
+    Some(ws)
 }

@@ -80,6 +80,8 @@ async fn one_life(
         opened: std::time::Instant::now(),
         positioned,
         sse: reader.transport == Transport::Sse,
+        session: reader.transport == Transport::Session,
+        left: Vec::new(),
         got: Vec::new(),
         gaps: 0,
         end: End::Open,
@@ -89,8 +91,9 @@ async fn one_life(
         _ => None,
     };
     match reader.transport {
-        Transport::Ws => {
-            let mut ws = open_ws(env, &path, slow).await?;
+        Transport::Ws | Transport::Session => {
+            let session = reader.transport == Transport::Session;
+            let mut ws = open_ws(env, &path, slow, session).await?;
             life.opened = std::time::Instant::now();
             read_ws(env, &mut ws, &mut life, state, leave_at, slow).await;
         }
@@ -125,14 +128,32 @@ async fn tcp(env: &Env, slow: bool) -> Option<TcpStream> {
     socket.connect(env.addr()).await.ok()
 }
 
-async fn open_ws(env: &Env, path: &str, slow: bool) -> Option<WebSocketStream<TcpStream>> {
+async fn open_ws(
+    env: &Env,
+    path: &str,
+    slow: bool,
+    session: bool,
+) -> Option<WebSocketStream<TcpStream>> {
     let uri = format!("ws://{}{path}", env.addr()).parse().ok()?;
     let stream = tcp(env, slow).await?;
-    let builder = ClientBuilder::from_uri(uri);
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), builder.connect_on(stream))
+    let mut builder = ClientBuilder::from_uri(uri);
+    if session {
+        let protocol = http::HeaderValue::from_static("pgws.json");
+        builder = builder
+            .add_header(http::header::SEC_WEBSOCKET_PROTOCOL, protocol)
+            .ok()?;
+    }
+    let (ws, response) = tokio::time::timeout(Duration::from_secs(10), builder.connect_on(stream))
         .await
         .ok()?
         .ok()?;
+    let chosen = response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL);
+    let chosen = chosen.and_then(|v| v.to_str().ok());
+    assert_eq!(
+        chosen == Some("pgws.json"),
+        session,
+        "subprotocol answered: {chosen:?}"
+    );
     Some(ws)
 }
 
@@ -177,8 +198,45 @@ async fn read_ws(
             return;
         }
         if let Some(text) = msg.as_text() {
-            record(env, life, state, text, None);
+            match life.session {
+                true => record_session(env, life, state, text),
+                false => record(env, life, state, text, None),
+            }
         }
+    }
+}
+
+/// A session frame (PROTOCOL.md §17): messages and gaps are recorded, the other
+/// answers and notices are not deliveries.
+fn record_session(env: &Env, life: &mut Life, state: &mut State, text: &str) {
+    let v: Value = serde_json::from_str(text).unwrap_or_default();
+    match v["type"].as_str() {
+        Some("gap") => life.gaps += 1,
+        Some("message") => {
+            env.frame_seen();
+            let channel = v["channel"].as_str().unwrap_or_default();
+            let offset = match (v["epoch"].as_str(), v["offset"].as_i64()) {
+                (Some(epoch), Some(n)) => {
+                    let position = (epoch.to_owned(), n);
+                    state.positions.insert(channel.to_owned(), position);
+                    Some((channel.to_owned(), n))
+                }
+                _ => None,
+            };
+            let payload = v["payload"].as_str().unwrap_or_default();
+            let id = id_of(payload).unwrap_or_else(|| format!("<unreadable {text:.40}>"));
+            life.got.push(Got { id, offset });
+        }
+        // The server let go of a channel (a replay that failed, say).
+        Some("unsubscribed" | "error") => {
+            let name = v["channel"].as_str().unwrap_or_default();
+            let channel = life
+                .channels
+                .iter()
+                .find(|&&c| env.plan.channels[c].name == name);
+            life.left.extend(channel.copied());
+        }
+        _ => {}
     }
 }
 
