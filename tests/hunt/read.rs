@@ -110,7 +110,7 @@ async fn one_life(
 /// `since` for each channel with a position, `history` for the others.
 fn query(names: &[&str], state: &State, transport: Transport) -> String {
     let mut parts = vec![format!("history={EVERYTHING}")];
-    if transport == Transport::Ws {
+    if transport != Transport::Sse {
         for name in names {
             if let Some((epoch, offset)) = state.positions.get(*name) {
                 parts.push(format!("since={epoch}:{offset}:{name}"));
