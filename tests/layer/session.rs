@@ -415,7 +415,7 @@ async fn a_flood_of_publishes_is_slowed_not_buffered() {
 
 #[tokio::test]
 async fn subscribe_and_unsubscribe_answer_and_bound_the_channels_messages() {
-    let server = TestServer::start(config().max_channels(2)).await;
+    let server = TestServer::start(config().max_channels(2).queue_bytes(16 << 20)).await;
     let prefix = unique("sub");
     let (a, b, c) = (
         format!("{prefix}-a"),
@@ -437,10 +437,22 @@ async fn subscribe_and_unsubscribe_answer_and_bound_the_channels_messages() {
     assert_eq!(answer, json!({"type":"subscribed","id":2,"channel":b}));
     let answer = ask(&mut ws, json!({"type":"subscribe","id":3,"channel":c})).await;
     assert_eq!(answer["code"], "too_many");
-    // Unsubscribe: every message of b before the answer, none after.
-    for i in 0..50 {
-        notify(&b, &format!("b{i}")).await;
-    }
+    // Unsubscribe: every message of b handed to the socket before it comes
+    // before the answer, none after. 7 MB of them, more than the kernel's
+    // buffers take: some still wait in the socket's queue when it is read.
+    let sql = "select count(pg_notify($1, g::text || repeat('x', 7900))) \
+               from generate_series(0, 899) g";
+    let received = server.layer.stats().notifications_received;
+    db().await.query_one(sql, &[&b]).await.unwrap();
+    // Handed to the socket (written, or queued behind what the client has not
+    // read yet) before the unsubscribe is sent.
+    tokio::time::timeout(WAIT, async {
+        while server.layer.stats().notifications_received < received + 900 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the listener never got the notifications");
     send(&mut ws, json!({"type":"unsubscribe","id":4,"channel":b})).await;
     let mut got = 0;
     loop {
@@ -449,9 +461,11 @@ async fn subscribe_and_unsubscribe_answer_and_bound_the_channels_messages() {
             assert_eq!(frame, json!({"type":"unsubscribed","id":4,"channel":b}));
             break;
         }
-        assert_eq!(frame, message(&b, &format!("b{got}")));
+        let payload = format!("{got}{}", "x".repeat(7900));
+        assert_eq!(frame, message(&b, &payload), "message {got}");
         got += 1;
     }
+    assert_eq!(got, 900, "messages of b before its unsubscribed");
     notify(&b, "gone").await;
     notify(&a, "still").await;
     assert_eq!(recv(&mut ws).await, message(&a, "still"));
