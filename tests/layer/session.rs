@@ -938,3 +938,39 @@ async fn a_session_handshake_with_history_replays_as_session_frames() {
     db.query_one(&publish, &[&chan, &"m4"]).await.unwrap();
     assert_eq!(recv(&mut ws).await["payload"], "m4");
 }
+
+/// A subscribe to a busy channel: its answer comes before any of its messages,
+/// and the messages after it are in commit order, with none missing.
+#[tokio::test]
+async fn no_message_of_a_busy_channel_comes_before_its_subscribed() {
+    let server = TestServer::start(config()).await;
+    let chan = unique("busy");
+    // Listened to already, so the hub has its messages at once.
+    let _reader = server
+        .connect(&format!("/{chan}/{}", token(claims("r", None))))
+        .await;
+    let busy = {
+        let chan = chan.clone();
+        tokio::spawn(async move {
+            let db = db().await;
+            for i in 0..400 {
+                db.execute("select pg_notify($1, $2)", &[&chan, &i.to_string()])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut ws = session(&server, json!({"mode":"r","channels":["busy*"]})).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = ask(&mut ws, json!({"type":"subscribe","id":1,"channel":chan})).await;
+    assert_eq!(answer, json!({"type":"subscribed","id":1,"channel":chan}));
+    busy.await.unwrap();
+    let first: i64 = recv(&mut ws).await["payload"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for next in first + 1..400 {
+        assert_eq!(recv(&mut ws).await, message(&chan, &next.to_string()));
+    }
+}
