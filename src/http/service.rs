@@ -189,8 +189,9 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
     let (subscription, session) = match scope {
         Some(scope) => {
             // With history on, a session socket may replay a channel it
-            // subscribes to later: it has positions from the start.
-            if engine.history.is_some() && grant.mode.reads() {
+            // subscribes to later (once refreshed to read, too): it has
+            // positions from the start.
+            if engine.history.is_some() {
                 resume.get_or_insert_with(|| Resume::session(Vec::new()));
             }
             match open_session(&engine, &grant, scope, channel).await {

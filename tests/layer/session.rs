@@ -415,7 +415,7 @@ async fn a_flood_of_publishes_is_slowed_not_buffered() {
 
 #[tokio::test]
 async fn subscribe_and_unsubscribe_answer_and_bound_the_channels_messages() {
-    let server = TestServer::start(config().max_channels(2)).await;
+    let server = TestServer::start(config().max_channels(2).queue_bytes(16 << 20)).await;
     let prefix = unique("sub");
     let (a, b, c) = (
         format!("{prefix}-a"),
@@ -437,10 +437,22 @@ async fn subscribe_and_unsubscribe_answer_and_bound_the_channels_messages() {
     assert_eq!(answer, json!({"type":"subscribed","id":2,"channel":b}));
     let answer = ask(&mut ws, json!({"type":"subscribe","id":3,"channel":c})).await;
     assert_eq!(answer["code"], "too_many");
-    // Unsubscribe: every message of b before the answer, none after.
-    for i in 0..50 {
-        notify(&b, &format!("b{i}")).await;
-    }
+    // Unsubscribe: every message of b handed to the socket before it comes
+    // before the answer, none after. 7 MB of them, more than the kernel's
+    // buffers take: some still wait in the socket's queue when it is read.
+    let sql = "select count(pg_notify($1, g::text || repeat('x', 7900))) \
+               from generate_series(0, 899) g";
+    let received = server.layer.stats().notifications_received;
+    db().await.query_one(sql, &[&b]).await.unwrap();
+    // Handed to the socket (written, or queued behind what the client has not
+    // read yet) before the unsubscribe is sent.
+    tokio::time::timeout(WAIT, async {
+        while server.layer.stats().notifications_received < received + 900 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the listener never got the notifications");
     send(&mut ws, json!({"type":"unsubscribe","id":4,"channel":b})).await;
     let mut got = 0;
     loop {
@@ -449,9 +461,11 @@ async fn subscribe_and_unsubscribe_answer_and_bound_the_channels_messages() {
             assert_eq!(frame, json!({"type":"unsubscribed","id":4,"channel":b}));
             break;
         }
-        assert_eq!(frame, message(&b, &format!("b{got}")));
+        let payload = format!("{got}{}", "x".repeat(7900));
+        assert_eq!(frame, message(&b, &payload), "message {got}");
         got += 1;
     }
+    assert_eq!(got, 900, "messages of b before its unsubscribed");
     notify(&b, "gone").await;
     notify(&a, "still").await;
     assert_eq!(recv(&mut ws).await, message(&a, "still"));
@@ -923,4 +937,40 @@ async fn a_session_handshake_with_history_replays_as_session_frames() {
     }
     db.query_one(&publish, &[&chan, &"m4"]).await.unwrap();
     assert_eq!(recv(&mut ws).await["payload"], "m4");
+}
+
+/// A subscribe to a busy channel: its answer comes before any of its messages,
+/// and the messages after it are in commit order, with none missing.
+#[tokio::test]
+async fn no_message_of_a_busy_channel_comes_before_its_subscribed() {
+    let server = TestServer::start(config()).await;
+    let chan = unique("busy");
+    // Listened to already, so the hub has its messages at once.
+    let _reader = server
+        .connect(&format!("/{chan}/{}", token(claims("r", None))))
+        .await;
+    let busy = {
+        let chan = chan.clone();
+        tokio::spawn(async move {
+            let db = db().await;
+            for i in 0..400 {
+                db.execute("select pg_notify($1, $2)", &[&chan, &i.to_string()])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut ws = session(&server, json!({"mode":"r","channels":["busy*"]})).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = ask(&mut ws, json!({"type":"subscribe","id":1,"channel":chan})).await;
+    assert_eq!(answer, json!({"type":"subscribed","id":1,"channel":chan}));
+    busy.await.unwrap();
+    let first: i64 = recv(&mut ws).await["payload"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for next in first + 1..400 {
+        assert_eq!(recv(&mut ws).await, message(&chan, &next.to_string()));
+    }
 }
