@@ -60,6 +60,53 @@ pub(crate) struct Grant {
     pub(crate) expires_at: Option<SystemTime>,
 }
 
+/// The channels a token lets a session socket subscribe to (PROTOCOL.md §17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Allowed {
+    /// A token without a channel claim: only the channel of its path.
+    Path(String),
+    /// The token's claims: literal names, and the prefixes of `channels` entries
+    /// that end in `*`.
+    Claims {
+        names: Vec<String>,
+        prefixes: Vec<String>,
+    },
+}
+
+impl Allowed {
+    /// Whether `channel` is granted.
+    pub(crate) fn allows(&self, channel: &str) -> bool {
+        match self {
+            Allowed::Path(path) => path == channel,
+            Allowed::Claims { names, prefixes } => {
+                names.iter().any(|n| n == channel)
+                    || prefixes.iter().any(|p| channel.starts_with(p.as_str()))
+            }
+        }
+    }
+
+    /// The one channel granted, when there is exactly one and no pattern.
+    pub(crate) fn only(&self) -> Option<&str> {
+        match self {
+            Allowed::Path(path) => Some(path),
+            Allowed::Claims { names, prefixes } if prefixes.is_empty() && names.len() == 1 => {
+                Some(&names[0])
+            }
+            Allowed::Claims { .. } => None,
+        }
+    }
+}
+
+/// What a session socket keeps of its token besides its [`Grant`].
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub(crate) allowed: Allowed,
+    /// The `sub` claim: a refreshed token must carry the same.
+    pub(crate) sub: Option<Value>,
+    /// The `exp` claim, as given.
+    pub(crate) exp: Option<Value>,
+}
+
 /// Checks tokens against the configured keys and rules.
 pub(crate) struct Authorizer {
     keys: Arc<Keys>,
@@ -93,17 +140,44 @@ impl Authorizer {
         path_channel: Option<&str>,
         token: &str,
     ) -> Result<Grant, Refusal> {
+        self.authorize_for(path_channel, token, false)
+            .map(|(grant, _)| grant)
+    }
+
+    /// The same check for a session socket, which may start with no channel
+    /// (a token granting only patterns); with what the session keeps of it.
+    pub(crate) fn authorize_session(
+        &self,
+        path_channel: Option<&str>,
+        token: &str,
+    ) -> Result<(Grant, Scope), Refusal> {
+        self.authorize_for(path_channel, token, true)
+    }
+
+    fn authorize_for(
+        &self,
+        path_channel: Option<&str>,
+        token: &str,
+        session: bool,
+    ) -> Result<(Grant, Scope), Refusal> {
         let claims = self.verify(token)?;
         let expires_at = self.check_times(&claims, SystemTime::now())?;
         let mode = mode(&claims)?;
-        let channels = grant_channels(path_channel, &claims, self.max_channels)?;
+        let (channels, allowed) =
+            grant_channels(path_channel, &claims, self.max_channels, session)?;
+        let scope = Scope {
+            allowed,
+            sub: claims.get("sub").cloned(),
+            exp: claims.get("exp").cloned(),
+        };
         let claims = self.mapping.claims(&claims);
-        Ok(Grant {
+        let grant = Grant {
             mode,
             channels,
             claims,
             expires_at,
-        })
+        };
+        Ok((grant, scope))
     }
 
     fn verify(&self, token: &str) -> Result<Map<String, Value>, Refusal> {
@@ -204,9 +278,10 @@ fn mode(claims: &Map<String, Value>) -> Result<Mode, Refusal> {
 }
 
 /// `channel` first, then `channels`, duplicates removed; `None` when neither is
-/// claimed. A claim of another shape is refused: taking it as absent would grant
-/// any path channel.
-fn claimed_channels(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, Refusal> {
+/// claimed. A `channels` entry ending in `*` is a pattern, kept as its prefix; the
+/// `channel` claim is always a name. A claim of another shape is refused: taking
+/// it as absent would grant any path channel.
+fn claimed_channels(claims: &Map<String, Value>) -> Result<Option<Allowed>, Refusal> {
     let channel = match claims.get("channel") {
         None => None,
         Some(Value::String(c)) => Some(c.as_str()),
@@ -225,32 +300,53 @@ fn claimed_channels(claims: &Map<String, Value>) -> Result<Option<Vec<String>>, 
     if channel.is_none() && channels.is_none() {
         return Ok(None);
     }
-    let mut out: Vec<String> = Vec::new();
-    for c in channel.into_iter().chain(channels.into_iter().flatten()) {
-        if !out.iter().any(|o| o == c) {
-            out.push(c.to_owned());
+    let mut names: Vec<String> = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
+    let entries = channels.into_iter().flatten();
+    for (c, literal) in channel.map(|c| (c, true)).into_iter().chain(entries.map(|c| (c, false))) {
+        let (list, c) = match c.strip_suffix('*') {
+            Some(prefix) if !literal => (&mut prefixes, prefix),
+            _ => (&mut names, c),
+        };
+        if !list.iter().any(|o| o == c) {
+            list.push(c.to_owned());
         }
     }
-    Ok(Some(out))
+    Ok(Some(Allowed::Claims { names, prefixes }))
 }
 
 /// PROTOCOL.md §4: an absent claim lets the path name any channel; a present one,
-/// an empty list included, must name it.
+/// an empty list included, must name it or match one of its patterns. A URL
+/// without a channel starts with the claimed names (none, for a session socket
+/// whose token claims only patterns).
 fn grant_channels(
     path_channel: Option<&str>,
     claims: &Map<String, Value>,
     max_channels: usize,
-) -> Result<Vec<String>, Refusal> {
+    session: bool,
+) -> Result<(Vec<String>, Allowed), Refusal> {
     let claimed = claimed_channels(claims)?;
-    let granted = match (path_channel, claimed) {
+    let (granted, allowed) = match (path_channel, claimed) {
         (Some(raw), claimed) => {
             let channel = decode_path_channel(raw)?;
-            if claimed.is_some_and(|claimed| !claimed.contains(&channel)) {
-                return Err(Refusal::NoAllowedChannels);
-            }
-            vec![channel]
+            let allowed = match claimed {
+                Some(claimed) if !claimed.allows(&channel) => {
+                    return Err(Refusal::NoAllowedChannels);
+                }
+                Some(claimed) => claimed,
+                None => Allowed::Path(channel.clone()),
+            };
+            (vec![channel], allowed)
         }
-        (None, Some(claimed)) if !claimed.is_empty() => claimed,
+        (None, Some(Allowed::Claims { names, prefixes }))
+            if !names.is_empty() || (session && !prefixes.is_empty()) =>
+        {
+            let allowed = Allowed::Claims {
+                names: names.clone(),
+                prefixes,
+            };
+            (names, allowed)
+        }
         (None, _) => return Err(Refusal::NoAllowedChannels),
     };
     for channel in &granted {
@@ -259,7 +355,7 @@ fn grant_channels(
     if granted.len() > max_channels {
         return Err(Refusal::TooManyChannels);
     }
-    Ok(granted)
+    Ok((granted, allowed))
 }
 
 fn decode_path_channel(raw: &str) -> Result<String, Refusal> {

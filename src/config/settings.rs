@@ -329,6 +329,13 @@ settings! {
     /// read and gives it back once written, and a replay beyond it waits its turn.
     /// At least 1048576 (one page).
     replay_budget: count = 64 << 20, "PGWS_REPLAY_BUDGET", "67108864", at_least_a_page;
+    /// Publishes of one session socket (subprotocol `pgws.json`) read but not
+    /// answered yet, at most (default 16); past it the socket is not read until
+    /// one is answered.
+    max_in_flight: count = 16, "PGWS_MAX_IN_FLIGHT", "16", at_least_one;
+    /// How long before its token's `exp` a session socket gets an `expiring`
+    /// notice (default 30 s); zero turns the notice off. At most 365 days.
+    expiry_notice: secs = Duration::from_secs(30), "PGWS_EXPIRY_NOTICE", "30", at_most_a_year;
 }
 
 impl fmt::Debug for ConfigBuilder {

@@ -1,7 +1,7 @@
 //! [`Frame`]: one notification for a channel's readers, encoded once as the
 //! WebSocket text frame every plain reader receives.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -21,8 +21,11 @@ pub(crate) struct FrameData {
     /// The payload as a server's WebSocket text frame: what the hub writes to an
     /// idle socket, the same bytes for every reader.
     pub(crate) wire: Bytes,
-    /// With history on: where it comes from, for sockets that asked for positions.
+    /// Where it comes from: its channel and, for a stored message, its position.
     pub(crate) origin: Option<Arc<Origin>>,
+    /// The same notification as a session socket's `message` frame, made by
+    /// the first session reader and shared by the others.
+    session: OnceLock<Frame>,
 }
 
 impl Frame {
@@ -35,7 +38,24 @@ impl Frame {
             payload,
             wire,
             origin,
+            session: OnceLock::new(),
         }))
+    }
+
+    /// This notification as session sockets get it (PROTOCOL.md §17), rendered
+    /// once for all of them; its origin is this frame's.
+    pub(crate) fn session(&self) -> &Frame {
+        self.session.get_or_init(|| {
+            let json = match &self.origin {
+                Some(origin) => crate::engine::session::codec::message(
+                    &origin.channel,
+                    origin.position.as_ref(),
+                    &String::from_utf8_lossy(&self.payload),
+                ),
+                None => Bytes::copy_from_slice(&self.payload),
+            };
+            Frame::new(&json, self.origin.clone())
+        })
     }
 }
 

@@ -101,7 +101,10 @@ impl Hub {
         if let Some((seq, _)) = member.waiting {
             self.pending.remove(&(seq, id));
         }
-        member.queue.close();
+        // A session socket's channels are members of their own, sharing its outbox.
+        if !member.queue.is_session() {
+            member.queue.close();
+        }
         let mut emptied = Vec::new();
         for slot in 0..member.channels.len() {
             let index = member.channels[slot].1;
@@ -134,6 +137,21 @@ impl Hub {
         emptied
     }
 
+    /// Removes a session socket's channel (one member), then offers `answer` to
+    /// its outbox: after every frame of the channel, and before none. Returns the
+    /// channels that lost their last reader.
+    pub(crate) fn part(&mut self, id: u64, answer: &Frame) -> Vec<String> {
+        let Some(queue) = self.members.get(&id).map(|m| m.queue.clone()) else {
+            return Vec::new();
+        };
+        let emptied = self.leave(id);
+        if queue.offer(answer, self.pace.writes()) == Offer::Full {
+            queue.end(Ending::SlowConsumer);
+        }
+        // Its other channels go when the socket ends, as a slow consumer's would.
+        emptied
+    }
+
     /// Offers one shared frame to every reader of `channel`: written to idle
     /// sockets while the hub's own writes keep up ([`Pace`]), queued for the others.
     /// A reader whose queue is full is let go as a slow consumer; returns the
@@ -146,6 +164,11 @@ impl Hub {
         let write = self.pace.writes();
         let mut slow = Vec::new();
         for sub in subs {
+            let frame = if sub.queue.is_session() {
+                frame.session()
+            } else {
+                frame
+            };
             match sub.queue.offer(frame, write) {
                 Offer::Written => self.written += 1,
                 Offer::Queued => {}

@@ -48,6 +48,8 @@ const DRAIN: usize = 256;
 pub(crate) enum Command {
     Join(Join),
     Leave(u64),
+    /// A session socket leaves one channel: the hub offers the answer after it.
+    Part(u64, Frame),
     /// `pg_listening_channels()` of the listener's own session.
     Listening(oneshot::Sender<Vec<String>>),
 }
@@ -67,6 +69,15 @@ pub(crate) struct Subscription {
     commands: mpsc::UnboundedSender<Command>,
 }
 
+impl Subscription {
+    /// Leaves the hub with `answer` offered after the last frame of its
+    /// channels (a session socket's `unsubscribed`).
+    pub(crate) fn part(self, answer: Frame) {
+        let _ = self.commands.send(Command::Part(self.id, answer));
+        // The `Leave` of the drop that follows finds nothing more to do.
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Leave(self.id));
@@ -83,7 +94,17 @@ impl ListenerHandle {
         frames: usize,
         bytes: usize,
     ) -> Option<Subscription> {
-        let queue = Outbox::bounded(frames, bytes);
+        self.join(channels, Outbox::bounded(frames, bytes)).await
+    }
+
+    /// Subscribes `queue` to `channels` (a session socket's outbox may be
+    /// subscribed several times, once per channel) and waits until they are
+    /// listened to. Cancelling the wait leaves the hub again.
+    pub(crate) async fn join(
+        &self,
+        channels: Vec<String>,
+        queue: Arc<Outbox>,
+    ) -> Option<Subscription> {
         let (ack, acked) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = Subscription {
@@ -315,6 +336,9 @@ impl Listener {
             Command::Leave(id) => {
                 self.hub.leave(id);
             }
+            Command::Part(id, answer) => {
+                self.hub.part(id, &answer);
+            }
             Command::Listening(reply) => drop(reply),
         }
         self.report_pending();
@@ -503,6 +527,10 @@ impl Listener {
             }
             Command::Leave(id) => {
                 let emptied = self.hub.leave(id);
+                self.unlisten(queries, client, emptied);
+            }
+            Command::Part(id, answer) => {
+                let emptied = self.hub.part(id, &answer);
                 self.unlisten(queries, client, emptied);
             }
             Command::Listening(reply) => {

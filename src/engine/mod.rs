@@ -14,6 +14,7 @@ pub(crate) mod outbox;
 pub(crate) mod pace;
 pub(crate) mod publisher;
 pub(crate) mod resume;
+pub(crate) mod session;
 pub(crate) mod socket;
 
 use std::sync::{
@@ -28,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    auth::{Authorizer, Grant},
+    auth::{Authorizer, Grant, Scope},
     config::{Config, Values, normalize_origin},
     mapping::Mapping,
     refusal::Refusal,
@@ -125,6 +126,22 @@ impl Engine {
         channel: Option<&str>,
         token: &str,
     ) -> Result<(OwnedSemaphorePermit, Grant), Refusal> {
+        self.admit_with(|a| a.authorize(channel, token))
+    }
+
+    /// The same for a session socket (PROTOCOL.md §17), which keeps its scope.
+    pub(crate) fn admit_session(
+        &self,
+        channel: Option<&str>,
+        token: &str,
+    ) -> Result<(OwnedSemaphorePermit, (Grant, Scope)), Refusal> {
+        self.admit_with(|a| a.authorize_session(channel, token))
+    }
+
+    fn admit_with<T>(
+        &self,
+        authorize: impl FnOnce(&Authorizer) -> Result<T, Refusal>,
+    ) -> Result<(OwnedSemaphorePermit, T), Refusal> {
         if *self.shutdown.borrow() {
             return Err(Refusal::ShuttingDown);
         }
@@ -133,8 +150,8 @@ impl Engine {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::TooManySockets)?;
-        let grant = self.authorizer.authorize(channel, token)?;
-        Ok((permit, grant))
+        let granted = authorize(&self.authorizer)?;
+        Ok((permit, granted))
     }
 
     /// The grant's channels, listened to within the subscribe timeout.

@@ -60,6 +60,9 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     capacity: usize,
     max_bytes: usize,
+    /// A session socket's (PROTOCOL.md §17): it gets notifications as `message`
+    /// frames, and several of the hub's members share it.
+    session: bool,
 }
 
 #[derive(Default)]
@@ -96,7 +99,28 @@ impl Outbox {
             state: Mutex::default(),
             capacity,
             max_bytes,
+            session: false,
         })
+    }
+
+    /// A session socket's outbox, with the limits of [`bounded`](Self::bounded).
+    pub(crate) fn session(capacity: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            capacity,
+            max_bytes,
+            session: true,
+        })
+    }
+
+    /// Whether this is a session socket's outbox.
+    pub(crate) fn is_session(&self) -> bool {
+        self.session
+    }
+
+    /// Lets the hub write frames as they are, or not (then it queues them).
+    pub(crate) fn set_direct(&self, direct: bool) {
+        self.lock().direct = direct;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -264,6 +288,13 @@ impl Outbox {
     pub(crate) fn push_wire(&self, bytes: Bytes) {
         let mut s = self.lock();
         s.wire.push_back(bytes);
+    }
+
+    /// Puts `bytes` on the wire ahead of the queued frames, and wakes the owner.
+    pub(crate) fn push_answer(&self, bytes: Bytes) {
+        let mut s = self.lock();
+        s.wire.push_back(bytes);
+        wake(s);
     }
 }
 

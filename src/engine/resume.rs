@@ -69,9 +69,12 @@ pub(crate) trait Format {
     fn gap(&self, channel: &str, epoch: &str, from: i64, sent: &Sent) -> Bytes;
 }
 
-/// The WebSocket's frames (PROTOCOL.md §15): JSON objects.
+/// The WebSocket's frames: JSON objects (PROTOCOL.md §15), or a session
+/// socket's `message` and `gap` frames (§17).
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Json;
+pub(crate) struct Json {
+    pub(crate) session: bool,
+}
 
 impl Format for Json {
     fn raw(&self, payload: &Bytes, _: &Sent) -> Bytes {
@@ -85,6 +88,9 @@ impl Format for Json {
         payload: &str,
         _: &Sent,
     ) -> Bytes {
+        if self.session {
+            return super::session::codec::message(channel, position, payload);
+        }
         match position {
             Some(p) => stored(channel, &p.epoch, p.offset, payload),
             None => Bytes::from(format!(
@@ -96,6 +102,9 @@ impl Format for Json {
     }
 
     fn gap(&self, channel: &str, epoch: &str, from: i64, _: &Sent) -> Bytes {
+        if self.session {
+            return super::session::codec::gap(channel, epoch, from);
+        }
         gap(channel, epoch, from)
     }
 }
@@ -124,7 +133,12 @@ pub(crate) struct Page {
 impl Resume<Json> {
     /// Replays `starts`, in order, before any live frame.
     pub(crate) fn new(starts: Vec<(String, Start)>) -> Self {
-        Self::with_format(starts, Json)
+        Self::with_format(starts, Json::default())
+    }
+
+    /// A session socket's: replays `starts`, and those of later subscribes.
+    pub(crate) fn session(starts: Vec<(String, Start)>) -> Self {
+        Self::with_format(starts, Json { session: true })
     }
 }
 
@@ -147,6 +161,20 @@ impl<F: Format> Resume<F> {
             format,
             held: None,
         }
+    }
+
+    /// Replays `channel` from `start` next, before its live frames (a
+    /// session socket's subscribe).
+    pub(crate) fn push(&mut self, channel: String, start: Start) {
+        if let Start::After(p) | Start::Window(p) = &start {
+            self.sent.insert(channel.clone(), p.clone());
+        }
+        self.todo.push_back((channel, start));
+    }
+
+    /// Whether nothing is left to replay.
+    pub(crate) fn is_done(&self) -> bool {
+        self.todo.is_empty()
     }
 
     /// The last position sent on each channel.
@@ -282,17 +310,33 @@ impl<F: Format> Resume<F> {
                     .message(&origin.channel, None, &payload, &self.sent),
             );
         };
-        if let Some(sent) = self.sent.get(&origin.channel)
-            && sent.epoch == position.epoch
-            && position.offset <= sent.offset
-        {
+        if !self.fresh(frame) {
             return None;
         }
-        self.sent.insert(origin.channel.clone(), position.clone());
         Some(
             self.format
                 .message(&origin.channel, Some(position), &payload, &self.sent),
         )
+    }
+
+    /// Whether a live frame is new to this socket (not replayed already); a
+    /// stored message's position then counts as sent.
+    pub(crate) fn fresh(&mut self, frame: &Frame) -> bool {
+        let Some((channel, position)) = frame
+            .origin
+            .as_ref()
+            .and_then(|o| Some((&o.channel, o.position.as_ref()?)))
+        else {
+            return true;
+        };
+        if let Some(sent) = self.sent.get(channel)
+            && sent.epoch == position.epoch
+            && position.offset <= sent.offset
+        {
+            return false;
+        }
+        self.sent.insert(channel.clone(), position.clone());
+        true
     }
 }
 

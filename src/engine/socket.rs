@@ -3,6 +3,7 @@
 use std::{
     future::poll_fn,
     io,
+    task::{Context, Poll},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,7 +12,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
+use futures_util::{
+    SinkExt, StreamExt, future::Either, stream::SplitSink, stream::SplitStream,
+};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -41,6 +44,7 @@ use super::{
     meta,
     outbox::{Ending, Outbox},
     resume::Resume,
+    session::{Control, Handler, Outlet, Session},
 };
 
 /// How long a close waits for the peer's answer, and how long shutdown drains.
@@ -74,6 +78,8 @@ pub(crate) struct Socket {
     /// When the socket asked for positions: its replay and what it was sent.
     /// Boxed: most sockets never ask, and this struct lives in every socket's task.
     pub(crate) resume: Option<Box<Resume>>,
+    /// A session socket's state (PROTOCOL.md §17); boxed, as `resume`.
+    pub(crate) session: Option<Box<Session>>,
     pub(crate) engine: Arc<Engine>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Held while the socket lives: counts against the socket limit.
@@ -109,9 +115,10 @@ impl Socket {
         let (read, write) = tokio::io::split(io);
         // Readers share their outbox with the hub; a socket that only writes has
         // one of its own, for the codec's frames.
-        let outbox = match &self.subscription {
-            Some(sub) => sub.queue.clone(),
-            None => Outbox::new(0),
+        let outbox = match (&self.subscription, &self.session) {
+            (_, Some(session)) => session.queue.clone(),
+            (Some(sub), None) => sub.queue.clone(),
+            (None, None) => Outbox::new(0),
         };
         // A socket with positions renders each frame itself: the hub only queues.
         outbox.attach(Box::new(write), self.resume.is_none());
@@ -173,17 +180,34 @@ impl Socket {
         let expiry = self.grant.expires_at.and_then(instant_at);
         let ping = self.engine.settings.ping_interval();
         let mut resume = self.resume.take();
+        // A session's handler reads the socket; its outlet goes to the writer.
+        // Boxed: locals of this future are memory per socket, session or not.
+        let (handler, mut outlet) = match self.session.take() {
+            Some(session) => {
+                let grant = self.grant.clone();
+                let (handler, outlet) = Handler::new(*session, self.engine.clone(), grant);
+                (Some(Box::new(handler)), Some(Box::new(outlet)))
+            }
+            None => (None, None),
+        };
         let outcome = {
             let writer = Writer {
                 sink,
                 outbox,
                 resume: resume.as_deref_mut(),
+                session: outlet.as_deref_mut(),
                 history: self.engine.history.as_deref(),
                 pong: &pong,
                 counters: &self.engine.counters,
             }
             .run(expiry, ping, self.shutdown.clone());
-            let reader = self.read(stream, &pong, open);
+            // Boxed: the session's reader is large, and plain sockets never run it.
+            let reader = match handler {
+                None => Either::Left(self.read(stream, &pong, open)),
+                Some(handler) => Either::Right(Box::pin(self.read_session(
+                    stream, &pong, open, handler,
+                ))),
+            };
             tokio::pin!(reader, writer);
             // On shutdown the other half finishes its in-flight work, within the drain timeout.
             tokio::select! {
@@ -237,6 +261,48 @@ impl Socket {
             if let Err(outcome) = self.on_message(payload).await {
                 return outcome;
             }
+        }
+    }
+
+    /// A session socket's reading half: client frames to its command handler,
+    /// read only while fewer publishes than `PGWS_MAX_IN_FLIGHT` are unanswered.
+    async fn read_session<S>(
+        &self,
+        stream: &mut Stream<S>,
+        pong: &AtomicBool,
+        mut open: Option<oneshot::Receiver<()>>,
+        mut handler: Box<Handler>,
+    ) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let may_read = handler.may_read();
+            let next = tokio::select! {
+                biased;
+                _ = shutting_down(&mut shutdown) => return GOING_AWAY,
+                wake = handler.wake() => {
+                    handler.on_wake(wake).await;
+                    continue;
+                }
+                next = stream.next(), if may_read => next,
+            };
+            let text = match next {
+                Some(Ok(Message::Text(text))) => Some(Bytes::from(text)),
+                Some(Ok(Message::Binary(_))) => None,
+                Some(Ok(Message::Pong(_))) => {
+                    pong.store(true, Ordering::Release);
+                    continue;
+                }
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => return Outcome::Ended,
+                Some(Err(e)) => return failed(e),
+            };
+            if let Some(open) = open.take() {
+                let _ = timeout(meta::WAIT, open).await;
+            }
+            handler.on_frame(text.as_deref()).await;
         }
     }
 
@@ -317,6 +383,8 @@ struct Writer<'a, S> {
     outbox: &'a Outbox,
     /// Sockets that asked for positions: replayed first, then frames as JSON.
     resume: Option<&'a mut Resume>,
+    /// A session socket's answers, and the channels it delivers.
+    session: Option<&'a mut Outlet>,
     history: Option<&'a History>,
     pong: &'a AtomicBool,
     counters: &'a Counters,
@@ -335,7 +403,7 @@ where
         // The replay comes before live frames, which wait in the queue meanwhile.
         // Boxed: its history queries are large, and this future lives as long as
         // the socket (its size is memory per socket); most sockets never replay.
-        if self.resume.is_some()
+        if self.resume.as_ref().is_some_and(|r| !r.is_done())
             && let Err(outcome) = Box::pin(self.replay(ping_every)).await
         {
             return outcome;
@@ -371,6 +439,14 @@ where
                         timer.as_mut().reset(next);
                     }
                 }
+                control = poll_fn(|cx| poll_control(&mut self.session, cx)), if self.session.is_some() => {
+                    if let Err(outcome) = Box::pin(self.on_control(control, &mut clock, ping_every)).await {
+                        return outcome;
+                    }
+                    if let Some(next) = clock.next() {
+                        timer.as_mut().reset(next);
+                    }
+                }
                 work = poll_fn(|cx| self.outbox.poll_work(cx)) => {
                     if !work {
                         return self.on_ending(Ending::ListenerRestarted).await;
@@ -384,6 +460,40 @@ where
                 }
             }
         }
+    }
+
+    /// Writes what a session's handler handed over.
+    async fn on_control(
+        &mut self,
+        control: Box<Control>,
+        clock: &mut Clock,
+        ping_every: Option<Duration>,
+    ) -> Result<(), Outcome> {
+        let outbox = self.outbox;
+        match *control {
+            Control::Answer(answer) => outbox.push_answer(text_frame(&answer)),
+            Control::Direct => outbox.set_direct(self.resume.is_none()),
+            Control::Refreshed { answer, expires_at } => {
+                clock.expiry = expires_at;
+                outbox.push_answer(text_frame(&answer));
+            }
+            Control::Subscribed {
+                answer,
+                channel,
+                replay,
+            } => {
+                outbox.push_answer(text_frame(&answer));
+                if let Some(session) = self.session.as_deref_mut() {
+                    session.live.insert(channel.clone());
+                }
+                if let (Some(start), Some(resume)) = (replay, self.resume.as_deref_mut()) {
+                    resume.push(channel, start);
+                    self.replay(ping_every).await?;
+                }
+                outbox.set_direct(self.resume.is_none());
+            }
+        }
+        Ok(())
     }
 
     async fn on_ending(&mut self, ending: Ending) -> Outcome {
@@ -447,9 +557,10 @@ where
     async fn send_batch(&mut self) -> io::Result<()> {
         let outbox = self.outbox;
         let resume = &mut self.resume;
+        let session = self.session.as_deref();
         let mut sent = 0u64;
         let mut render = |frame: Frame| {
-            let bytes = render(resume, frame)?;
+            let bytes = render(resume, session, frame)?;
             sent += 1;
             Some(bytes)
         };
@@ -517,7 +628,16 @@ fn failed(e: WsError) -> Outcome {
 /// A queued frame as this socket sends it, on the wire: its payload, or, for a
 /// socket that asked for positions, a JSON object (`None` for an offset already
 /// sent).
-fn render(resume: &mut Option<&mut Resume>, frame: Frame) -> Option<Bytes> {
+fn render(
+    resume: &mut Option<&mut Resume>,
+    session: Option<&Outlet>,
+    frame: Frame,
+) -> Option<Bytes> {
+    // A session socket's frames are rendered already, shared with its peers.
+    if let Some(session) = session {
+        let fresh = session.admits(&frame) && resume.as_mut().is_none_or(|r| r.fresh(&frame));
+        return fresh.then(|| frame.wire.clone());
+    }
     match resume {
         Some(resume) => resume.live(&frame).map(|json| text_frame(&json)),
         None => Some(frame.wire.clone()),
@@ -542,6 +662,16 @@ where
         let _ = poll_fn(|cx| outbox.poll_flush_wire(cx)).await;
     })
     .await;
+}
+
+/// The session handler's next hand-over; never, once the handler is gone (the
+/// socket is ending). A poll, not a future with state: the writer's future is
+/// memory per socket.
+fn poll_control(session: &mut Option<&mut Outlet>, cx: &mut Context<'_>) -> Poll<Box<Control>> {
+    match session.as_mut().map(|o| o.control.poll_recv(cx)) {
+        Some(Poll::Ready(Some(control))) => Poll::Ready(control),
+        _ => Poll::Pending,
+    }
 }
 
 /// Resolves once the hub lets go of the socket as a slow consumer. Other endings
@@ -641,6 +771,7 @@ mod tests {
                 sink: &mut sink,
                 outbox: &outbox,
                 resume: None,
+                session: None,
                 history: None,
                 pong: &pong,
                 counters: &counters,

@@ -23,11 +23,16 @@ pub(crate) enum Route<'a> {
         token: &'a str,
         /// The client offered the `pgws` subprotocol, so the answer names it.
         pgws_protocol: bool,
+        /// The client offered `pgws.json`: a session socket (PROTOCOL.md §17),
+        /// whose answer names `pgws.json`.
+        session: bool,
     },
 }
 
 /// The subprotocol pgws answers when a client offers it.
 pub(crate) const PROTOCOL: &str = "pgws";
+/// The subprotocol of session sockets (PROTOCOL.md §17).
+pub(crate) const SESSION_PROTOCOL: &str = "pgws.json";
 const BEARER_PROTOCOL: &str = "pgws.bearer.";
 
 /// Sorts a request as PROTOCOL.md §1 says (which requests are ours, where the token goes).
@@ -39,6 +44,7 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     let headers = req.headers();
     let protocols: Vec<&str> = header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
     let pgws_protocol = protocols.contains(&PROTOCOL);
+    let session = protocols.contains(&SESSION_PROTOCOL);
     // Only JWT-shaped tokens make a request ours: an opaque bearer token belongs to
     // the wrapped service.
     let from_protocol = protocols
@@ -54,7 +60,7 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
     if !extended_connect && !key_is_valid(headers) {
         return Route::Refused(Refusal::InvalidKey);
     }
-    if from_protocol.is_some() && !pgws_protocol {
+    if from_protocol.is_some() && !pgws_protocol && !session {
         return Route::Refused(Refusal::InvalidSubprotocol);
     }
     let mut sources = [from_path, from_header, from_protocol]
@@ -68,6 +74,17 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
         channel,
         token,
         pgws_protocol,
+        session,
+    }
+}
+
+/// The subprotocol a taken handshake's answer names: `pgws.json` for a session
+/// socket, else `pgws` when offered, else none.
+pub(crate) fn answered_protocol(pgws_protocol: bool, session: bool) -> Option<&'static str> {
+    if session {
+        Some(SESSION_PROTOCOL)
+    } else {
+        pgws_protocol.then_some(PROTOCOL)
     }
 }
 
@@ -188,32 +205,35 @@ pub(crate) fn key<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// The answer that accepts a taken handshake: `101` for an HTTP/1.1 one (with its
 /// key), `200` for an HTTP/2 extended CONNECT (no key).
-pub(crate) fn accepted(key: Option<&HeaderValue>, pgws_protocol: bool) -> Response<Bytes> {
+pub(crate) fn accepted(key: Option<&HeaderValue>, protocol: Option<&'static str>) -> Response<Bytes> {
     match key {
-        Some(key) => switching_protocols(key, pgws_protocol),
-        None => extended_connect_ok(pgws_protocol),
+        Some(key) => switching_protocols(key, protocol),
+        None => extended_connect_ok(protocol),
     }
 }
 
 /// RFC 8441 §5: `200`, no `Sec-WebSocket-Accept`, the stream becomes the socket.
-fn extended_connect_ok(pgws_protocol: bool) -> Response<Bytes> {
+fn extended_connect_ok(protocol: Option<&'static str>) -> Response<Bytes> {
     let mut res = Response::builder().status(StatusCode::OK);
-    if pgws_protocol {
-        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL);
+    if let Some(protocol) = protocol {
+        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     res.body(Bytes::new()).expect("static headers are valid")
 }
 
-/// The `101` answer for this request's key, naming `pgws` when the client offered it.
-pub(crate) fn switching_protocols(key: &HeaderValue, pgws_protocol: bool) -> Response<Bytes> {
+/// The `101` answer for this request's key, naming `protocol`, if any.
+pub(crate) fn switching_protocols(
+    key: &HeaderValue,
+    protocol: Option<&'static str>,
+) -> Response<Bytes> {
     let accept = accept_key(key.as_bytes());
     let mut res = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "upgrade")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept);
-    if pgws_protocol {
-        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, PROTOCOL);
+    if let Some(protocol) = protocol {
+        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     res.body(Bytes::new()).expect("static headers are valid")
 }
@@ -318,7 +338,8 @@ mod tests {
             Route::Ours {
                 channel: Some("chat"),
                 token: JWT,
-                pgws_protocol: false
+                pgws_protocol: false,
+                session: false
             }
         );
         let req = with(
@@ -331,7 +352,8 @@ mod tests {
             Route::Ours {
                 channel: None,
                 token: JWT,
-                pgws_protocol: true
+                pgws_protocol: true,
+                session: false
             }
         );
         let lone = with(
@@ -364,7 +386,8 @@ mod tests {
             Route::Ours {
                 channel: Some("chat"),
                 token: JWT,
-                pgws_protocol: false
+                pgws_protocol: false,
+                session: false
             }
         );
         assert_eq!(key(&req), None);
@@ -372,11 +395,11 @@ mod tests {
         let keyed = with(req, "sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(key(&keyed), None);
         assert_eq!(
-            accepted(key(&keyed).as_ref(), false).status(),
+            accepted(key(&keyed).as_ref(), None).status(),
             StatusCode::OK
         );
         let upgrade = request("dGhlIHNhbXBsZSBub25jZQ==");
-        let res = accepted(key(&upgrade).as_ref(), false);
+        let res = accepted(key(&upgrade).as_ref(), None);
         assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
     }
 
@@ -394,11 +417,11 @@ mod tests {
                 ..
             }
         ));
-        let res = accepted(None, true);
+        let res = accepted(None, Some(PROTOCOL));
         assert_eq!(res.headers()["sec-websocket-protocol"], PROTOCOL);
         assert!(!res.headers().contains_key(header::SEC_WEBSOCKET_ACCEPT));
         assert!(
-            !accepted(None, false)
+            !accepted(None, None)
                 .headers()
                 .contains_key(header::SEC_WEBSOCKET_PROTOCOL)
         );

@@ -12,9 +12,12 @@ use hyper::upgrade::OnUpgrade;
 use tower::Service;
 use tracing::Instrument;
 
+use futures_util::future::join_all;
+use tokio::time::timeout;
+
 use crate::{
-    auth::Grant,
-    engine::{Engine, resume::Resume, socket::Socket},
+    auth::{Grant, Scope},
+    engine::{Engine, outbox::Outbox, resume::Resume, session::Session, socket::Socket},
     refusal::Refusal,
 };
 
@@ -56,7 +59,7 @@ where
             return future;
         }
         // --- WebSocket handshakes. ---
-        let (channel, token, pgws_protocol) =
+        let (channel, token, pgws_protocol, session) =
             match handshake::route(&req, &self.engine.settings.path_prefix) {
                 Route::Pass => return ResponseFuture::inner(self.inner.call(req)),
                 Route::Refused(refusal) => {
@@ -67,7 +70,13 @@ where
                     channel,
                     token,
                     pgws_protocol,
-                } => (channel.map(str::to_owned), token.to_owned(), pgws_protocol),
+                    session,
+                } => (
+                    channel.map(str::to_owned),
+                    token.to_owned(),
+                    pgws_protocol,
+                    session,
+                ),
             };
         if !self
             .engine
@@ -90,6 +99,7 @@ where
             key: handshake::key(&req),
             upgrade: hyper::upgrade::on(&mut req),
             pgws_protocol,
+            session,
         };
         ResponseFuture::own(Box::pin(accept(self.engine.clone(), accept_req)))
     }
@@ -143,6 +153,8 @@ struct Accept {
     key: Option<HeaderValue>,
     upgrade: OnUpgrade,
     pgws_protocol: bool,
+    /// The client offered `pgws.json` (PROTOCOL.md §17).
+    session: bool,
 }
 
 /// Token check, subscribe before accept, then `101` (`200` over HTTP/2) and the
@@ -155,26 +167,47 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         key,
         upgrade,
         pgws_protocol,
+        session: wants_session,
     } = req;
-    let (permit, grant) = match engine.admit(channel.as_deref(), &token) {
+    let admitted = if wants_session {
+        engine
+            .admit_session(channel.as_deref(), &token)
+            .map(|(permit, (grant, scope))| (permit, grant, Some(scope)))
+    } else {
+        engine
+            .admit(channel.as_deref(), &token)
+            .map(|(permit, grant)| (permit, grant, None))
+    };
+    let (permit, grant, scope) = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&engine, refusal),
     };
-    let resume = match resume(&engine, query.as_deref(), &grant).await {
+    let mut resume = match resume(&engine, query.as_deref(), &grant).await {
         Ok(resume) => resume,
         Err(refusal) => return refuse(&engine, refusal),
     };
-    let subscription = if grant.mode.reads() {
-        match engine.subscribe(&grant).await {
-            Ok(sub) => Some(sub),
-            Err(refusal) => return refuse(&engine, refusal),
+    let (subscription, session) = match scope {
+        Some(scope) => {
+            // With history on, a session socket may replay a channel it
+            // subscribes to later: it has positions from the start.
+            if engine.history.is_some() && grant.mode.reads() {
+                resume.get_or_insert_with(|| Resume::session(Vec::new()));
+            }
+            match open_session(&engine, &grant, scope, channel).await {
+                Ok(session) => (None, Some(Box::new(session))),
+                Err(refusal) => return refuse(&engine, refusal),
+            }
         }
-    } else {
-        None
+        None if grant.mode.reads() => match engine.subscribe(&grant).await {
+            Ok(sub) => (Some(sub), None),
+            Err(refusal) => return refuse(&engine, refusal),
+        },
+        None => (None, None),
     };
     let socket = Socket {
         grant,
         subscription,
+        session,
         resume: resume.map(Box::new),
         shutdown: engine.shutdown.subscribe(),
         engine,
@@ -189,7 +222,39 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         mode = socket.grant.mode.as_str(),
     );
     tokio::spawn(socket.serve(upgrade).instrument(span));
-    handshake::accepted(key.as_ref(), pgws_protocol)
+    let protocol = handshake::answered_protocol(pgws_protocol, wants_session);
+    handshake::accepted(key.as_ref(), protocol)
+}
+
+/// A session socket's state, its channels listened to (each a member of the
+/// hub of its own) within the subscribe timeout.
+async fn open_session(
+    engine: &Engine,
+    grant: &Grant,
+    scope: Scope,
+    path_channel: Option<String>,
+) -> Result<Session, Refusal> {
+    let settings = &engine.settings;
+    let queue = Outbox::session(settings.queue_length, settings.queue_bytes);
+    let mut channels = Vec::new();
+    if grant.mode.reads() {
+        let joins = grant
+            .channels
+            .iter()
+            .map(|c| engine.listener.join(vec![c.clone()], queue.clone()));
+        let joined = timeout(settings.subscribe_timeout, join_all(joins)).await;
+        let joined = joined.map_err(|_| Refusal::DatabaseUnavailable)?;
+        for (channel, subscription) in grant.channels.iter().zip(joined) {
+            let subscription = subscription.ok_or(Refusal::DatabaseUnavailable)?;
+            channels.push((channel.clone(), subscription));
+        }
+    }
+    Ok(Session {
+        queue,
+        path_channel,
+        scope,
+        channels,
+    })
 }
 
 /// The replay and positions a reading socket asked for with `since=` or

@@ -82,6 +82,7 @@ pub(crate) fn route<'a, B>(req: &'a Request<B>, prefix: &str) -> Route<'a> {
         channel,
         token,
         pgws_protocol: false,
+        session: false,
     }
 }
 
@@ -223,7 +224,7 @@ impl Format for Sse {
     ) -> Bytes {
         let id = self.id(sent);
         if self.multi {
-            let json = Json.message(channel, position, payload, sent);
+            let json = Json::default().message(channel, position, payload, sent);
             event(None, id.as_deref(), &String::from_utf8_lossy(&json))
         } else {
             event(None, id.as_deref(), payload)
@@ -231,7 +232,7 @@ impl Format for Sse {
     }
 
     fn gap(&self, channel: &str, epoch: &str, from: i64, sent: &Sent) -> Bytes {
-        let json = Json.gap(channel, epoch, from, sent);
+        let json = Json::default().gap(channel, epoch, from, sent);
         let id = self.id(sent);
         event(Some("gap"), id.as_deref(), &String::from_utf8_lossy(&json))
     }
