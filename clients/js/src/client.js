@@ -276,19 +276,18 @@ export class PgWs extends Emitter {
     // A channel the socket started with would answer `subscribed` and replay
     // nothing: leave it first (harmless when it was not joined).
     if (sub.replaying) conn.request({ type: "unsubscribe", channel: sub.channel }).catch(() => {});
-    conn
-      .request({ type: "subscribe", channel: sub.channel, ...start })
-      .then((answer) => {
-        if (conn !== this.#conn || this.#subs.get(sub.channel) !== sub) return;
-        if (answer.type === "subscribed") {
-          sub.live = true;
-          const resumed = sub.times > 0;
-          sub._subscribed({ channel: sub.channel, resumed, mayHaveMissed: resumed && !sub.keepsHistory, position: sub.position });
-        } else {
-          this.#subscribeFailed(conn, sub, answer);
-        }
-      })
-      .catch(() => {}); // the socket closed: the next one subscribes again
+    const onAnswer = (answer) => {
+      if (conn !== this.#conn || this.#subs.get(sub.channel) !== sub) return;
+      if (answer.type === "subscribed") {
+        sub.live = true;
+        const resumed = sub.times > 0;
+        sub._subscribed({ channel: sub.channel, resumed, mayHaveMissed: resumed && !sub.keepsHistory, position: sub.position });
+      } else {
+        this.#subscribeFailed(conn, sub, answer);
+      }
+    };
+    // The socket may close first: the next one subscribes again.
+    conn.request({ type: "subscribe", channel: sub.channel, ...start }, onAnswer).catch(() => {});
   }
 
   #subscribeFailed(conn, sub, answer) {
@@ -334,9 +333,14 @@ export class PgWs extends Emitter {
           sub._ended(frame.reason ?? "unsubscribed");
         }
         return;
-      case "expiring":
-        this.#refresh(conn);
+      case "expiring": {
+        // Not before half the token's life: a server whose notice window is
+        // longer than our tokens live would otherwise make us renew in a loop.
+        const half = refreshAt(this.#token, Infinity);
+        this.#timers.clear(this.#refreshTimer);
+        this.#refreshTimer = this.#timers.after(half === null ? 0 : half - Date.now(), () => this.#refresh(conn));
         return;
+      }
       case "error":
         this.emit("error", new PgWsError(frame.code ?? "error", frame.message ?? ""));
         return;

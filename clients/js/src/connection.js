@@ -64,8 +64,11 @@ export class Connection extends Emitter {
     if (!frame || typeof frame.type !== "string") return;
     this.#schedulePing();
     if (frame.id !== undefined && this.#pending.has(frame.id)) {
-      const { resolve } = this.#pending.get(frame.id);
+      const { resolve, now } = this.#pending.get(frame.id);
       this.#pending.delete(frame.id);
+      // Synchronously: the frames after an answer (a replay after `subscribed`)
+      // may be dispatched before any promise callback runs.
+      now?.(frame);
       resolve(frame);
       return;
     }
@@ -83,14 +86,17 @@ export class Connection extends Emitter {
     });
   }
 
-  /** Sends a frame with a fresh id; resolves with the answer carrying it. */
-  request(frame) {
+  /**
+   * Sends a frame with a fresh id; resolves with the answer carrying it.
+   * `now`, if given, is called with the answer before the next frame is read.
+   */
+  request(frame, now) {
     if (!this.opened || this.#closed) {
       return Promise.reject(new PgWsError("disconnected", "not connected"));
     }
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(id, { resolve, reject });
+      this.#pending.set(id, { resolve, reject, now });
       this.#ws.send(JSON.stringify({ ...frame, id }));
     });
   }
