@@ -303,7 +303,11 @@ fn claimed_channels(claims: &Map<String, Value>) -> Result<Option<Allowed>, Refu
     let mut names: Vec<String> = Vec::new();
     let mut prefixes: Vec<String> = Vec::new();
     let entries = channels.into_iter().flatten();
-    for (c, literal) in channel.map(|c| (c, true)).into_iter().chain(entries.map(|c| (c, false))) {
+    for (c, literal) in channel
+        .map(|c| (c, true))
+        .into_iter()
+        .chain(entries.map(|c| (c, false)))
+    {
         let (list, c) = match c.strip_suffix('*') {
             Some(prefix) if !literal => (&mut prefixes, prefix),
             _ => (&mut names, c),

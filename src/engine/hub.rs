@@ -145,11 +145,17 @@ impl Hub {
             return Vec::new();
         };
         let emptied = self.leave(id);
-        if queue.offer(answer, self.pace.writes()) == Offer::Full {
+        Self::offer(&queue, answer);
+        emptied
+    }
+
+    /// Offers one frame to one reader, queued behind what it was offered
+    /// before; a full queue lets it go as a slow consumer (its channels go when
+    /// the socket ends).
+    pub(crate) fn offer(queue: &Outbox, frame: &Frame) {
+        if queue.offer(frame, false) == Offer::Full {
             queue.end(Ending::SlowConsumer);
         }
-        // Its other channels go when the socket ends, as a slow consumer's would.
-        emptied
     }
 
     /// Offers one shared frame to every reader of `channel`: written to idle

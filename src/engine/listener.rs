@@ -50,6 +50,8 @@ pub(crate) enum Command {
     Leave(u64),
     /// A session socket leaves one channel: the hub offers the answer after it.
     Part(u64, Frame),
+    /// A frame offered to a reader in the hub's order: after what came before.
+    Offer(Arc<Outbox>, Frame),
     /// `pg_listening_channels()` of the listener's own session.
     Listening(oneshot::Sender<Vec<String>>),
 }
@@ -121,6 +123,12 @@ impl ListenerHandle {
         self.commands.send(Command::Join(join)).ok()?;
         acked.await.ok()?;
         Some(sub)
+    }
+
+    /// Offers `frame` to `queue` after what the hub offered it before (a
+    /// session socket's answer that follows its `unsubscribed` ones).
+    pub(crate) fn offer(&self, queue: Arc<Outbox>, frame: Frame) {
+        let _ = self.commands.send(Command::Offer(queue, frame));
     }
 
     /// Whether the listener's connection is up and listening.
@@ -339,6 +347,7 @@ impl Listener {
             Command::Part(id, answer) => {
                 self.hub.part(id, &answer);
             }
+            Command::Offer(queue, frame) => Hub::offer(&queue, &frame),
             Command::Listening(reply) => drop(reply),
         }
         self.report_pending();
@@ -533,6 +542,7 @@ impl Listener {
                 let emptied = self.hub.part(id, &answer);
                 self.unlisten(queries, client, emptied);
             }
+            Command::Offer(queue, frame) => Hub::offer(&queue, &frame),
             Command::Listening(reply) => {
                 let client = client.clone();
                 tokio::spawn(async move {

@@ -120,6 +120,8 @@ pub(crate) struct Resume<F = Json> {
     /// The budget of a page whose write was cut short: its bytes are still
     /// queued for the connection, until the connection ends.
     held: Option<OwnedSemaphorePermit>,
+    /// The channel whose read failed last, until taken.
+    failed: Option<String>,
 }
 
 /// One page of a replay: its frames, in order, and their place under the
@@ -160,6 +162,7 @@ impl<F: Format> Resume<F> {
             gaps: 0,
             format,
             held: None,
+            failed: None,
         }
     }
 
@@ -170,6 +173,16 @@ impl<F: Format> Resume<F> {
             self.sent.insert(channel.clone(), p.clone());
         }
         self.todo.push_back((channel, start));
+    }
+
+    /// The channel whose replay failed last (the others are still to do).
+    pub(crate) fn take_failed(&mut self) -> Option<String> {
+        self.failed.take()
+    }
+
+    fn fail(&mut self, channel: String, error: String) -> String {
+        self.failed = Some(channel);
+        error
     }
 
     /// Whether nothing is left to replay.
@@ -210,14 +223,20 @@ impl<F: Format> Resume<F> {
             let (position, gaps) = match start {
                 // Handshakes make windows before they subscribe; this one is late.
                 Start::Last(n) => {
-                    let head = history.head(&channel).await?;
+                    let head = match history.head(&channel).await {
+                        Ok(head) => head,
+                        Err(e) => return Err(self.fail(channel, e)),
+                    };
                     self.todo.push_front((channel, Start::window(head, n)));
                     continue;
                 }
                 Start::After(position) => (position, true),
                 Start::Window(position) => (position, false),
             };
-            let read = history.read_page(&channel, &position).await?;
+            let read = match history.read_page(&channel, &position).await {
+                Ok(read) => read,
+                Err(e) => return Err(self.fail(channel, e)),
+            };
             let frames = self.page(&channel, read, Some(&position), gaps);
             if frames.is_empty() {
                 continue;

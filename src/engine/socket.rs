@@ -3,18 +3,16 @@
 use std::{
     future::poll_fn,
     io,
-    task::{Context, Poll},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use futures_util::{
-    SinkExt, StreamExt, future::Either, stream::SplitSink, stream::SplitStream,
-};
+use futures_util::{SinkExt, StreamExt, future::Either, stream::SplitSink, stream::SplitStream};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -204,9 +202,9 @@ impl Socket {
             // Boxed: the session's reader is large, and plain sockets never run it.
             let reader = match handler {
                 None => Either::Left(self.read(stream, &pong, open)),
-                Some(handler) => Either::Right(Box::pin(self.read_session(
-                    stream, &pong, open, handler,
-                ))),
+                Some(handler) => {
+                    Either::Right(Box::pin(self.read_session(stream, &pong, open, handler)))
+                }
             };
             tokio::pin!(reader, writer);
             // On shutdown the other half finishes its in-flight work, within the drain timeout.
@@ -475,7 +473,9 @@ where
             Control::Direct => outbox.set_direct(self.resume.is_none()),
             Control::Refreshed { answer, expires_at } => {
                 clock.expiry = expires_at;
-                outbox.push_answer(text_frame(&answer));
+                if let Some(answer) = answer {
+                    outbox.push_answer(text_frame(&answer));
+                }
             }
             Control::Subscribed {
                 answer,
@@ -535,7 +535,14 @@ where
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "history replay failed");
-                    return Err(Outcome::Close(Close::DatabaseUnavailable));
+                    // A session socket leaves the channel instead (never 1013).
+                    match (self.session.as_deref_mut(), resume.take_failed()) {
+                        (Some(session), Some(channel)) => {
+                            outbox.push_answer(text_frame(&session.leave_unavailable(channel)));
+                            continue;
+                        }
+                        _ => return Err(Outcome::Close(Close::DatabaseUnavailable)),
+                    }
                 }
             };
             self.counters.history_gaps(resume.take_gaps());

@@ -205,7 +205,10 @@ pub(crate) fn key<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// The answer that accepts a taken handshake: `101` for an HTTP/1.1 one (with its
 /// key), `200` for an HTTP/2 extended CONNECT (no key).
-pub(crate) fn accepted(key: Option<&HeaderValue>, protocol: Option<&'static str>) -> Response<Bytes> {
+pub(crate) fn accepted(
+    key: Option<&HeaderValue>,
+    protocol: Option<&'static str>,
+) -> Response<Bytes> {
     match key {
         Some(key) => switching_protocols(key, protocol),
         None => extended_connect_ok(protocol),

@@ -182,7 +182,7 @@ async fn accept(engine: Arc<Engine>, req: Accept) -> Response<Bytes> {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&engine, refusal),
     };
-    let mut resume = match resume(&engine, query.as_deref(), &grant).await {
+    let mut resume = match resume(&engine, query.as_deref(), &grant, wants_session).await {
         Ok(resume) => resume,
         Err(refusal) => return refuse(&engine, refusal),
     };
@@ -265,6 +265,7 @@ async fn resume(
     engine: &Engine,
     query: Option<&str>,
     grant: &Grant,
+    session: bool,
 ) -> Result<Option<Resume>, Refusal> {
     let (Some(history), true) = (&engine.history, grant.mode.reads()) else {
         return Ok(None);
@@ -274,7 +275,11 @@ async fn resume(
     };
     let starts = asked.starts(&grant.channels, &history.channels)?;
     let starts = positions::windows(history, starts).await?;
-    Ok(Some(Resume::new(starts)))
+    Ok(Some(if session {
+        Resume::session(starts)
+    } else {
+        Resume::new(starts)
+    }))
 }
 
 /// A refusal, counted by reason.

@@ -17,5 +17,6 @@ mod meta;
 mod protocol;
 mod replay;
 mod service;
+mod session;
 mod sse;
 mod writes;

@@ -193,3 +193,50 @@ fn path_channels_are_percent_decoded_as_utf8() {
         );
     }
 }
+
+#[test]
+fn a_channels_entry_ending_in_a_star_grants_its_prefix_only() {
+    let claims = claimed(json!({"channels": ["lit", "room-*"]}));
+    for path in ["room-7", "room-", "room-*", "lit"] {
+        assert_eq!(channels(Some(path), claims.clone()), Ok(vec![path.into()]));
+    }
+    for path in ["room", "roo", "xroom-7", "lit2", "ROOM-7"] {
+        assert_eq!(
+            channels(Some(path), claims.clone()),
+            Err(Refusal::NoAllowedChannels)
+        );
+    }
+    // A claims-only URL starts with the names; patterns alone grant it nothing.
+    assert_eq!(channels(None, claims), Ok(vec!["lit".into()]));
+    let only = claimed(json!({"channels": ["room-*"]}));
+    assert_eq!(
+        channels(None, only.clone()),
+        Err(Refusal::NoAllowedChannels)
+    );
+    // A session socket may start with no channel, and keeps what it may join.
+    let (grant, scope) = authorizer().authorize_session(None, &hs(&only)).unwrap();
+    assert!(grant.channels.is_empty());
+    assert!(scope.allowed.allows("room-1") && !scope.allowed.allows("room"));
+    assert_eq!(scope.allowed.only(), None);
+}
+
+#[test]
+fn the_channel_claim_is_always_a_literal_name() {
+    let claims = claimed(json!({"channel": "room-*"}));
+    assert_eq!(
+        channels(Some("room-7"), claims.clone()),
+        Err(Refusal::NoAllowedChannels)
+    );
+    assert_eq!(channels(None, claims), Ok(vec!["room-*".into()]));
+    // `*` alone grants every channel; a star inside an entry is part of it.
+    let every = claimed(json!({"channels": ["*"]}));
+    assert_eq!(
+        channels(Some("anything"), every),
+        Ok(vec!["anything".into()])
+    );
+    let inner = claimed(json!({"channels": ["a*b"]}));
+    assert_eq!(
+        channels(Some("aXb"), inner),
+        Err(Refusal::NoAllowedChannels)
+    );
+}

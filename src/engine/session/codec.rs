@@ -154,7 +154,11 @@ pub(crate) fn answer(kind: &str, id: Option<&str>) -> Bytes {
 }
 
 pub(crate) fn error(id: Option<&str>, code: Code, message: &str) -> Bytes {
-    let rest = format!(r#","code":"{}","message":{}"#, code.as_str(), quoted(message));
+    let rest = format!(
+        r#","code":"{}","message":{}"#,
+        code.as_str(),
+        quoted(message)
+    );
     frame("error", id, &rest)
 }
 
@@ -168,7 +172,11 @@ pub(crate) fn channel_answer(
     let reason = reason
         .map(|r| format!(r#","reason":{}"#, quoted(r)))
         .unwrap_or_default();
-    frame(kind, id, &format!(r#","channel":{}{reason}"#, quoted(channel)))
+    frame(
+        kind,
+        id,
+        &format!(r#","channel":{}{reason}"#, quoted(channel)),
+    )
 }
 
 pub(crate) fn refreshed(id: Option<&str>, exp: Option<&Value>) -> Bytes {
@@ -211,14 +219,20 @@ mod tests {
     fn ids_are_echoed_as_given_and_bad_frames_say_why() {
         let p = parse(br#"{"type":"ping","id":"a\"b"}"#);
         assert_eq!(p.id.as_deref(), Some(r#""a\"b""#));
-        assert_eq!(answer("pong", p.id.as_deref()), r#"{"type":"pong","id":"a\"b"}"#);
+        assert_eq!(
+            answer("pong", p.id.as_deref()),
+            r#"{"type":"pong","id":"a\"b"}"#
+        );
         assert!(parse(b"[1]").command.is_err());
         assert!(parse(br#"{"type":"nope","id":1}"#).command.is_err());
         assert!(parse(br#"{"type":"ping","id":{}}"#).command.is_err());
         let p = parse(br#"{"type":"publish","id":7,"payload":{"a":[1, 2]}}"#);
         assert_eq!(p.id.as_deref(), Some("7"));
         match p.command {
-            Ok(Command::Publish { channel: None, payload }) => assert_eq!(payload, r#"{"a":[1,2]}"#),
+            Ok(Command::Publish {
+                channel: None,
+                payload,
+            }) => assert_eq!(payload, r#"{"a":[1,2]}"#),
             other => panic!("{other:?}"),
         }
     }
@@ -230,6 +244,9 @@ mod tests {
             message("c", Some(&p), "x\n"),
             r#"{"type":"message","channel":"c","epoch":"E","offset":3,"payload":"x\n"}"#
         );
-        assert_eq!(message("c", None, ""), r#"{"type":"message","channel":"c","payload":""}"#);
+        assert_eq!(
+            message("c", None, ""),
+            r#"{"type":"message","channel":"c","payload":""}"#
+        );
     }
 }

@@ -31,13 +31,7 @@ use crate::{
 };
 
 use self::codec::{Code, Command};
-use super::{
-    Engine,
-    frame::Frame,
-    listener::Subscription,
-    outbox::Outbox,
-    resume::Start,
-};
+use super::{Engine, frame::Frame, listener::Subscription, outbox::Outbox, resume::Start};
 
 /// NOTIFY payloads must stay under this many bytes.
 const NOTIFY_LIMIT: usize = 8000;
@@ -64,7 +58,8 @@ pub(crate) enum Control {
     Direct,
     /// A new token: its expiry closes the socket from now on.
     Refreshed {
-        answer: Bytes,
+        /// `None` when the hub sends it, after the channels left.
+        answer: Option<Bytes>,
         expires_at: Option<Instant>,
     },
 }
@@ -93,6 +88,9 @@ impl Session {
 pub(crate) struct Outlet {
     pub(crate) control: mpsc::Receiver<Box<Control>>,
     pub(crate) live: HashSet<String>,
+    /// Channels whose replay could not be read, back to the handler (at most
+    /// one per subscribe).
+    failed: mpsc::UnboundedSender<String>,
 }
 
 impl Outlet {
@@ -102,6 +100,15 @@ impl Outlet {
             .origin
             .as_ref()
             .is_none_or(|o| self.live.contains(&o.channel))
+    }
+
+    /// A channel whose replay could not be read: delivered no more, and left
+    /// by the handler. Its `unsubscribed` answer, reason `unavailable`.
+    pub(crate) fn leave_unavailable(&mut self, channel: String) -> Bytes {
+        self.live.remove(&channel);
+        let answer = codec::channel_answer("unsubscribed", None, &channel, Some("unavailable"));
+        let _ = self.failed.send(channel);
+        answer
     }
 }
 
@@ -121,6 +128,8 @@ pub(crate) enum Wake {
     Published(Bytes),
     /// The `expiring` notice is due.
     Notice,
+    /// The writer left this channel: its replay could not be read.
+    Failed(String),
 }
 
 /// The command handler of one session socket.
@@ -129,6 +138,7 @@ pub(crate) struct Handler {
     engine: Arc<Engine>,
     grant: Grant,
     control: mpsc::Sender<Box<Control>>,
+    failed: mpsc::UnboundedReceiver<String>,
     /// Publishes read, in order, and the one being committed.
     waiting: VecDeque<Publish>,
     in_flight: Option<Pending>,
@@ -141,15 +151,18 @@ impl Handler {
     /// The handler, and the writer's side of it.
     pub(crate) fn new(session: Session, engine: Arc<Engine>, grant: Grant) -> (Handler, Outlet) {
         let (control, rx) = mpsc::channel(CONTROL_QUEUE);
+        let (failed_tx, failed) = mpsc::unbounded_channel();
         let outlet = Outlet {
             control: rx,
             live: session.live(),
+            failed: failed_tx,
         };
         let mut handler = Handler {
             session,
             engine,
             grant,
             control,
+            failed,
             waiting: VecDeque::new(),
             in_flight: None,
             notice_at: None,
@@ -181,6 +194,8 @@ impl Handler {
                 Wake::Published(answer)
             }
             () = sleep_until(notice.unwrap_or_else(Instant::now)), if notice.is_some() => Wake::Notice,
+            Some(channel) = self.failed.recv() => Wake::Failed(channel),
+            else => std::future::pending().await,
         }
     }
 
@@ -188,6 +203,10 @@ impl Handler {
     pub(crate) async fn on_wake(&mut self, wake: Wake) {
         match wake {
             Wake::Published(answer) => self.send(Control::Answer(answer)).await,
+            Wake::Failed(channel) => {
+                // Answered by the writer already; dropping it leaves the hub.
+                self.session.channels.retain(|(c, _)| *c != channel);
+            }
             Wake::Notice => {
                 self.notice_at = None;
                 if let Some(exp) = self.session.scope.exp.clone() {
@@ -409,12 +428,19 @@ impl Handler {
             .into_iter()
             .partition(|(c, _)| reads && scope.allowed.allows(c));
         self.session.channels = kept;
-        for (channel, subscription) in dropped {
-            let answer = codec::channel_answer("unsubscribed", None, &channel, Some("not granted"));
-            subscription.part(Frame::new(&answer, None));
-        }
         let expires_at = grant.expires_at.and_then(instant_at);
-        let answer = codec::refreshed(id, scope.exp.as_ref());
+        let mut answer = Some(codec::refreshed(id, scope.exp.as_ref()));
+        // The answer follows the channels' `unsubscribed`, in the hub's order.
+        if !dropped.is_empty() {
+            for (channel, subscription) in dropped {
+                let left =
+                    codec::channel_answer("unsubscribed", None, &channel, Some("not granted"));
+                subscription.part(Frame::new(&left, None));
+            }
+            let answer = answer.take().expect("made above");
+            let queue = self.session.queue.clone();
+            self.engine.listener.offer(queue, Frame::new(&answer, None));
+        }
         self.grant = grant;
         self.session.scope = scope;
         self.plan_notice();
