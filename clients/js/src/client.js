@@ -30,6 +30,7 @@ const DEFAULTS = {
   tokenRetries: 3,
   publishQueue: 100,
   maxPending: 10000,
+  maxMessageBytes: 65536,
 };
 
 export class PgWs extends Emitter {
@@ -106,8 +107,14 @@ export class PgWs extends Emitter {
   publish(channel, payload, { queue = this.#o.publishQueue > 0 } = {}) {
     if (this.state === "closed") return Promise.reject(new PgWsError("closed", "client closed"));
     if (this.transport === "sse") return Promise.reject(new PgWsError("read_only", "event streams cannot publish"));
+    const frame = { type: "publish", channel, payload };
+    // pgws closes a socket with 1009 on a frame over its limit: refuse it here.
+    const size = new TextEncoder().encode(JSON.stringify(frame)).length + 24;
+    if (size > this.#o.maxMessageBytes) {
+      return Promise.reject(new PgWsError("too_big", `publish of ${size} bytes over maxMessageBytes`));
+    }
     return new Promise((resolve, reject) => {
-      const item = { frame: { type: "publish", channel, payload }, resolve, reject };
+      const item = { frame, resolve, reject };
       if (this.#conn?.opened) return this.#send(this.#conn, item);
       if (!queue) return reject(new PgWsError("disconnected", "not connected"));
       if (!this.#queue.push(item)) return reject(new PgWsError("queue_full", "publish queue full"));

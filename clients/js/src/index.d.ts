@@ -86,6 +86,8 @@ export interface PgWsOptions {
   publishQueue?: number;
   /** Messages per subscription waiting for its listeners (default 10000); past it, reconnect and resume. */
   maxPending?: number;
+  /** The server's PGWS_MAX_MESSAGE_BYTES (default 65536): a bigger publish frame rejects with too_big, unsent. */
+  maxMessageBytes?: number;
   /** For tests: the random source of the backoff (default Math.random). */
   random?: () => number;
 }
