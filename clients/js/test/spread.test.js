@@ -55,8 +55,12 @@ test("500 clients reconnecting after a restart spread their reconnects", { timeo
   const first = attempts.filter((a) => a !== undefined);
   assert.equal(first.length, N, "each client tried again");
   const buckets = new Array(10).fill(0);
-  for (const a of first) buckets[Math.min(9, Math.floor(a / (base / 10)))] += 1;
-  t.diagnostic(`first reconnect attempt after the close, per ${base / 10} ms: ${buckets.join(" ")}`);
+  let late = 0; // past the window only by the event loop's lag (500 clients in one process)
+  for (const a of first) {
+    if (a >= base) late += 1;
+    else buckets[Math.floor(a / (base / 10))] += 1;
+  }
+  t.diagnostic(`first reconnect attempt after the close, per ${base / 10} ms: ${buckets.join(" ")} (and ${late} later)`);
   t.diagnostic(`min ${Math.min(...first)} ms, max ${Math.max(...first)} ms after each close`);
   t.diagnostic(`attempts from ${Math.min(...at)} to ${Math.max(...at)} ms after the restart began; all back after ${backAt} ms`);
   // Uniform over [0, base): about N/10 per bucket. Together, they would all be in one.
