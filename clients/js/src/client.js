@@ -31,6 +31,8 @@ const DEFAULTS = {
   publishQueue: 100,
   maxPending: 10000,
   maxMessageBytes: 65536,
+  maxInFlight: 16,
+  probeInterval: 60000,
 };
 
 export class PgWs extends Emitter {
@@ -50,6 +52,7 @@ export class PgWs extends Emitter {
   #stable = null;
   #refreshTimer = null;
   #refreshing = false;
+  #inFlight = 0;
 
   /**
    * @param {string} url  the pgws endpoint: `ws(s)://host[:port][/prefix]`
@@ -115,8 +118,9 @@ export class PgWs extends Emitter {
     }
     return new Promise((resolve, reject) => {
       const item = { frame, resolve, reject };
-      if (this.#conn?.opened) return this.#send(this.#conn, item);
-      if (!queue) return reject(new PgWsError("disconnected", "not connected"));
+      const open = this.#conn?.opened;
+      if (open && this.#inFlight < this.#o.maxInFlight && this.#queue.length === 0) return this.#send(this.#conn, item);
+      if (!open && !queue) return reject(new PgWsError("disconnected", "not connected"));
       if (!this.#queue.push(item)) return reject(new PgWsError("queue_full", "publish queue full"));
       if (this.state === "idle") this.#attempt();
     });
@@ -247,15 +251,23 @@ export class PgWs extends Emitter {
       if (this.#subs.size === 0) this.#setState("connected");
       return;
     }
-    const conn = new Connection({
-      url: this.#url,
-      token,
-      WebSocket: this.#o.WebSocket ?? globalThis.WebSocket,
-      timers: this.#timers,
-      connectTimeout: this.#o.connectTimeout,
-      pingInterval: this.#o.pingInterval,
-      pingTimeout: this.#o.pingTimeout,
-    });
+    let conn;
+    try {
+      conn = new Connection({
+        url: this.#url,
+        token,
+        WebSocket: this.#o.WebSocket ?? globalThis.WebSocket,
+        timers: this.#timers,
+        connectTimeout: this.#o.connectTimeout,
+        pingInterval: this.#o.pingInterval,
+        pingTimeout: this.#o.pingTimeout,
+      });
+    } catch (err) {
+      // No WebSocket here, or one that refuses the URL: nothing to retry.
+      this.emit("error", new PgWsError("fatal", `cannot open a WebSocket: ${err?.message ?? err}`));
+      this.close();
+      return;
+    }
     this.#conn = conn;
     conn.on("open", () => this.#onOpen(conn));
     conn.on("frame", (frame) => this.#onFrame(conn, frame));
@@ -272,7 +284,7 @@ export class PgWs extends Emitter {
     this.#stable = this.#timers.after(this.#o.stableAfter, () => this.#backoff.reset());
     this.#setState("connected");
     for (const sub of this.#subs.values()) this.#subscribeOn(conn, sub);
-    for (const item of this.#queue.drain()) this.#send(conn, item);
+    this.#pump(conn);
     this.#scheduleRefresh(conn);
   }
 
@@ -310,11 +322,27 @@ export class PgWs extends Emitter {
     sub._ended(err.code);
   }
 
+  /** Sends waiting publishes while fewer than maxInFlight are unanswered. */
+  #pump(conn) {
+    while (conn === this.#conn && conn.opened && this.#inFlight < this.#o.maxInFlight) {
+      const item = this.#queue.shift();
+      if (!item) return;
+      this.#send(conn, item);
+    }
+  }
+
   #send(conn, item) {
-    conn.request(item.frame).then((answer) => {
-      if (answer.type === "ack") item.resolve();
-      else item.reject(new PgWsError(answer.code ?? "error", answer.message ?? "publish failed"));
-    }, item.reject); // lost with the socket: its outcome is unknown, it is not sent again
+    this.#inFlight += 1;
+    conn
+      .request(item.frame)
+      .then((answer) => {
+        if (answer.type === "ack") item.resolve();
+        else item.reject(new PgWsError(answer.code ?? "error", answer.message ?? "publish failed"));
+      }, item.reject) // lost with the socket: its outcome is unknown, it is not sent again
+      .finally(() => {
+        this.#inFlight -= 1;
+        if (this.#conn) this.#pump(this.#conn);
+      });
   }
 
   #onFrame(conn, frame) {
@@ -396,6 +424,54 @@ export class PgWs extends Emitter {
     this.emit("fallback", { transport: "sse", failures: this.#failures });
     this.#backoff.reset();
     this.#scheduleRetry(0);
+    this.#scheduleProbe();
+  }
+
+  /** While on event streams, tries a WebSocket now and then (the server may just have been down). */
+  #scheduleProbe() {
+    if (!this.#live() || !this.#o.probeInterval) return;
+    this.#timers.after(this.#o.probeInterval, () => this.#probe());
+  }
+
+  #probe() {
+    if (!this.#live() || this.transport !== "sse" || !this.#token) return;
+    let conn;
+    try {
+      conn = new Connection({
+        url: this.#url,
+        token: this.#token,
+        WebSocket: this.#o.WebSocket ?? globalThis.WebSocket,
+        timers: this.#timers,
+        connectTimeout: this.#o.connectTimeout,
+        pingInterval: this.#o.pingInterval,
+        pingTimeout: this.#o.pingTimeout,
+      });
+    } catch {
+      return;
+    }
+    conn.on("open", () => this.#switchBack(conn));
+    conn.on("frame", (frame) => this.#onFrame(conn, frame));
+    conn.on("close", (info) => {
+      if (this.#conn === conn) this.#onClose(conn, info);
+      else this.#scheduleProbe();
+    });
+  }
+
+  /** A WebSocket works again: the streams give way to it, each resuming from its position. */
+  #switchBack(conn) {
+    if (!this.#live() || this.transport !== "sse") return conn.close(1000, "");
+    for (const [channel, stream] of this.#streams) {
+      stream.close();
+      this.#subs.get(channel)?._disconnected();
+    }
+    this.#streams.clear();
+    this.transport = "websocket";
+    this.#failures = 0;
+    this.#timers.clear(this.#retry);
+    this.#retry = null;
+    this.#conn = conn;
+    this.emit("fallback", { transport: "websocket", failures: 0 });
+    this.#onOpen(conn);
   }
 
   async #openStream(sub, token) {
@@ -410,12 +486,19 @@ export class PgWs extends Emitter {
       this.#forceToken = false;
     }
     if (!this.#live() || this.#subs.get(sub.channel) !== sub || this.#streams.has(sub.channel)) return;
-    const stream = new Stream({
-      url: streamUrl(this.#url, sub.channel, token, sub._start()),
-      EventSource: this.#o.EventSource ?? globalThis.EventSource,
-      timers: this.#timers,
-      connectTimeout: this.#o.connectTimeout,
-    });
+    let stream;
+    try {
+      stream = new Stream({
+        url: streamUrl(this.#url, sub.channel, token, sub._start()),
+        EventSource: this.#o.EventSource ?? globalThis.EventSource,
+        timers: this.#timers,
+        connectTimeout: this.#o.connectTimeout,
+      });
+    } catch (err) {
+      this.emit("error", new PgWsError("fatal", `cannot open an event stream: ${err?.message ?? err}`));
+      this.close();
+      return;
+    }
     this.#streams.set(sub.channel, stream);
     stream.on("open", () => {
       sub.live = true;
@@ -443,7 +526,7 @@ export class PgWs extends Emitter {
 
   #streamRetry(sub) {
     this.#timers.after(this.#backoff.next(), () => {
-      if (this.#live() && this.#subs.get(sub.channel) === sub) this.#openStream(sub);
+      if (this.#live() && this.transport === "sse" && this.#subs.get(sub.channel) === sub) this.#openStream(sub);
     });
   }
 }

@@ -88,6 +88,10 @@ export interface PgWsOptions {
   maxPending?: number;
   /** The server's PGWS_MAX_MESSAGE_BYTES (default 65536): a bigger publish frame rejects with too_big, unsent. */
   maxMessageBytes?: number;
+  /** Publishes written and not answered yet, at most (default 16, pgws's PGWS_MAX_IN_FLIGHT); the next ones wait in the queue. */
+  maxInFlight?: number;
+  /** ms between WebSocket probes while fallen back to event streams (default 60000; 0: none). */
+  probeInterval?: number;
   /** For tests: the random source of the backoff (default Math.random). */
   random?: () => number;
 }
@@ -121,7 +125,8 @@ export interface ClientEvents extends Record<string, unknown> {
   /** A message of a channel the socket got from its token without a subscription. */
   message: Message;
   refreshed: { exp: number | null };
-  fallback: { transport: "sse"; failures: number };
+  /** `sse` when "auto" moved to event streams; `websocket` when a later probe found WebSockets working again. */
+  fallback: { transport: Transport; failures: number };
 }
 
 export interface SubscriptionEvents extends Record<string, unknown> {

@@ -1,4 +1,5 @@
-// Publishes made while no socket is open wait here, bounded, in order. A
+// Publishes made while no socket is open (or while `maxInFlight` are already
+// unanswered on it) wait here, bounded, in order. A
 // publish leaves the queue once, when it is written; it is never written again
 // (after a lost connection its outcome is unknown and it is rejected instead).
 
@@ -21,6 +22,11 @@ export class PublishQueue {
     if (this.#items.length >= this.limit) return false;
     this.#items.push(item);
     return true;
+  }
+
+  /** Takes the oldest waiting publish, if any. */
+  shift() {
+    return this.#items.shift();
   }
 
   /** Takes every waiting publish, oldest first. */

@@ -66,6 +66,10 @@ export class Server {
     Object.assign(env, this.env, this.port ? { PGWS_PORT: String(this.port) } : {});
     const child = spawn(BIN, [], { env, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
+    // Whatever happens to the test, no pgws outlives it.
+    const reap = () => child.kill("SIGKILL");
+    process.once("exit", reap);
+    child.once("exit", () => process.off("exit", reap));
     child.stderr.on("data", (d) => {
       this.log = (this.log + d).slice(-20000);
     });

@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
+import net from "node:net";
 import { EventSource } from "eventsource";
 import WebSocket from "ws";
 import { PgWs } from "../src/index.js";
@@ -21,16 +22,30 @@ async function upgradeBlockingProxy(t, target) {
     req.pipe(up);
   });
   let refused = 0;
-  proxy.on("upgrade", (_req, socket) => {
-    refused += 1;
-    socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  let allow = false;
+  proxy.on("upgrade", (req, socket, head) => {
+    if (!allow) {
+      refused += 1;
+      socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+      return;
+    }
+    // Unblocked: the handshake and the frames pass through as bytes.
+    const up = net.connect(target.port, "127.0.0.1", () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+      up.write(lines.join("\r\n") + "\r\n\r\n");
+      up.write(head);
+      up.pipe(socket).pipe(up);
+    });
+    up.on("error", () => socket.destroy());
+    socket.on("error", () => up.destroy());
   });
   await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
   t.after(() => new Promise((r) => {
     proxy.closeAllConnections();
     proxy.close(r);
   }));
-  return { url: `ws://127.0.0.1:${proxy.address().port}/`, refused: () => refused };
+  return { url: `ws://127.0.0.1:${proxy.address().port}/`, refused: () => refused, unblock: () => (allow = true) };
 }
 
 async function historyServer(t) {
@@ -101,4 +116,34 @@ test("an event stream whose token expires reopens with a new one, exactly once",
   t.diagnostic(`tokens ${tokens}`);
   assert.ok(tokens >= 3, "a new token for each expiry");
   assert.deepEqual(got, Array.from({ length: total }, (_, i) => String(i + 1)));
+});
+
+test("fallen back: a WebSocket probe that gets through switches back and resumes", { timeout: 60000 }, async (t) => {
+  const { server, schema } = await historyServer(t);
+  const proxy = await upgradeBlockingProxy(t, server);
+  const client = new PgWs(proxy.url, {
+    getToken: () => sign({ mode: "rw", channels: ["hist"] }, 3600),
+    WebSocket,
+    EventSource,
+    fallbackAfter: 2,
+    probeInterval: 500,
+    backoff: { base: 100, max: 500 },
+  });
+  t.after(() => client.close());
+  const transports = [];
+  client.on("fallback", (e) => transports.push(e.transport));
+  const sub = client.subscribe("hist", { history: 0 });
+  const got = [];
+  sub.on("message", (m) => void got.push(JSON.parse(m.payload).payload ?? m.payload));
+  await until(() => client.transport === "sse" && sub.state === "subscribed", 20000, "on event streams");
+  const publisher = publishFromSql(schema, "hist", 150, 15);
+  t.after(() => publisher.child.kill());
+  await until(() => got.length >= 40, 20000, "messages over SSE");
+  proxy.unblock();
+  await until(() => client.transport === "websocket" && client.state === "connected", 20000, "back on a WebSocket");
+  await publisher.done;
+  await client.publish("hist", "over the websocket"); // acked: the socket writes again
+  await until(() => got.length >= 151, 20000, "every message");
+  assert.deepEqual(transports, ["sse", "websocket"]);
+  assert.deepEqual(got, [...Array.from({ length: 150 }, (_, i) => String(i + 1)), "over the websocket"]);
 });
