@@ -344,10 +344,10 @@ async fn a_publish_to_a_history_channel_is_kept_before_its_ack() {
     assert_eq!(kept, 1);
 }
 
-/// A flood of publishes while the store is locked: the server reads at most
-/// `PGWS_MAX_IN_FLIGHT` of them and stops reading the socket, so the client's
-/// writes back up (they never finish while the lock is held); once it is let
-/// go every publish is acked, in order.
+/// Publishes while the store is locked: the server reads at most
+/// `PGWS_MAX_IN_FLIGHT` of them and then nothing more, so a ping sent behind
+/// them is not answered until one commits; once the lock goes every publish of
+/// a flood is acked, in order.
 #[tokio::test]
 async fn a_flood_of_publishes_is_slowed_not_buffered() {
     let schema = Schema::new();
@@ -367,43 +367,47 @@ async fn a_flood_of_publishes_is_slowed_not_buffered() {
     ))
     .await
     .unwrap();
-    let payload = "p".repeat(60_000);
-    let frames: Vec<String> = (0..400)
-        .map(|i| json!({"type":"publish","id":i,"payload":payload}).to_string())
-        .collect();
+    for i in 0..4 {
+        send(&mut ws, json!({"type":"publish","id":i,"payload":"p"})).await;
+    }
+    send(&mut ws, json!({"type":"ping","id":"behind"})).await;
+    assert!(
+        quiet(&mut ws, Duration::from_millis(1500)).await,
+        "the ping behind 4 publishes was read"
+    );
+    // A flood behind it, read as room is made.
+    let payload = "p".repeat(1000);
     let (mut sink, mut stream) = ws.split();
     let flood = tokio::spawn(async move {
-        for frame in frames {
-            sink.send(Message::text(frame)).await.unwrap();
+        for i in 4..400 {
+            let frame = json!({"type":"publish","id":i,"payload":payload});
+            sink.send(Message::text(frame.to_string())).await.unwrap();
         }
         sink
     });
-    let acks = tokio::spawn(async move {
-        let mut acks = Vec::new();
-        while acks.len() < 400 {
-            let Some(Ok(frame)) = stream.next().await else {
-                break;
-            };
-            let Some(text) = frame.as_text() else {
-                continue;
-            };
-            let frame: Value = serde_json::from_str(text).unwrap();
-            assert_eq!(frame["type"], "ack", "{frame}");
-            acks.push(frame["id"].as_i64().unwrap());
-        }
-        acks
-    });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        !flood.is_finished(),
-        "24 MB of publishes were all read while none could commit"
-    );
     tx.commit().await.unwrap();
-    let _sink = tokio::time::timeout(WAIT * 3, flood)
-        .await
-        .unwrap()
-        .unwrap();
-    let acks = tokio::time::timeout(WAIT * 3, acks).await.unwrap().unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < 401 {
+        let frame = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no answer after {answers:?}"))
+            .expect("socket ended")
+            .expect("socket failed");
+        let Some(text) = frame.as_text() else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(text).unwrap();
+        answers.push(frame);
+    }
+    let _sink = flood.await.unwrap();
+    // The pong comes once the first publish is answered, and before the fifth.
+    let pong = answers.iter().position(|f| f["type"] == "pong").unwrap();
+    assert!((1..=4).contains(&pong), "pong at {pong}: {answers:?}");
+    let acks: Vec<i64> = answers
+        .iter()
+        .filter(|f| f["type"] == "ack")
+        .map(|f| f["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(acks, (0..400).collect::<Vec<_>>());
 }
 
