@@ -111,8 +111,15 @@ export class PgWs extends Emitter {
     if (this.state === "closed") return Promise.reject(new PgWsError("closed", "client closed"));
     if (this.transport === "sse") return Promise.reject(new PgWsError("read_only", "event streams cannot publish"));
     const frame = { type: "publish", channel, payload };
+    let text;
+    try {
+      text = payload === undefined ? undefined : JSON.stringify(frame);
+    } catch (err) {
+      text = undefined;
+    }
+    if (text === undefined) return Promise.reject(new PgWsError("bad_request", "the payload is not JSON (undefined, a cycle, a BigInt)"));
     // pgws closes a socket with 1009 on a frame over its limit: refuse it here.
-    const size = new TextEncoder().encode(JSON.stringify(frame)).length + 24;
+    const size = new TextEncoder().encode(text).length + 24;
     if (size > this.#o.maxMessageBytes) {
       return Promise.reject(new PgWsError("too_big", `publish of ${size} bytes over maxMessageBytes`));
     }

@@ -93,7 +93,7 @@ test("a plain channel says it may have missed messages after a reconnect", { tim
   assert.deepEqual(seen.map((e) => [e.resumed, e.mayHaveMissed]), [[false, false], [true, true]]);
 });
 
-test("no WebSocket to be had: the client closes with a fatal error, no timer left", () => {
+test("no WebSocket to be had: the client closes with a fatal error", () => {
   const c = new PgWs("ws://127.0.0.1:9/", { token: sign({ mode: "r", channels: ["x"] }, 60), WebSocket: undefined });
   const errors = [];
   c.on("error", (e) => errors.push(e.code));
@@ -105,4 +105,15 @@ test("no WebSocket to be had: the client closes with a fatal error, no timer lef
     globalThis.WebSocket = saved;
   }
   return until(() => c.state === "closed", 2000, "closed").then(() => assert.deepEqual(errors, ["fatal"]));
+});
+
+test("a payload that is no JSON is rejected before anything is sent", async () => {
+  const c = new PgWs("ws://127.0.0.1:9/", { token: sign({ mode: "rw", channels: ["x"] }, 60), WebSocket, transport: "websocket" });
+  const cyclic = {};
+  cyclic.self = cyclic;
+  for (const bad of [undefined, cyclic, 1n]) {
+    await assert.rejects(c.publish("x", bad), (e) => e.code === "bad_request");
+  }
+  assert.equal(c.state, "idle", "nothing was even connected for them");
+  c.close();
 });
