@@ -50,3 +50,34 @@ test("history channel: three restarts, every message exactly once, in order", { 
   assert.equal(opens, 4, "one connect and three reconnects");
   assert.deepEqual(got, Array.from({ length: total }, (_, i) => String(i + 1)));
 });
+
+test("a slow async handler: positions follow what it finished, restarts lose and repeat nothing", { timeout: 120000 }, async (t) => {
+  const schema = unique("pgws_js");
+  const server = await new Server({ PGWS_HISTORY: "hist", PGWS_HISTORY_SCHEMA: schema }).start();
+  t.after(async () => {
+    await server.stop();
+    dropSchema(schema);
+  });
+  const client = new PgWs(server.ws + "/", { getToken: () => sign({ mode: "r", channels: ["hist"] }, 3600), WebSocket, backoff: { base: 100, max: 1000 } });
+  t.after(() => client.close());
+  const got = [];
+  const sub = client.subscribe("hist", { history: 0 });
+  sub.on("message", async (m) => {
+    await new Promise((r) => setTimeout(r, 8)); // slower than the publisher
+    got.push(m.payload);
+  });
+  const seen = () => Number(sub.position?.split(":")[1] ?? 0);
+  await until(() => sub.state === "subscribed", 10000, "subscribed");
+  const total = 300;
+  const publisher = publishFromSql(schema, "hist", total, 2);
+  t.after(() => publisher.child.kill());
+  for (let i = 1; i <= 2; i++) {
+    await until(() => got.length >= (i * total) / 4, 30000, `messages before restart ${i}`);
+    assert.ok(seen() <= got.length, "the position never runs ahead of the handler");
+    await server.restart();
+  }
+  await publisher.done;
+  await until(() => got.length >= total, 60000, "every message");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(got, Array.from({ length: total }, (_, i) => String(i + 1)));
+});
