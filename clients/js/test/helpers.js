@@ -9,7 +9,9 @@ import path from "node:path";
 import { once } from "node:events";
 
 export const SECRET = "a-test-secret-of-at-least-32-bytes-for-pgws-js";
-export const DB = process.env.PGWS_JS_TEST_DB ?? "postgres://postgres@127.0.0.1:5432/test";
+// The Rust tests' setting, when it names a database (not their own `cluster`).
+const configured = process.env.PGWS_TEST_DB_URI;
+export const DB = configured && configured !== "cluster" ? configured : "postgres://postgres@127.0.0.1:5432/test";
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 export const BIN = process.env.PGWS_TEST_BIN ?? path.join(ROOT, "target/debug/pgws");
 
