@@ -117,3 +117,21 @@ test("a payload that is no JSON is rejected before anything is sent", async () =
   assert.equal(c.state, "idle", "nothing was even connected for them");
   c.close();
 });
+
+test("a token granting only a pattern: the socket starts empty, the client subscribes and resumes", { timeout: 60000 }, async (t) => {
+  const { server, schema } = await historyServer(t);
+  const c = new PgWs(server.ws + "/", { getToken: () => sign({ mode: "r", channels: ["hi*"] }, 3600), WebSocket, backoff: { base: 100, max: 300 } });
+  t.after(() => c.close());
+  const got = [];
+  const sub = c.subscribe("hist", { history: 0 });
+  sub.on("message", (m) => void got.push(m.payload));
+  await until(() => sub.state === "subscribed", 10000, "subscribed");
+  const publisher = publishFromSql(schema, "hist", 150, 15);
+  t.after(() => publisher.child.kill());
+  await until(() => got.length >= 50, 20000, "messages before the restart");
+  await server.restart();
+  await publisher.done;
+  await until(() => got.length >= 150, 20000, "every message");
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(got, Array.from({ length: 150 }, (_, i) => String(i + 1)));
+});
