@@ -246,6 +246,12 @@ export class PgWs extends Emitter {
       token = await this.#connectToken();
     } catch (err) {
       if (!this.#live()) return;
+      if (err instanceof PgWsError && err.code === "token_expired") {
+        // A fixed token that has expired can never connect again.
+        this.emit("error", err);
+        this.close();
+        return;
+      }
       this.emit("error", new PgWsError("token", `getToken failed: ${err?.message ?? err}`));
       this.#scheduleRetry(this.#backoff.next());
       return;

@@ -135,3 +135,12 @@ test("a token granting only a pattern: the socket starts empty, the client subsc
   await new Promise((r) => setTimeout(r, 200));
   assert.deepEqual(got, Array.from({ length: 150 }, (_, i) => String(i + 1)));
 });
+
+test("a fixed token that expired, and no getToken: the client closes and says why", async () => {
+  const c = new PgWs("ws://127.0.0.1:9/", { token: sign({ mode: "r", channels: ["x"] }, -10), WebSocket });
+  const errors = [];
+  c.on("error", (e) => errors.push(e.code));
+  c.connect();
+  await until(() => c.state === "closed", 2000, "closed");
+  assert.deepEqual(errors, ["token_expired"]);
+});
