@@ -50,7 +50,8 @@ use self::{
 /// under `max_sockets` and under its `sub`'s limit.
 pub(crate) struct Place {
     _socket: OwnedSemaphorePermit,
-    _sub: Option<SubPlace>,
+    /// Boxed: one pointer in every socket's state while the limit is off.
+    _sub: Option<Box<SubPlace>>,
 }
 
 /// What every service and socket of one layer shares.
@@ -172,7 +173,7 @@ impl Engine {
             .map_err(|_| Refusal::TooManySockets)?;
         let granted = authorize(&self.authorizer)?;
         let sub = match (&self.per_sub, &grant_of(&granted).sub) {
-            (Some(per_sub), Some(sub)) => Some(per_sub.take(sub)?),
+            (Some(per_sub), Some(sub)) => Some(Box::new(per_sub.take(sub)?)),
             _ => None,
         };
         if let Some(handshakes) = &self.handshakes {
