@@ -241,17 +241,10 @@ impl Socket {
                 _ = shutting_down(&mut shutdown) => return GOING_AWAY,
                 next = stream.next() => next,
             };
-            let payload = match next {
-                Some(Ok(Message::Text(text))) => Bytes::from(text),
-                Some(Ok(Message::Binary(bytes))) => bytes,
-                Some(Ok(Message::Pong(_))) => {
-                    pong.store(true, Ordering::Release);
-                    continue;
-                }
-                // Answered by the codec on its next read or write.
-                Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => return Outcome::Ended,
-                Some(Err(e)) => return failed(e),
+            let payload = match incoming(next, pong) {
+                Incoming::Text(bytes) | Incoming::Binary(bytes) => bytes,
+                Incoming::Control => continue,
+                Incoming::End(outcome) => return outcome,
             };
             if let Some(open) = open.take() {
                 let _ = timeout(meta::WAIT, open).await;
@@ -286,16 +279,11 @@ impl Socket {
                 }
                 next = stream.next(), if may_read => next,
             };
-            let text = match next {
-                Some(Ok(Message::Text(text))) => Some(Bytes::from(text)),
-                Some(Ok(Message::Binary(_))) => None,
-                Some(Ok(Message::Pong(_))) => {
-                    pong.store(true, Ordering::Release);
-                    continue;
-                }
-                Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => return Outcome::Ended,
-                Some(Err(e)) => return failed(e),
+            let text = match incoming(next, pong) {
+                Incoming::Text(bytes) => Some(bytes),
+                Incoming::Binary(_) => None,
+                Incoming::Control => continue,
+                Incoming::End(outcome) => return outcome,
             };
             if let Some(open) = open.take() {
                 let _ = timeout(meta::WAIT, open).await;
@@ -619,6 +607,31 @@ fn codec_config(max_message_bytes: usize) -> WebSocketConfig {
 
 /// What a failed read means: a peer that broke the protocol gets the close for it
 /// (and the connection ends without waiting for its answer); a lost stream, nothing.
+/// What the reading half got from the codec.
+enum Incoming {
+    Text(Bytes),
+    Binary(Bytes),
+    /// A ping or pong (pongs are noted in `pong`); the codec answers pings.
+    Control,
+    End(Outcome),
+}
+
+/// Sorts the codec's next item, for both the plain and the session reader.
+fn incoming(next: Option<Result<Message, WsError>>, pong: &AtomicBool) -> Incoming {
+    match next {
+        Some(Ok(Message::Text(text))) => Incoming::Text(Bytes::from(text)),
+        Some(Ok(Message::Binary(bytes))) => Incoming::Binary(bytes),
+        Some(Ok(Message::Pong(_))) => {
+            pong.store(true, Ordering::Release);
+            Incoming::Control
+        }
+        // Answered by the codec on its next read or write.
+        Some(Ok(Message::Ping(_) | Message::Frame(_))) => Incoming::Control,
+        Some(Ok(Message::Close(_))) | None => Incoming::End(Outcome::Ended),
+        Some(Err(e)) => Incoming::End(failed(e)),
+    }
+}
+
 fn failed(e: WsError) -> Outcome {
     let close = match &e {
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
