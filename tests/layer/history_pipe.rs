@@ -38,15 +38,7 @@ async fn a_fetch_that_outlived_its_readers_does_not_reorder_the_next_ones() {
     }
     assert_eq!(seen, "h2");
 
-    // Hold the pool's only connection: a socket's message to `blocker` waits for
-    // the channel's row, which this transaction holds.
-    let mut locker = crate::common::db().await;
-    let tx = locker.transaction().await.unwrap();
-    let lock = format!("select 1 from {q}.channels where channel = $1 for update");
-    tx.execute(&lock, &[&blocker]).await.unwrap();
-    let w = token(json!({"mode": "w", "channel": blocker}));
-    let mut writer = server.connect(&format!("/{w}")).await;
-    send_text(&mut writer, "stuck").await;
+    let (locker, _writer) = hold_the_pool(&server, &schema, &blocker).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // h3's fetch waits for the pool; its only reader leaves meanwhile, and h4 is
@@ -71,7 +63,7 @@ async fn a_fetch_that_outlived_its_readers_does_not_reorder_the_next_ones() {
             .0
     });
     wait_for(|| server.layer.stats().pending_joins == 1).await;
-    tx.commit().await.unwrap();
+    locker.batch_execute("commit").await.unwrap();
     let mut second = tokio::time::timeout(WAIT, joining).await.unwrap().unwrap();
 
     // After its 101: a plain notification, then a stored message.
@@ -91,7 +83,27 @@ async fn a_fetch_that_outlived_its_readers_does_not_reorder_the_next_ones() {
         got[p1..] == ["p1", "h5"],
         "committed before the 101, delivered after a later notification: {got:?}"
     );
-    drop(locker);
+}
+
+/// Holds a server's only pool connection: a socket's message to `blocker` waits
+/// for the channel's row, which the returned client's open transaction holds
+/// until it commits. The writer must outlive the hold.
+async fn hold_the_pool(
+    server: &TestServer,
+    schema: &Schema,
+    blocker: &str,
+) -> (tokio_postgres::Client, Ws) {
+    let locker = crate::common::db().await;
+    let lock = format!(
+        "begin; select 1 from {}.channels where channel = {} for update",
+        schema.q(),
+        postgres_protocol::escape::escape_literal(blocker)
+    );
+    locker.batch_execute(&lock).await.unwrap();
+    let w = token(json!({"mode": "w", "channel": blocker}));
+    let mut writer = server.connect(&format!("/{w}")).await;
+    send_text(&mut writer, "stuck").await;
+    (locker, writer)
 }
 
 async fn wait_for(mut ok: impl FnMut() -> bool) {
@@ -125,19 +137,13 @@ async fn a_listener_that_waits_for_the_store_is_not_taken_for_dead() {
     let reader = token(json!({"mode": "r", "channels": [&h, &plain]}));
     let mut ws = server.connect(&format!("/{reader}")).await;
 
-    // Store reads wait behind a write stuck on a row lock, for longer than a probe.
-    let mut locker = crate::common::db().await;
-    let tx = locker.transaction().await.unwrap();
-    let lock = format!("select 1 from {q}.channels where channel = $1 for update");
-    tx.execute(&lock, &[&blocker]).await.unwrap();
-    let w = token(json!({"mode": "w", "channel": blocker}));
-    let mut writer = server.connect(&format!("/{w}")).await;
-    send_text(&mut writer, "stuck").await;
+    // Store reads wait behind the stuck write, for longer than a probe.
+    let (locker, _writer) = hold_the_pool(&server, &schema, &blocker).await;
     let many = format!("select count({q}.publish($1, 'm' || g)) from generate_series(1, $2) g");
     db.execute(&many, &[&h, &BACKLOG]).await.unwrap();
     notify(&plain, "after the backlog").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    tx.commit().await.unwrap();
+    locker.batch_execute("commit").await.unwrap();
 
     for g in 1..=BACKLOG {
         assert_eq!(recv_text(&mut ws).await, format!("m{g}"));
