@@ -8,6 +8,8 @@
 //! protocol) and hands on everything but a `NotificationResponse` that does not
 //! decode. Under TLS the screen sits on the decrypted side, and the raw socket's
 //! screen only watches the `SSLRequest` answer to know that it must stand aside.
+//! Once the server names an encoding other than `SQL_ASCII` at start-up (the
+//! only one that lets such bytes through), the screen stands aside too.
 
 use std::{
     io,
@@ -28,6 +30,8 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 const TLS_HANDSHAKE: u8 = 0x16;
 /// A `NotificationResponse`.
 const NOTIFICATION: u8 = b'A';
+/// A `ParameterStatus`, which names the server's encoding at start-up.
+const PARAMETER_STATUS: u8 = b'S';
 /// Notifications are checked whole up to this size (PostgreSQL's payload limit
 /// is 8000 bytes); a longer one is handed on as it is.
 const MAX_CHECKED: usize = 64 * 1024;
@@ -101,7 +105,9 @@ impl<S> Screened<S> {
             };
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             let total = len.saturating_add(1);
-            if header[0] != NOTIFICATION || total > MAX_CHECKED || len < 4 {
+            let kind = header[0];
+            let inspected = kind == NOTIFICATION || kind == PARAMETER_STATUS;
+            if !inspected || total > MAX_CHECKED || len < 4 {
                 self.cleared = total.min(self.buf.len());
                 self.passing = total - self.cleared;
                 return true;
@@ -109,7 +115,14 @@ impl<S> Screened<S> {
             if self.buf.len() < total {
                 return false;
             }
-            if decodes(&self.buf[5..total]) {
+            if kind == PARAMETER_STATUS {
+                // Only a `SQL_ASCII` database sends bytes that are not UTF-8:
+                // elsewhere the rest of the stream is handed on unread.
+                if names_utf8_server(&self.buf[5..total]) {
+                    self.mode = Mode::Through;
+                }
+                self.cleared = total;
+            } else if decodes(&self.buf[5..total]) {
                 self.cleared = total;
             } else {
                 self.buf.advance(total);
@@ -117,6 +130,15 @@ impl<S> Screened<S> {
             }
         }
         true
+    }
+}
+
+/// Whether a `ParameterStatus` body says `server_encoding` is not `SQL_ASCII`.
+fn names_utf8_server(body: &[u8]) -> bool {
+    let mut parts = body.split(|&b| b == 0);
+    match (parts.next(), parts.next()) {
+        (Some(b"server_encoding"), Some(value)) => value != b"SQL_ASCII",
+        _ => false,
     }
 }
 
@@ -286,6 +308,25 @@ mod tests {
             assert_eq!(got, want, "chunks of {chunk}");
             assert_eq!(dropped, 2, "chunks of {chunk}");
         }
+    }
+
+    fn parameter(name: &str, value: &str) -> Vec<u8> {
+        message(PARAMETER_STATUS, format!("{name}\0{value}\0").as_bytes())
+    }
+
+    #[tokio::test]
+    async fn outside_sql_ascii_the_stream_is_handed_on_unscreened() {
+        let mut server = parameter("server_encoding", "SQL_ASCII");
+        server.extend(notification(b"chat", b"\xff"));
+        let (got, dropped) = through(Mode::Messages, server, 3).await;
+        assert_eq!(
+            (got, dropped),
+            (parameter("server_encoding", "SQL_ASCII"), 1)
+        );
+        let mut server = parameter("server_encoding", "UTF8");
+        server.extend(notification(b"chat", b"\xff"));
+        let (got, dropped) = through(Mode::Messages, server.clone(), 3).await;
+        assert_eq!((got, dropped), (server, 0));
     }
 
     #[tokio::test]
